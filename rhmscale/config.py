@@ -25,8 +25,8 @@ class _Strict(BaseModel):
 class GrammarConfig(_Strict):
     """Random Hierarchy Model: v symbols per level, m productions per symbol, branching s, depth L."""
 
-    v: int = Field(8, gt=0, description="vocabulary size (symbols at every level)")
-    m: int = Field(2, gt=0, description="synonymous productions per symbol")
+    v: int = Field(16, gt=0, description="vocabulary size (symbols at every level)")
+    m: int = Field(4, gt=0, description="synonymous productions per symbol")
     s: int = Field(2, ge=2, description="branching factor (tuple length)")
     L: int = Field(3, gt=0, description="depth; sequences have length s**L")
     seed: int = Field(0, ge=0, description="seed of the grammar's rules")
@@ -52,8 +52,8 @@ class GrammarConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    P: int = Field(512, gt=0, description="number of distinct training sequences")
-    n_test: int = Field(512, gt=0, description="held-out sequences (disjoint from training)")
+    P: int = Field(4096, gt=0, description="number of distinct training sequences")
+    n_test: int = Field(1024, gt=0, description="held-out sequences (disjoint from training)")
 
 
 class ModelConfig(_Strict):
@@ -231,16 +231,34 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(
-    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
-) -> RunConfig:
-    """Merge a partial config tree with dotted overrides and validate it into a RunConfig."""
+def merge_overrides(base: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of a partial config tree with dotted overrides applied."""
     tree: dict[str, Any] = json.loads(json.dumps(base or {}))  # deep copy
     for text in overrides or []:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+    return tree
+
+
+def build_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
+) -> RunConfig:
+    """Merge a partial config tree with dotted overrides and validate it into a RunConfig."""
+    tree = merge_overrides(base, overrides)
     check_keys(tree, where)
     return validate_config(tree, where)
+
+
+def build_grammar_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
+) -> GrammarConfig:
+    """Only the grammar section (for commands that need no data or model)."""
+    tree = merge_overrides(base, overrides)
+    check_keys(tree, where)
+    try:
+        return GrammarConfig.model_validate(tree.get("grammar", {}))
+    except ValidationError as exc:
+        raise UserError(f"{where}: grammar.{format_validation_error(exc)}") from None
 
 
 def validate_config(tree: dict[str, Any], where: str = "config") -> RunConfig:

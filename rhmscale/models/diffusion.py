@@ -1,0 +1,225 @@
+"""Masked (absorbing-state) discrete diffusion, MD4/MDLM style.
+
+Forward process: each token of a clean sequence x0 is independently replaced by MASK
+(id ``vocab_size``) with probability ``1 - alpha(t)``; alpha(0) = 1 (clean), alpha(1) = 0
+(all masked). The continuous-time ELBO is
+
+    -log p(x0) <= E_t [ -alpha'(t) / (1 - alpha(t)) * sum_{i masked} -log p(x0_i | x_t) ]
+
+and is reported per token in nats. The ancestral sampler walks t from 1 to 0; a still-masked
+token is revealed between t and s < t with probability (alpha(s) - alpha(t)) / (1 - alpha(t)),
+and revealed tokens never change again.
+
+A denoiser is any callable ``denoiser(x_t: LongTensor (B, n), t: FloatTensor (B,))`` returning
+logits ``(B, n, vocab_size)`` over the clean tokens (never over MASK).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SCHEDULES = ("linear", "cosine")
+
+
+class Schedule:
+    """Noise schedule alpha(t): probability that a token is still clean at time t."""
+
+    def __init__(self, name: str = "linear") -> None:
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.name!r})"
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        if self.name == "linear":
+            return 1.0 - t
+        return torch.cos(0.5 * math.pi * t)
+
+    def dalpha(self, t: torch.Tensor) -> torch.Tensor:
+        """d alpha / d t (non-positive)."""
+        if self.name == "linear":
+            return -torch.ones_like(t)
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        """1 - alpha(t), computed without cancellation at small t."""
+        if self.name == "linear":
+            return t.clone()
+        return 2.0 * torch.sin(0.25 * math.pi * t) ** 2
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """ELBO weight -alpha'(t) / (1 - alpha(t)), in closed form (stable at small t)."""
+        if self.name == "linear":
+            return 1.0 / t
+        # (pi/2) sin(pi t/2) / (2 sin^2(pi t/4)) = (pi/2) cot(pi t/4)
+        return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
+
+
+class MaskedDiffusion:
+    """Absorbing-state diffusion over ``vocab_size`` tokens; MASK has id ``vocab_size``.
+
+    Stateless apart from its settings: every method takes the denoiser and an optional
+    ``torch.Generator`` (on the same device as the data) for all of its random draws.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        schedule: str = "linear",
+        antithetic: bool = True,
+        t_min: float = 1e-4,
+    ) -> None:
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        if not 0.0 < t_min < 1.0:
+            raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+        self.schedule = Schedule(schedule)
+        self.antithetic = antithetic
+        self.t_min = t_min
+
+    def __repr__(self) -> str:
+        return (
+            f"MaskedDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule.name!r}, "
+            f"antithetic={self.antithetic}, t_min={self.t_min})"
+        )
+
+    # ------------------------------------------------------------------ forward process
+
+    def sample_times(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Times in [t_min, 1], float32 (batch,). Antithetic: t_i = (u + i/B) mod 1, rescaled."""
+        if self.antithetic:
+            u = torch.rand(1, device=device, generator=generator)
+            offsets = torch.arange(batch, device=device, dtype=torch.float32) / batch
+            r = torch.remainder(u + offsets, 1.0)
+        else:
+            r = torch.rand(batch, device=device, generator=generator)
+        return self.t_min + (1.0 - self.t_min) * r
+
+    def corrupt(
+        self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Mask each token of x0 (B, n) independently with probability 1 - alpha(t_b)."""
+        p = self.schedule.mask_prob(t.float()).unsqueeze(-1)  # (B, 1)
+        u = torch.rand(x0.shape, device=x0.device, generator=generator)
+        return torch.where(u < p, torch.full_like(x0, self.mask_id), x0)
+
+    # ------------------------------------------------------------------ ELBO
+
+    def loss_from_logits(
+        self, logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sequence ELBO per token in nats, shape (B,); cross-entropy in float32."""
+        b, n = x0.shape
+        ce = F.cross_entropy(
+            logits.float().reshape(b * n, -1), x0.reshape(b * n), reduction="none"
+        ).view(b, n)
+        masked = (x_t == self.mask_id).float()
+        return self.schedule.weight(t.float()) * (ce * masked).sum(dim=1) / n
+
+    def loss(
+        self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Monte-Carlo continuous-time ELBO per token (nats), averaged over the batch."""
+        t = self.sample_times(x0.shape[0], x0.device, generator)
+        x_t = self.corrupt(x0, t, generator)
+        return self.loss_from_logits(denoiser(x_t, t), x0, x_t, t).mean()
+
+    @torch.no_grad()
+    def elbo_per_token(
+        self,
+        denoiser: Denoiser,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        n_time_samples: int = 1,
+    ) -> torch.Tensor:
+        """Held-out ELBO per token (nats): the training estimator, averaged over the batch and
+        ``n_time_samples`` independent draws of (t, x_t). Returns a 0-dim float32 tensor."""
+        if n_time_samples < 1:
+            raise ValueError(f"n_time_samples must be >= 1, got {n_time_samples}")
+        total = torch.zeros((), device=x0.device)
+        for _ in range(n_time_samples):
+            total = total + self.loss(denoiser, x0, generator).float()
+        return total / n_time_samples
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: Denoiser,
+        n: int,
+        seq_len: int,
+        steps: int | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Ancestral sampling of n sequences, LongTensor (n, seq_len) with values in [0, v).
+
+        ``steps`` uniform steps from t=1 to t=0 (0 or None: seq_len steps). A module denoiser
+        is put in eval mode for the duration and restored afterwards. Every random draw comes
+        from ``generator``: the same seed, n and batch_size give the same samples (a different
+        batch_size consumes the stream in a different order, so gives different samples).
+        """
+        steps = steps or seq_len
+        batch_size = batch_size or n
+        was_training = getattr(denoiser, "training", None)
+        if isinstance(denoiser, torch.nn.Module):
+            denoiser.eval()
+        try:
+            chunks = [
+                self._sample_batch(
+                    denoiser, min(batch_size, n - i), seq_len, steps, device, generator
+                )
+                for i in range(0, n, batch_size)
+            ]
+        finally:
+            if isinstance(denoiser, torch.nn.Module) and was_training is not None:
+                denoiser.train(was_training)
+        if not chunks:
+            return torch.empty(0, seq_len, dtype=torch.long, device=device)
+        return torch.cat(chunks, dim=0)
+
+    def _sample_batch(
+        self,
+        denoiser: Denoiser,
+        b: int,
+        seq_len: int,
+        steps: int,
+        device: torch.device | str | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        x = torch.full((b, seq_len), self.mask_id, dtype=torch.long, device=device)
+        grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        alphas = self.schedule.alpha(grid)
+        for k in range(steps):
+            a_t, a_s = float(alphas[k]), float(alphas[k + 1])
+            last = k == steps - 1  # reaches alpha(0) = 1: every remaining mask is revealed
+            p = 1.0 if last else min(max((a_s - a_t) / max(1.0 - a_t, 1e-12), 0.0), 1.0)
+            # Draw every step's randomness up front so the stream does not depend on x.
+            u = torch.rand((b, seq_len), device=device, generator=generator)
+            g = torch.rand((b, seq_len, self.vocab_size), device=device, generator=generator)
+            reveal = (x == self.mask_id) & (u < p)
+            if not bool(reveal.any()):
+                continue  # nothing changes: skip the denoiser call
+            t = torch.full((b,), float(grid[k]), dtype=torch.float32, device=device)
+            logits = denoiser(x, t).float()
+            gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
+            tokens = torch.argmax(logits + gumbel, dim=-1)
+            x = torch.where(reveal, tokens, x)  # carry-over: revealed tokens never change
+        return x

@@ -1,0 +1,99 @@
+"""Tree U-Net denoiser: convolutions with kernel = stride = s that mirror the grammar's tree.
+
+The length-s**L sequence is reduced by L Conv1d(kernel_size=s, stride=s) blocks to length 1, so
+the representation after k down blocks has one vector per level-k node of the RHM tree. The up
+path mirrors it with ConvTranspose1d(kernel_size=s, stride=s), each level concatenated with the
+matching down level (a skip) and mixed by a 1x1 convolution. Layer norm over channels, GELU, no
+dropout and no in-place updates, so ``torch.func.vmap`` over stacked parameters works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rhmscale.models.transformer import TimeEmbedding
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of a (B, C, n) tensor."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class Down(nn.Module):
+    def __init__(self, width: int, s: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, kernel_size=s, stride=s)
+        self.norm = ChannelNorm(width)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv(x)
+        if temb is not None:
+            h = h + temb
+        return F.gelu(self.norm(h))
+
+
+class Up(nn.Module):
+    def __init__(self, width: int, s: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(width, width, kernel_size=s, stride=s)
+        self.mix = nn.Conv1d(2 * width, width, kernel_size=1)
+        self.norm = ChannelNorm(width)
+
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor | None
+    ) -> torch.Tensor:
+        h = self.mix(torch.cat([self.conv(x), skip], dim=1))
+        if temb is not None:
+            h = h + temb
+        return F.gelu(self.norm(h))
+
+
+class TreeUNet(nn.Module):
+    """forward(x_t (B, s**L) long, t (B,) float) -> logits (B, s**L, vocab_size).
+
+    With ``time_cond`` an embedding of t is added (to every position) at the input and after
+    every down and up convolution; otherwise t is ignored.
+    """
+
+    def __init__(
+        self, vocab_size: int, s: int, L: int, width: int, time_cond: bool = False
+    ) -> None:
+        super().__init__()
+        if s < 2 or L < 1:
+            raise ValueError(f"TreeUNet needs s >= 2 and L >= 1, got s={s}, L={L}")
+        self.vocab_size = vocab_size
+        self.s = s
+        self.L = L
+        self.seq_len = s**L
+        self.time_cond = time_cond
+        self.tok_emb = nn.Embedding(vocab_size + 1, width)
+        self.time_emb = TimeEmbedding(width) if time_cond else None
+        self.down = nn.ModuleList(Down(width, s) for _ in range(L))
+        self.up = nn.ModuleList(Up(width, s) for _ in range(L))
+        self.norm_out = ChannelNorm(width)
+        self.head = nn.Conv1d(width, vocab_size, kernel_size=1)
+        nn.init.normal_(self.tok_emb.weight, std=1.0)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x_t.shape[-1] != self.seq_len:
+            raise ValueError(f"TreeUNet expects length s**L={self.seq_len}, got {x_t.shape[-1]}")
+        h = self.tok_emb(x_t).transpose(1, 2)  # (B, width, n)
+        temb = None
+        if self.time_emb is not None:
+            temb = self.time_emb(t).unsqueeze(-1)  # (B, width, 1): broadcast over positions
+            h = h + temb
+        skips = []
+        for block in self.down:  # level k -> k+1: length s**(L-k) -> s**(L-k-1)
+            skips.append(h)
+            h = block(h, temb)
+        for block, skip in zip(reversed(self.up), reversed(skips), strict=True):
+            h = block(h, skip, temb)
+        return self.head(self.norm_out(h)).transpose(1, 2)  # (B, n, vocab_size)

@@ -1,0 +1,61 @@
+"""Metrics of generated sequences, parsed bottom-up with the grammar (names per DESIGN.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rhmscale.pipeline.grammar import Grammar
+
+
+class TrainingSetIndex:
+    """Membership test of sequences in the training set (for memorisation)."""
+
+    def __init__(self, grammar: Grammar, train: np.ndarray):
+        self._grammar = grammar
+        codes = grammar.encode(train)
+        # int64 codes when the grammar is small enough, else Python ints in an object array.
+        self._sorted = np.sort(codes) if codes.dtype != object else None
+        self._set = set(codes.tolist()) if codes.dtype == object else None
+
+    def contains(self, valid_sequences: np.ndarray) -> np.ndarray:
+        """Membership of fully grammatical sequences (only those can be encoded)."""
+        if len(valid_sequences) == 0:
+            return np.zeros(0, dtype=bool)
+        codes = self._grammar.encode(valid_sequences)
+        if self._sorted is not None:
+            pos = np.searchsorted(self._sorted, codes).clip(max=len(self._sorted) - 1)
+            return self._sorted[pos] == codes
+        return np.array([code in self._set for code in codes.tolist()], dtype=bool)
+
+
+def generation_metrics(
+    grammar: Grammar, samples: np.ndarray, train_index: TrainingSetIndex
+) -> dict[str, float]:
+    parse = grammar.parse(samples)
+    metrics: dict[str, float] = {}
+    for k in range(1, grammar.L + 1):
+        metrics[f"gen/acc_l{k}"] = float(parse.level_ok(k).mean())
+        with_valid_children = parse.children_valid[k - 1]
+        tuples = parse.tuple_valid[k - 1][with_valid_children]
+        metrics[f"gen/tuple_acc_l{k}"] = float(tuples.mean()) if tuples.size else float("nan")
+    depth = parse.depth
+    metrics["gen/coherence_depth"] = float(depth.mean())
+    metrics["gen/coherence_length"] = float((grammar.s ** depth.astype(np.float64)).mean())
+    valid = parse.valid
+    memorized = np.zeros(len(samples), dtype=bool)
+    memorized[valid] = train_index.contains(samples[valid])
+    metrics["gen/memorized_frac"] = float(memorized.mean())
+    metrics["gen/novel_frac"] = float((valid & ~memorized).mean())
+    return metrics
+
+
+def eval_steps(max_steps: int, n_evals: int) -> list[int]:
+    """Log-spaced evaluation steps from about max_steps/100 to max_steps (always included)."""
+    first = max(1.0, max_steps / 100)
+    steps = np.unique(np.round(np.geomspace(first, max_steps, n_evals)).astype(int))
+    return [int(s) for s in steps]
+
+
+def format_sequence(seq: np.ndarray, s: int) -> str:
+    """Tokens grouped by level-1 tuples: '3 1 | 0 7 | ...' (readable in tables)."""
+    return " | ".join(" ".join(str(int(t)) for t in seq[i : i + s]) for i in range(0, len(seq), s))

@@ -1,0 +1,161 @@
+"""One run end to end: the job function that every executor calls.
+
+execute(config, run_dir) writes config.json, trains (resuming from the last checkpoint if there
+is one), evaluates, and writes result.json last. A run that raises leaves failed.json with the
+traceback and a readable run.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import platform
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rhmscale import __version__
+from rhmscale.config import RunConfig, validate_config
+from rhmscale.errors import UserError
+from rhmscale.tracking.store import RunDir, atomic_write_json, atomic_write_text, read_json
+
+log = logging.getLogger("rhmscale.run")
+
+
+@dataclass
+class RunOutcome:
+    state: str  # "done" or "interrupted"
+    run_dir: Path
+    result: dict[str, Any] | None  # result.json's content when done
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def check_same_run(run_dir: RunDir, config: RunConfig) -> None:
+    """Refuse to mix two different configs in one run directory."""
+    if not run_dir.config.exists():
+        return
+    stored = validate_config(read_json(run_dir.config)["config"], str(run_dir.config))
+    if stored.run_id() != config.run_id():
+        raise UserError(
+            f"{run_dir.path} holds run {stored.run_id()}, not {config.run_id()}: "
+            "choose another directory or delete it"
+        )
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Send rhmscale's and Lightning's log records to the run's log file while it runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger("rhmscale"), logging.getLogger("lightning.pytorch")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    logging.getLogger("rhmscale").setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
+def execute(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    progress: bool = False,
+    stop_at_step: int | None = None,
+) -> RunOutcome:
+    """Run (or resume, or skip if done) one configuration in run_dir.
+
+    stop_at_step: checkpoint and stop after that step, as a preemption would (for tests).
+    """
+    store = RunDir(Path(run_dir))
+    store.path.mkdir(parents=True, exist_ok=True)
+    check_same_run(store, config)
+    if store.state() == "done":
+        return RunOutcome("done", store.path, read_json(store.result))
+    store.failed.unlink(missing_ok=True)  # a retry starts clean
+    atomic_write_json(
+        store.config,
+        {"run_id": config.run_id(), "config": config.model_dump(mode="json"), "version": __version__},
+    )
+    with run_log(store.log):
+        log.info("run %s on %s in %s", config.run_id(), socket.gethostname(), store.path)
+        try:
+            return _train_and_record(config, store, progress, stop_at_step)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                log.warning("run %s interrupted: %r", config.run_id(), exc)
+                raise
+            log.exception("run %s failed", config.run_id())
+            atomic_write_json(
+                store.failed,
+                {
+                    "run_id": config.run_id(),
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                    "host": socket.gethostname(),
+                    "time": now(),
+                },
+            )
+            raise
+
+
+def _train_and_record(
+    config: RunConfig, store: RunDir, progress: bool, stop_at_step: int | None
+) -> RunOutcome:
+    # Heavy imports here, so that importing this module (and the CLI) stays cheap.
+    from rhmscale.pipeline.data import make_datasets
+    from rhmscale.pipeline.train import train
+    from rhmscale.tracking import wandb_mirror
+
+    started = time.perf_counter()
+    data = make_datasets(config)
+    atomic_write_text(store.grammar, data.grammar.to_json())
+    with wandb_mirror.wandb_folders(store):
+        logger = wandb_mirror.make_logger(config, store)
+        try:
+            outcome = train(
+                config,
+                data,
+                store,
+                logger=logger,
+                samples_table=wandb_mirror.samples_table_writer(logger),
+                progress=progress,
+                stop_at_step=stop_at_step,
+            )
+        except BaseException:
+            wandb_mirror.finish(logger, None, exit_code=1)
+            raise
+        if not outcome.completed:
+            wandb_mirror.finish(logger, None)
+            log.info("run %s stopped at a checkpoint; resubmit to resume", config.run_id())
+            return RunOutcome("interrupted", store.path, None)
+        final = outcome.history[-1]
+        result = {
+            "run_id": config.run_id(),
+            "config": config.model_dump(mode="json"),
+            "final": final,
+            "n_evals": len(outcome.history),
+            "device": outcome.device,
+            "precision": outcome.precision,
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "version": __version__,
+            "session_wall_s": time.perf_counter() - started,
+            "finished_at": now(),
+        }
+        wandb_mirror.finish(logger, {f"final/{k}": v for k, v in final.items()})
+    atomic_write_json(store.result, result)  # last: its presence means done
+    log.info("run %s done", config.run_id())
+    return RunOutcome("done", store.path, result)

@@ -1,0 +1,349 @@
+"""Training: a LightningModule around a denoiser and the masked diffusion process, plus callbacks.
+
+The training set is a few thousand short integer sequences, so it lives on the device and each
+step draws its minibatch with a seeded generator; no DataLoader workers, no host-device copies.
+Both generators (minibatches, diffusion noise) are saved in checkpoints so a resumed run
+continues the exact random stream of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from torch.utils.data import DataLoader, IterableDataset
+
+from rhmscale.config import RunConfig
+from rhmscale.models import MaskedDiffusion, build_denoiser
+from rhmscale.pipeline.data import Datasets
+from rhmscale.pipeline.evaluate import (
+    TrainingSetIndex,
+    eval_steps,
+    format_sequence,
+    generation_metrics,
+)
+from rhmscale.tracking.store import RunDir, atomic_write
+
+
+def resolve_device(config: RunConfig) -> str:
+    if config.train.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.train.device
+
+
+def resolve_precision(config: RunConfig, device: str) -> str:
+    precision = config.train.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "32"
+    return "bf16-mixed" if precision == "bf16" else "32-true"
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warmup, then constant or cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+class _Forever(IterableDataset):
+    """Lightning needs a loader; batches are drawn on the device inside training_step."""
+
+    def __iter__(self) -> Iterator[None]:
+        while True:
+            yield None
+
+
+def step_loader() -> DataLoader:
+    return DataLoader(_Forever(), batch_size=None, collate_fn=lambda item: item)
+
+
+class DiffusionLM(L.LightningModule):
+    def __init__(self, config: RunConfig, train_data: np.ndarray):
+        super().__init__()
+        self.config = config
+        self.denoiser = build_denoiser(config.model, config.grammar)
+        self.diffusion = MaskedDiffusion(
+            config.grammar.v, config.diffusion.schedule, config.diffusion.antithetic
+        )
+        self._train_cpu = torch.as_tensor(train_data, dtype=torch.long)
+        self.train_data: torch.Tensor | None = None
+        self.batch_gen: torch.Generator | None = None
+        self.noise_gen: torch.Generator | None = None
+        self._restored_generators: dict[str, torch.Tensor] | None = None
+        # Per-eval records; saved in checkpoints so a resumed run keeps its earlier history.
+        self.history: list[dict[str, Any]] = []
+        self.wall_offset = 0.0
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+
+    # --- data and randomness -------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.train_data = self._train_cpu.to(self.device)
+        self.batch_gen = torch.Generator(device=self.device)
+        self.noise_gen = torch.Generator(device=self.device)
+        self.batch_gen.manual_seed(self.config.seed * 2 + 1)
+        self.noise_gen.manual_seed(self.config.seed * 2 + 2)
+        if self._restored_generators is not None:
+            self.batch_gen.set_state(self._restored_generators["batch"])
+            self.noise_gen.set_state(self._restored_generators["noise"])
+        self._loss_sum = torch.zeros((), device=self.device)
+
+    def training_step(self, batch: None, batch_idx: int) -> torch.Tensor:
+        assert self.train_data is not None
+        idx = torch.randint(
+            len(self.train_data),
+            (self.config.train.batch_size,),
+            device=self.device,
+            generator=self.batch_gen,
+        )
+        loss = self.diffusion.loss(self.denoiser, self.train_data[idx], generator=self.noise_gen)
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def pop_mean_train_loss(self) -> float:
+        """Mean training loss since the last call (one device sync, at eval time only)."""
+        if not self._loss_count:
+            return float("nan")
+        mean = float(self._loss_sum.item()) / self._loss_count
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
+        return mean
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.config.train
+        optimizer = torch.optim.AdamW(
+            self.denoiser.parameters(),
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(step, train.warmup_steps, train.max_steps, train.lr_schedule),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        return step_loader()
+
+    # --- checkpoint extras ---------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rhmscale"] = {
+            "batch_gen": self.batch_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "history": self.history,
+            "wall_s": self.wall_offset + time.perf_counter() - self._fit_started,
+            "run_id": self.config.run_id(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint["rhmscale"]
+        self._restored_generators = {"batch": extra["batch_gen"], "noise": extra["noise_gen"]}
+        self.history = list(extra["history"])
+        self.wall_offset = float(extra["wall_s"])
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def wall_s(self) -> float:
+        return self.wall_offset + time.perf_counter() - self._fit_started
+
+
+class Evaluator(L.Callback):
+    """At log-spaced steps: generate, parse, compute metrics, log them and save the history."""
+
+    def __init__(self, config: RunConfig, data: Datasets, run_dir: RunDir, samples_table: Any):
+        self.config = config
+        self.data = data
+        self.run_dir = run_dir
+        self.steps = set(eval_steps(config.train.max_steps, config.eval.n_evals))
+        self.train_index = TrainingSetIndex(data.grammar, data.train)
+        self.samples_table = samples_table  # callable(step, rows) or None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: DiffusionLM, *args: Any) -> None:
+        if trainer.global_step in self.steps and not any(
+            row["step"] == trainer.global_step for row in module.history
+        ):
+            self.evaluate(trainer, module)
+
+    def evaluate(self, trainer: L.Trainer, module: DiffusionLM) -> dict[str, Any]:
+        step = trainer.global_step
+        cfg = self.config
+        device = module.device
+        # Eval randomness depends only on (seed, step): identical after a resume.
+        gen = torch.Generator(device=device)
+        gen.manual_seed(hash_seed(cfg.seed, step))
+        with trainer.precision_plugin.forward_context(), torch.no_grad():
+            samples = module.diffusion.sample(
+                module.denoiser,
+                cfg.eval.n_samples,
+                cfg.grammar.seq_len,
+                cfg.diffusion.sampling_steps or None,
+                device,
+                generator=gen,
+                batch_size=cfg.eval.batch_size,
+            )
+            val_loss = self.val_loss(module, gen)
+        samples_np = samples.cpu().numpy()
+        metrics = generation_metrics(self.data.grammar, samples_np, self.train_index)
+        row: dict[str, Any] = {
+            "step": step,
+            "samples_seen": step * cfg.train.batch_size,
+            "epoch": step * cfg.train.batch_size / cfg.data.P,
+            "wall_s": module.wall_s(),
+            "train/loss": module.pop_mean_train_loss(),
+            "val/loss": val_loss,
+            **metrics,
+        }
+        module.history.append(row)
+        write_history(self.run_dir, module.history)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+        if self.samples_table is not None:
+            self.samples_table(step, sample_rows(self.data.grammar, samples_np, self.train_index, cfg))
+        return row
+
+    def val_loss(self, module: DiffusionLM, gen: torch.Generator) -> float:
+        test = torch.as_tensor(self.data.test, device=module.device)
+        total, batch = 0.0, self.config.eval.batch_size
+        for start in range(0, len(test), batch):
+            chunk = test[start : start + batch]
+            elbo = module.diffusion.elbo_per_token(module.denoiser, chunk, generator=gen)
+            total += float(elbo) * len(chunk)
+        return total / len(test)
+
+
+def sample_rows(grammar, samples: np.ndarray, index: TrainingSetIndex, cfg: RunConfig) -> list:
+    shown = samples[: cfg.tracking.n_table_samples]
+    if not len(shown):
+        return []
+    parse = grammar.parse(shown)
+    memorized = np.zeros(len(shown), dtype=bool)
+    memorized[parse.valid] = index.contains(shown[parse.valid])
+    return [
+        [format_sequence(seq, grammar.s), int(d), bool(ok), bool(mem)]
+        for seq, d, ok, mem in zip(shown, parse.depth, parse.valid, memorized, strict=True)
+    ]
+
+
+def hash_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def write_history(run_dir: RunDir, history: list[dict[str, Any]]) -> None:
+    frame = pd.DataFrame(history)
+    atomic_write(run_dir.metrics, lambda handle: frame.to_parquet(handle, index=False))
+
+
+class PeriodicCheckpoint(L.Callback):
+    """checkpoints/last.ckpt every N steps (atomically); optionally stop after a given step.
+
+    `stop_at_step` simulates a preemption: checkpoint, then stop without finishing the run.
+    """
+
+    def __init__(self, run_dir: RunDir, every: int, stop_at_step: int | None = None):
+        self.run_dir = run_dir
+        self.every = every
+        self.stop_at_step = stop_at_step
+        self.stopped_early = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            self.save(trainer)
+        if self.stop_at_step is not None and step >= self.stop_at_step and step < trainer.max_steps:
+            if step % self.every:
+                self.save(trainer)
+            self.stopped_early = True
+            trainer.should_stop = True
+
+    def save(self, trainer: L.Trainer) -> None:
+        path = self.run_dir.last_checkpoint
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, path)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter that says nothing about this run."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__`.*")
+    warnings.filterwarnings("ignore", message=".*that was saved mid-epoch.*")
+    warnings.filterwarnings("ignore", message=".*not resumable.*")
+    warnings.filterwarnings("ignore", message=".*infinite.*")
+
+
+@dataclass
+class TrainOutcome:
+    history: list[dict[str, Any]]
+    completed: bool  # False when stopped early (preemption); the checkpoint holds the state
+    device: str
+    precision: str
+
+
+def train(
+    config: RunConfig,
+    data: Datasets,
+    run_dir: RunDir,
+    *,
+    logger: Any = None,
+    samples_table: Any = None,
+    progress: bool = False,
+    stop_at_step: int | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> TrainOutcome:
+    """Train (or resume from run_dir's last checkpoint) and evaluate at log-spaced steps."""
+    quiet_lightning()
+    device = resolve_device(config)
+    precision = resolve_precision(config, device)
+    L.seed_everything(config.seed, workers=False, verbose=False)
+    module = DiffusionLM(config, data.train)
+    evaluator = Evaluator(config, data, run_dir, samples_table)
+    checkpoint = PeriodicCheckpoint(run_dir, config.train.checkpoint_every, stop_at_step)
+    plugins = []
+    if SLURMEnvironment.detect():
+        # submitit requeues the task; Lightning must not requeue it a second time.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=config.train.max_steps,
+        logger=logger if logger is not None else False,
+        callbacks=[*(callbacks or []), evaluator, checkpoint],
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=50,
+        gradient_clip_val=config.train.grad_clip or None,
+        default_root_dir=run_dir.path,
+        plugins=plugins,
+    )
+    resume_from = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
+    trainer.fit(module, ckpt_path=resume_from)
+    completed = not checkpoint.stopped_early and trainer.global_step >= config.train.max_steps
+    if completed and not any(row["step"] == trainer.global_step for row in module.history):
+        evaluator.evaluate(trainer, module)  # the final evaluation, if the schedule missed it
+    return TrainOutcome(module.history, completed, device, precision)

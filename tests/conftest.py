@@ -1,0 +1,17 @@
+import os
+
+import pytest
+
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
+
+
+@pytest.fixture(autouse=True)
+def _wandb_sandbox(tmp_path_factory, monkeypatch):
+    """Keep W&B off the network and out of the home folder in every test."""
+    home = tmp_path_factory.getbasetemp() / "wandb-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    if "WANDB_MODE" not in os.environ:
+        monkeypatch.setenv("WANDB_MODE", "offline")
