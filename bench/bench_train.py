@@ -181,11 +181,14 @@ def main():
             print(
                 f"{arch:12s} batch {batch:5d}: lightning {row['lightning_steps_per_s']:7.1f} "
                 f"steps/s ({row['lightning_samples_per_s']:9.0f} samples/s), bare "
-                f"{row['bare_steps_per_s']:7.1f} steps/s, kernel-busy {row['gpu_kernel_busy_bare']}, "
+                f"{row['bare_steps_per_s']:7.1f} steps/s, "
+                f"kernel-busy {row['gpu_kernel_busy_bare']}, "
                 f"nvml {row['nvml_util_lightning']}",
                 flush=True,
             )
-    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    device_name = (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    )
     report = {
         "device": device_name,
         "torch": torch.__version__,

@@ -91,7 +91,9 @@ def results_table(result: dict[str, Any]):
     table.add_column("gen/acc_l{k}", justify="right")
     table.add_column("gen/tuple_acc_l{k}", justify="right")
     for k in range(1, L + 1):
-        table.add_row(str(k), f"{final[f'gen/acc_l{k}']:.3f}", f"{final[f'gen/tuple_acc_l{k}']:.3f}")
+        table.add_row(
+            str(k), f"{final[f'gen/acc_l{k}']:.3f}", f"{final[f'gen/tuple_acc_l{k}']:.3f}"
+        )
     table.add_section()
     for name in (
         "gen/coherence_depth",
@@ -131,7 +133,9 @@ def grammar_show(
         table.add_column("symbol", justify="right")
         table.add_column("productions")
         for a in range(min(cfg.v, max_rules)):
-            table.add_row(str(a), "   ".join(" ".join(map(str, t)) for t in grammar.rules[k - 1][a]))
+            table.add_row(
+                str(a), "   ".join(" ".join(map(str, t)) for t in grammar.rules[k - 1][a])
+            )
         if cfg.v > max_rules:
             table.add_row("…", f"{cfg.v - max_rules} more symbols")
         console.print(table)

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class GrammarConfig(_Strict):
-    """Random Hierarchy Model: v symbols per level, m productions per symbol, branching s, depth L."""
+    """Random Hierarchy Model: v symbols a level, m productions a symbol, branching s, depth L."""
 
     v: int = Field(16, gt=0, description="vocabulary size (symbols at every level)")
     m: int = Field(4, gt=0, description="synonymous productions per symbol")
@@ -66,14 +66,18 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.arch == "transformer" and self.width % self.heads:
-            raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
+            raise ValueError(
+                f"model.width={self.width} must be divisible by model.heads={self.heads}"
+            )
         return self
 
 
 class DiffusionConfig(_Strict):
     schedule: Literal["linear", "cosine"] = "linear"
     antithetic: bool = Field(True, description="antithetic (stratified) time sampling")
-    sampling_steps: int = Field(0, ge=0, description="sampler steps; 0 means one per token")
+    sampling_steps: int = Field(
+        0, ge=0, description="sampler steps on a uniform time grid; 0: exact, one token per step"
+    )
 
 
 class TrainConfig(_Strict):

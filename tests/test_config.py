@@ -1,6 +1,6 @@
 import pytest
 
-from rhmscale.config import RunConfig, build_config, check_keys, parse_override, valid_keys
+from rhmscale.config import build_config, check_keys, parse_override, valid_keys
 from rhmscale.errors import UserError
 
 

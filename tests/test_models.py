@@ -356,12 +356,37 @@ def test_build_denoiser_from_config(arch, time_cond):
     assert count_parameters(model) == sum(p.numel() for p in model.parameters()) > 0
 
 
-def test_default_config_parameter_counts():
-    grammar = GrammarConfig()  # v=8, s=2, L=3
-    tr = build_denoiser(ModelConfig(arch="transformer"), grammar)
-    unet = build_denoiser(ModelConfig(arch="tree_unet"), grammar)
-    assert count_parameters(tr) == 796_552
-    assert count_parameters(unet) == 300_040
+def test_parameter_counts_match_the_architecture():
+    grammar = GrammarConfig(v=8, m=2, s=2, L=3)
+    v, n, w, depth = 8, 8, 128, 4
+    block = 2 * (2 * w) + (3 * w * w + 3 * w) + (w * w + w) + (4 * w * w + 4 * w) + (4 * w * w + w)
+    expected = (v + 1) * w + n * w + depth * block + 2 * w + (w * v + v)
+    tr = build_denoiser(ModelConfig(arch="transformer", width=w, depth=depth, heads=4), grammar)
+    assert count_parameters(tr) == expected
+    unet = build_denoiser(ModelConfig(arch="tree_unet", width=w), grammar)
+    assert 0 < count_parameters(unet) < count_parameters(tr)
+
+
+class AllEqual(torch.nn.Module):
+    """Exact conditionals of the uniform law over the constant sequences (0,..,0) and (1,..,1)."""
+
+    def forward(self, x, t):
+        revealed = x < 2
+        first = torch.where(revealed, x, 0).amax(dim=1)  # the common value, if any is revealed
+        any_revealed = revealed.any(dim=1)
+        logits = torch.zeros(x.shape[0], x.shape[1], 2)
+        hot = torch.nn.functional.one_hot(first, 2).float() * 50 - 25
+        return torch.where(any_revealed[:, None, None], hot[:, None, :], logits)
+
+
+def test_exact_sampler_keeps_correlated_tokens_consistent():
+    diff = MaskedDiffusion(2)
+    exact = diff.sample(AllEqual(), 400, 8, 0, "cpu", gen(0))
+    assert bool((exact == exact[:, :1]).all())  # every sample constant
+    assert 0.35 < exact[:, 0].float().mean() < 0.65  # both sequences drawn
+    # A time grid with one step per token reveals several tokens at once, independently.
+    grid = diff.sample(AllEqual(), 400, 8, 8, "cpu", gen(0))
+    assert not bool((grid == grid[:, :1]).all())
 
 
 def test_models_package_imports_nothing_heavy():

@@ -43,6 +43,12 @@ class Schedule:
             return 1.0 - t
         return torch.cos(0.5 * math.pi * t)
 
+    def time_of(self, alpha: float) -> float:
+        """Inverse of alpha(t): the time at which a fraction alpha of tokens is unmasked."""
+        if self.name == "linear":
+            return 1.0 - alpha
+        return 2.0 / math.pi * math.acos(min(max(alpha, 0.0), 1.0))
+
     def dalpha(self, t: torch.Tensor) -> torch.Tensor:
         """d alpha / d t (non-positive)."""
         if self.name == "linear":
@@ -171,21 +177,22 @@ class MaskedDiffusion:
     ) -> torch.Tensor:
         """Ancestral sampling of n sequences, LongTensor (n, seq_len) with values in [0, v).
 
-        ``steps`` uniform steps from t=1 to t=0 (0 or None: seq_len steps). A module denoiser
+        ``steps`` uniform steps from t=1 to t=0. 0 or None: the exact sampler that reveals one
+        token per step in a uniformly random order (seq_len steps; a time-uniform grid with
+        seq_len steps would reveal several correlated tokens independently in one step, which
+        breaks grammatical agreement between siblings). A module denoiser
         is put in eval mode for the duration and restored afterwards. Every random draw comes
         from ``generator``: the same seed, n and batch_size give the same samples (a different
         batch_size consumes the stream in a different order, so gives different samples).
         """
-        steps = steps or seq_len
         batch_size = batch_size or n
+        draw = self._sample_batch if steps else self._sample_batch_one_by_one
         was_training = getattr(denoiser, "training", None)
         if isinstance(denoiser, torch.nn.Module):
             denoiser.eval()
         try:
             chunks = [
-                self._sample_batch(
-                    denoiser, min(batch_size, n - i), seq_len, steps, device, generator
-                )
+                draw(denoiser, min(batch_size, n - i), seq_len, steps, device, generator)
                 for i in range(0, n, batch_size)
             ]
         finally:
@@ -222,4 +229,28 @@ class MaskedDiffusion:
             gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.argmax(logits + gumbel, dim=-1)
             x = torch.where(reveal, tokens, x)  # carry-over: revealed tokens never change
+        return x
+
+    def _sample_batch_one_by_one(
+        self,
+        denoiser: Denoiser,
+        b: int,
+        seq_len: int,
+        steps: int | None,
+        device: torch.device | str | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        x = torch.full((b, seq_len), self.mask_id, dtype=torch.long, device=device)
+        order = torch.argsort(torch.rand((b, seq_len), device=device, generator=generator), dim=1)
+        rows = torch.arange(b, device=device)
+        for k in range(seq_len):
+            # k tokens revealed: the time whose alpha(t) is k / seq_len.
+            t_k = self.schedule.time_of(k / seq_len)
+            t = torch.full((b,), t_k, dtype=torch.float32, device=device)
+            pos = order[:, k]
+            logits = denoiser(x, t).float()[rows, pos]  # (b, v)
+            g = torch.rand((b, self.vocab_size), device=device, generator=generator)
+            gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
+            tokens = torch.argmax(logits + gumbel, dim=-1)
+            x = x.scatter(1, pos[:, None], tokens[:, None])
         return x

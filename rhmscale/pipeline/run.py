@@ -86,7 +86,11 @@ def execute(
     store.failed.unlink(missing_ok=True)  # a retry starts clean
     atomic_write_json(
         store.config,
-        {"run_id": config.run_id(), "config": config.model_dump(mode="json"), "version": __version__},
+        {
+            "run_id": config.run_id(),
+            "config": config.model_dump(mode="json"),
+            "version": __version__,
+        },
     )
     with run_log(store.log):
         log.info("run %s on %s in %s", config.run_id(), socket.gethostname(), store.path)

@@ -60,9 +60,9 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 class _Forever(IterableDataset):
     """Lightning needs a loader; batches are drawn on the device inside training_step."""
 
-    def __iter__(self) -> Iterator[None]:
+    def __iter__(self) -> Iterator[int]:
         while True:
-            yield None
+            yield 0  # not None: Lightning skips the step for a None batch
 
 
 def step_loader() -> DataLoader:
@@ -87,6 +87,7 @@ class DiffusionLM(L.LightningModule):
         self.wall_offset = 0.0
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
+        self._restored_loss: tuple[float, int] = (0.0, 0)
 
     # --- data and randomness -------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -98,9 +99,10 @@ class DiffusionLM(L.LightningModule):
         if self._restored_generators is not None:
             self.batch_gen.set_state(self._restored_generators["batch"])
             self.noise_gen.set_state(self._restored_generators["noise"])
-        self._loss_sum = torch.zeros((), device=self.device)
+        loss_sum, self._loss_count = self._restored_loss
+        self._loss_sum = torch.tensor(loss_sum, device=self.device)
 
-    def training_step(self, batch: None, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         assert self.train_data is not None
         idx = torch.randint(
             len(self.train_data),
@@ -135,7 +137,10 @@ class DiffusionLM(L.LightningModule):
             optimizer,
             lambda step: lr_factor(step, train.warmup_steps, train.max_steps, train.lr_schedule),
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def train_dataloader(self) -> DataLoader:
         return step_loader()
@@ -148,6 +153,7 @@ class DiffusionLM(L.LightningModule):
             "history": self.history,
             "wall_s": self.wall_offset + time.perf_counter() - self._fit_started,
             "run_id": self.config.run_id(),
+            "loss_since_eval": (float(self._loss_sum.item()), self._loss_count),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -155,6 +161,7 @@ class DiffusionLM(L.LightningModule):
         self._restored_generators = {"batch": extra["batch_gen"], "noise": extra["noise_gen"]}
         self.history = list(extra["history"])
         self.wall_offset = float(extra["wall_s"])
+        self._restored_loss = extra["loss_since_eval"]
 
     def on_train_start(self) -> None:
         self._fit_started = time.perf_counter()
@@ -214,7 +221,9 @@ class Evaluator(L.Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         if self.samples_table is not None:
-            self.samples_table(step, sample_rows(self.data.grammar, samples_np, self.train_index, cfg))
+            self.samples_table(
+                step, sample_rows(self.data.grammar, samples_np, self.train_index, cfg)
+            )
         return row
 
     def val_loss(self, module: DiffusionLM, gen: torch.Generator) -> float:
@@ -263,7 +272,7 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
+        if step and (step % self.every == 0 or step == trainer.max_steps):
             self.save(trainer)
         if self.stop_at_step is not None and step >= self.stop_at_step and step < trainer.max_steps:
             if step % self.every:
@@ -284,8 +293,14 @@ def quiet_lightning() -> None:
     import logging
     import warnings
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__`.*")
     warnings.filterwarnings("ignore", message=".*that was saved mid-epoch.*")
