@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	WANDB_MODE=offline $(VENV)/bin/rhmscale run --root $(DEMO_ROOT) --sweep demo --wandb offline \
-		-o grammar.v=8 -o grammar.m=2 -o grammar.L=3 -o data.P=256 \
-		-o model.width=64 -o model.depth=2 -o train.max_steps=600 -o train.device=cpu
+		-o grammar.v=8 -o grammar.m=2 -o grammar.L=3 -o data.P=256 -o data.n_test=128 \
+		-o model.arch=tree_unet -o model.width=64 -o train.max_steps=800 -o train.lr=2e-3 \
+		-o train.lr_schedule=cosine -o train.batch_size=128 -o train.device=cpu
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -58,7 +58,7 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: Literal["transformer", "tree_unet"] = "transformer"
-    width: int = Field(128, gt=0, description="embedding width / channels")
+    width: int = Field(256, gt=0, description="embedding width / channels")
     depth: int = Field(4, gt=0, description="transformer layers (ignored by tree_unet)")
     heads: int = Field(4, gt=0, description="attention heads (transformer)")
     time_cond: bool = Field(False, description="condition the denoiser on t")

@@ -125,6 +125,12 @@ class DiffusionLM(L.LightningModule):
         self._loss_count = 0
         return mean
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Clipped here rather than through the Trainer: Lightning refuses its own clipping with
+        # a fused optimizer under bf16 autocast, although bf16 needs no gradient scaling.
+        if self.config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.config.train.grad_clip)
+
     def configure_optimizers(self) -> dict[str, Any]:
         train = self.config.train
         optimizer = torch.optim.AdamW(
@@ -258,6 +264,35 @@ def write_history(run_dir: RunDir, history: list[dict[str, Any]]) -> None:
     atomic_write(run_dir.metrics, lambda handle: frame.to_parquet(handle, index=False))
 
 
+class StepProgress(L.Callback):
+    """One progress bar over optimiser steps (from the resumed step), with the latest metrics."""
+
+    def on_train_start(self, trainer: L.Trainer, module: DiffusionLM) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=trainer.max_steps,
+            initial=trainer.global_step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.2 if sys.stderr.isatty() else 30,  # log files get a line every 30 s
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: DiffusionLM, *args: Any) -> None:
+        self.bar.update(trainer.global_step - self.bar.n)
+        if module.history and module.history[-1]["step"] == trainer.global_step:
+            row = module.history[-1]
+            level = module.config.grammar.L
+            self.bar.set_postfix(
+                val_loss=f"{row['val/loss']:.3f}", acc_top=f"{row[f'gen/acc_l{level}']:.2f}"
+            )
+
+    def on_train_end(self, trainer: L.Trainer, module: DiffusionLM) -> None:
+        self.bar.close()
+
+
 class PeriodicCheckpoint(L.Callback):
     """checkpoints/last.ckpt every N steps (atomically); optionally stop after a given step.
 
@@ -345,14 +380,18 @@ def train(
         precision=precision,
         max_steps=config.train.max_steps,
         logger=logger if logger is not None else False,
-        callbacks=[*(callbacks or []), evaluator, checkpoint],
+        callbacks=[
+            *(callbacks or []),
+            evaluator,
+            checkpoint,
+            *([StepProgress()] if progress else []),
+        ],
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=50,
-        gradient_clip_val=config.train.grad_clip or None,
         default_root_dir=run_dir.path,
         plugins=plugins,
     )
