@@ -15,10 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	WANDB_MODE=offline $(VENV)/bin/rhmscale run --root $(DEMO_ROOT) --sweep demo --wandb offline \
-		-o grammar.v=8 -o grammar.m=2 -o grammar.L=3 -o data.P=256 -o data.n_test=128 \
-		-o model.arch=tree_unet -o model.width=64 -o train.max_steps=800 -o train.lr=2e-3 \
-		-o train.lr_schedule=cosine -o train.batch_size=128 -o train.device=cpu
+	$(VENV)/bin/rhmscale sweep submit quick --root $(DEMO_ROOT)
+	$(VENV)/bin/rhmscale sweep status $(DEMO_ROOT)/quick
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

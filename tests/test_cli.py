@@ -62,9 +62,28 @@ def test_config_show_prints_the_run_id():
 
 @pytest.mark.slow
 def test_run_command_end_to_end(tmp_path):
-    args = ["-o", "grammar.v=4", "-o", "grammar.m=2", "-o", "grammar.L=2", "-o", "data.P=16",
-            "-o", "data.n_test=8", "-o", "model.width=16", "-o", "model.depth=1",
-            "-o", "train.max_steps=20", "-o", "eval.n_samples=32", "-o", "train.device=cpu"]
+    args = [
+        "-o",
+        "grammar.v=4",
+        "-o",
+        "grammar.m=2",
+        "-o",
+        "grammar.L=2",
+        "-o",
+        "data.P=16",
+        "-o",
+        "data.n_test=8",
+        "-o",
+        "model.width=16",
+        "-o",
+        "model.depth=1",
+        "-o",
+        "train.max_steps=20",
+        "-o",
+        "eval.n_samples=32",
+        "-o",
+        "train.device=cpu",
+    ]
     result = cli("run", "--root", str(tmp_path), "--wandb", "disabled", "--no-progress", *args)
     assert result.returncode == 0, result.stderr
     assert "gen/acc_l{k}" in result.stdout and "gen/memorized_frac" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -142,26 +143,40 @@ class StepProgress(L.Callback):
 
 
 class PeriodicCheckpoint(L.Callback):
-    """checkpoints/last.ckpt every N steps (atomically); optionally stop after a given step.
+    """checkpoints/last.ckpt every N steps (atomically); on request, checkpoint and stop.
 
-    `stop_at_step` simulates a preemption: checkpoint, then stop without finishing the run.
+    `should_stop()` is asked after every step: true (a preemption signal arrived) means save
+    now and stop without finishing; `stop_at_step` does the same at a given step (tests).
     """
 
-    def __init__(self, run_dir: RunDir, every: int, stop_at_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: RunDir,
+        every: int,
+        stop_at_step: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         self.run_dir = run_dir
         self.every = every
         self.stop_at_step = stop_at_step
+        self.should_stop = should_stop
         self.stopped_early = False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if step and (step % self.every == 0 or step == trainer.max_steps):
+        saved = bool(step) and (step % self.every == 0 or step == trainer.max_steps)
+        if saved:
             self.save(trainer)
-        if self.stop_at_step is not None and step >= self.stop_at_step and step < trainer.max_steps:
-            if step % self.every:
+        if step < trainer.max_steps and self._stop_requested(step):
+            if not saved:
                 self.save(trainer)
             self.stopped_early = True
             trainer.should_stop = True
+
+    def _stop_requested(self, step: int) -> bool:
+        if self.stop_at_step is not None and step >= self.stop_at_step:
+            return True
+        return self.should_stop is not None and self.should_stop()
 
     def save(self, trainer: L.Trainer) -> None:
         path = self.run_dir.last_checkpoint

@@ -14,7 +14,7 @@ import platform
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +73,12 @@ def execute(
     *,
     progress: bool = False,
     stop_at_step: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
     """Run (or resume, or skip if done) one configuration in run_dir.
 
+    should_stop: asked after every training step; when it returns true (e.g. a preemption
+    signal arrived) the run checkpoints and returns state "interrupted".
     stop_at_step: checkpoint and stop after that step, as a preemption would (for tests).
     """
     store = RunDir(Path(run_dir))
@@ -95,7 +98,7 @@ def execute(
     with run_log(store.log):
         log.info("run %s on %s in %s", config.run_id(), socket.gethostname(), store.path)
         try:
-            return _train_and_record(config, store, progress, stop_at_step)
+            return _train_and_record(config, store, progress, stop_at_step, should_stop)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.warning("run %s interrupted: %r", config.run_id(), exc)
@@ -116,7 +119,11 @@ def execute(
 
 
 def _train_and_record(
-    config: RunConfig, store: RunDir, progress: bool, stop_at_step: int | None
+    config: RunConfig,
+    store: RunDir,
+    progress: bool,
+    stop_at_step: int | None,
+    should_stop: Callable[[], bool] | None,
 ) -> RunOutcome:
     # Heavy imports here, so that importing this module (and the CLI) stays cheap.
     from rhmscale.pipeline.data import make_datasets
@@ -137,9 +144,15 @@ def _train_and_record(
                 samples_table=wandb_mirror.samples_table_writer(logger),
                 progress=progress,
                 stop_at_step=stop_at_step,
+                should_stop=should_stop,
             )
         except BaseException:
-            wandb_mirror.finish(logger, None, exit_code=1)
+            # Closing W&B can itself fail (its service may already be gone after a SIGTERM);
+            # that must not hide the original error.
+            try:
+                wandb_mirror.finish(logger, None, exit_code=1)
+            except Exception:
+                log.warning("could not close the W&B run", exc_info=True)
             raise
         if not outcome.completed:
             wandb_mirror.finish(logger, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +206,7 @@ def train(
     samples_table: Any = None,
     progress: bool = False,
     stop_at_step: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
     callbacks: list[L.Callback] | None = None,
 ) -> TrainOutcome:
     """Train (or resume from run_dir's last checkpoint) and evaluate at log-spaced steps."""
@@ -215,7 +216,9 @@ def train(
     L.seed_everything(config.seed, workers=False, verbose=False)
     module = DiffusionLM(config, data.train)
     evaluator = Evaluator(config, data, run_dir, samples_table)
-    checkpoint = PeriodicCheckpoint(run_dir, config.train.checkpoint_every, stop_at_step)
+    checkpoint = PeriodicCheckpoint(
+        run_dir, config.train.checkpoint_every, stop_at_step, should_stop
+    )
     plugins = []
     if SLURMEnvironment.detect():
         # submitit requeues the task; Lightning must not requeue it a second time.

@@ -1,0 +1,405 @@
+"""State of a sweep: run directories plus ONE `squeue` call (never `sacct` per job).
+
+Per run, in order of precedence:
+  done         result.json exists
+  failed       failed.json exists (unless a retry is queued)
+  running      its latest submission's task is RUNNING in squeue (or its local process lives)
+  queued       that task is PENDING / REQUEUED / ... in squeue
+  cancelled    its latest submission's task was cancelled by `sweep cancel`
+  interrupted  a checkpoint exists but the run is neither done nor active
+  pending      never ran (not yet submitted, or its task ended before the run started)
+
+Submissions and cancellations are read from <sweep>/jobs.jsonl, one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rhmscale.errors import UserError
+from rhmscale.sweeps.spec import Point, SweepSpec, cell_key, expand_points, parse_spec
+from rhmscale.tracking.store import RunDir, read_json
+
+STATES = ("done", "running", "queued", "failed", "cancelled", "interrupted", "pending")
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
+RUNNING = {"RUNNING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+ENDED = {"COMPLETING"}  # the job's processes are gone; SLURM is cleaning up
+
+
+# --- the sweep folder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    path: Path
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "sweep.yaml"
+
+    @property
+    def jobs(self) -> Path:
+        return self.path / "jobs.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".jobs.lock"
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / "submitit"
+
+    def run_dir(self, run_id: str) -> RunDir:
+        return RunDir(self.runs / run_id)
+
+    def load_spec(self) -> SweepSpec:
+        if not self.spec_file.exists():
+            raise UserError(
+                f"{self.path} is not a sweep folder (no sweep.yaml); submit a sweep first or give "
+                "<root>/<sweep name>"
+            )
+        import yaml
+
+        return parse_spec(yaml.safe_load(self.spec_file.read_text()) or {}, str(self.spec_file))
+
+
+@contextlib.contextmanager
+def jobs_lock(sweep: SweepDir) -> Iterator[None]:
+    """An exclusive fcntl lock on the sweep's jobs log (works across processes and hosts
+    on file systems with POSIX locks)."""
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    with open(sweep.lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def append_job_line(sweep: SweepDir, record: dict[str, Any]) -> None:
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+    with jobs_lock(sweep), open(sweep.jobs, "a") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_job_lines(sweep: SweepDir) -> list[dict[str, Any]]:
+    if not sweep.jobs.exists():
+        return []
+    records = []
+    for line in sweep.jobs.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a torn last line is skipped
+            records.append(json.loads(line))
+    return records
+
+
+# --- queue --------------------------------------------------------------------------------
+
+
+def squeue_states(job_ids: set[str], strict: bool = False) -> dict[str, str]:
+    """task job id ("123_4" or "123") -> squeue state, for the user's jobs; ONE squeue call.
+
+    Only array ids in job_ids are asked for; an empty dict when nothing is asked for.
+    strict: raise UserError when squeue cannot answer (a submission must not guess which runs
+    are still queued); otherwise the runs just show their file state.
+    """
+    if not job_ids:
+        return {}
+    if shutil.which("squeue") is None:
+        if strict:
+            raise UserError(
+                "this sweep has SLURM jobs but squeue is not on PATH: cannot tell which runs are "
+                "still queued; submit from a machine with SLURM"
+            )
+        return {}
+    cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()]
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        if strict:
+            raise UserError(f"squeue failed: {exc}") from None
+        return {}
+    if out.returncode != 0:
+        if strict:
+            raise UserError(f"squeue failed: {(out.stderr or out.stdout).strip()}")
+        return {}
+    states: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid.split("_")[0] in job_ids:
+            states[jid] = state
+    return states
+
+
+def pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunJob:
+    kind: str
+    job_id: str  # the task's job id ("123_4" on SLURM, a pid locally)
+    array_id: str
+
+
+def latest_jobs(records: list[dict[str, Any]]) -> tuple[dict[str, RunJob], set[str]]:
+    """run_id -> its latest task, and the set of cancelled job ids (tasks or whole arrays)."""
+    latest: dict[str, RunJob] = {}
+    cancelled: set[str] = set()
+    for rec in records:
+        if rec.get("event") == "cancel":
+            cancelled.update(str(j) for j in rec.get("job_ids", []))
+            continue
+        if rec.get("event") != "submit":
+            continue
+        kind = rec.get("kind", "slurm")
+        for task in rec.get("tasks", []):
+            jid = str(task["job_id"])
+            job = RunJob(kind, jid, jid.split("_")[0])
+            for rid in task["run_ids"]:
+                latest[rid] = job
+                cancelled.discard(jid)  # a resubmitted id is not the cancelled one
+    return latest, cancelled
+
+
+def active_states(latest: dict[str, RunJob], strict: bool = False) -> dict[str, str]:
+    """run_id -> "running" | "queued" for runs whose latest task is alive."""
+    slurm_arrays = {j.array_id for j in latest.values() if j.kind == "slurm"}
+    queue = squeue_states(slurm_arrays, strict)
+    alive: dict[str, bool] = {}
+    active: dict[str, str] = {}
+    for rid, job in latest.items():
+        if job.kind == "slurm":
+            state = queue.get(job.job_id) or queue.get(job.array_id)
+            if state in RUNNING:
+                active[rid] = "running"
+            elif state is not None and state not in ENDED:
+                active[rid] = "queued"
+        elif job.kind == "local":
+            if job.job_id not in alive:
+                alive[job.job_id] = pid_alive(job.job_id)
+            if alive[job.job_id]:
+                active[rid] = "running"
+    return active
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    state: str
+    cell: tuple[int, int, int, int]
+    values: dict[str, Any]
+    job_id: str | None = None
+    message: str | None = None  # failed: the error; else None
+    p: int = 0  # data.P
+
+
+@dataclass
+class SweepStatus:
+    name: str
+    path: Path
+    runs: list[RunStatus]
+    n_grid_points: int
+    counts: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        cells: dict[str, Counter] = {}
+        for run in self.runs:
+            key = "v={} m={} s={} L={}".format(*run.cell)
+            cells.setdefault(key, Counter())[run.state] += 1
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "n_runs": len(self.runs),
+            "counts": {s: self.counts.get(s, 0) for s in STATES},
+            "cells": {k: dict(v) for k, v in cells.items()},
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "state": r.state,
+                    "job_id": r.job_id,
+                    "values": r.values,
+                    **({"message": r.message} if r.message else {}),
+                }
+                for r in self.runs
+            ],
+        }
+
+
+def file_state(store: RunDir, existing: set[str] | None = None) -> str:
+    """RunDir.state(), with one listdir instead of up to three stats (fast for big sweeps).
+
+    existing: names of the run folders that exist (from one scandir); others are pending.
+    """
+    if existing is not None and store.path.name not in existing:
+        return "pending"
+    try:
+        names = set(os.listdir(store.path))
+    except FileNotFoundError:
+        return "pending"
+    if store.result.name in names:
+        return "done"
+    if store.failed.name in names:
+        return "failed"
+    if store.checkpoints.name in names and store.last_checkpoint.exists():
+        return "interrupted"
+    return "pending"
+
+
+def existing_runs(sweep: SweepDir) -> set[str]:
+    try:
+        return {entry.name for entry in os.scandir(sweep.runs)}
+    except FileNotFoundError:
+        return set()
+
+
+def failure_message(store: RunDir, log_lines: int = 5) -> str:
+    """failed.json's error and message, else the tail of the run's log."""
+    try:
+        failed = read_json(store.failed)
+        return f"{failed.get('error', 'error')}: {failed.get('message', '')}".strip()
+    except (OSError, ValueError):
+        pass
+    try:
+        lines = store.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-log_lines:])
+
+
+def run_states(
+    sweep: SweepDir, points: list[Point], *, query_queue: bool = True, strict: bool = False
+) -> list[RunStatus]:
+    records = read_job_lines(sweep)
+    latest, cancelled = latest_jobs(records)
+    active = active_states(latest, strict) if query_queue else {}
+    existing = existing_runs(sweep)
+    statuses = []
+    for point in points:
+        rid = point.run_id
+        store = sweep.run_dir(rid)
+        state = file_state(store, existing)
+        job = latest.get(rid)
+        message = None
+        if state != "done":
+            # failed.json outranks a running task (a retry deletes it when the run starts),
+            # but not a queued one (a retry waiting to start).
+            if rid in active and not (state == "failed" and active[rid] == "running"):
+                state = active[rid]
+            elif state == "failed":
+                message = failure_message(store)
+            elif job and (job.job_id in cancelled or job.array_id in cancelled):
+                state = "cancelled"
+        statuses.append(
+            RunStatus(
+                rid,
+                state,
+                cell_key(point.config),
+                point.values,
+                job and job.job_id,
+                message,
+                point.config.data.P,
+            )
+        )
+    return statuses
+
+
+def sweep_status(
+    path: Path, spec: SweepSpec | None = None, *, query_queue: bool = True
+) -> SweepStatus:
+    sweep = SweepDir(Path(path))
+    spec = spec or sweep.load_spec()
+    expansion = expand_points(spec)
+    runs = run_states(sweep, expansion.points, query_queue=query_queue)
+    return SweepStatus(
+        spec.name,
+        sweep.path,
+        runs,
+        expansion.n_grid_points,
+        Counter(r.state for r in runs),
+    )
+
+
+def status_table(
+    status: SweepStatus, title: str | None = None, to_submit: set[str] | None = None
+) -> Any:
+    """A rich table: one row per grammar cell, one column per state.
+
+    to_submit: the states a submission would take; given, the table is a plan (runs, the
+    cell's P values, done, to submit) instead.
+    """
+    from rich.table import Table
+
+    cells: dict[tuple[int, int, int, int], Counter] = {}
+    p_values: dict[tuple[int, int, int, int], set[int]] = {}
+    for run in status.runs:
+        cells.setdefault(run.cell, Counter())[run.state] += 1
+        p_values.setdefault(run.cell, set()).add(run.p)
+    if to_submit is not None:
+        shown = ["done", "to submit"]
+        for counts in [*cells.values(), status.counts]:
+            counts["to submit"] = sum(counts.get(s, 0) for s in to_submit)
+    else:
+        shown = [s for s in STATES if status.counts.get(s)] or ["pending"]
+    table = Table(title=title or f"sweep {status.name}: {len(status.runs)} runs")
+    for col in ("v", "m", "s", "L", "runs"):
+        table.add_column(col, justify="right")
+    if to_submit is not None:
+        table.add_column("data.P", justify="left")
+    for s in shown:
+        table.add_column(s, justify="right")
+    for cell in sorted(cells):
+        counts = cells[cell]
+        extra = [format_p(p_values[cell])] if to_submit is not None else []
+        table.add_row(
+            *map(str, cell),
+            str(sum(counts.get(s, 0) for s in STATES)),
+            *extra,
+            *(str(counts.get(s, 0) or "") for s in shown),
+        )
+    table.add_section()
+    extra = [""] if to_submit is not None else []
+    table.add_row(
+        "all",
+        "",
+        "",
+        "",
+        str(len(status.runs)),
+        *extra,
+        *(str(status.counts.get(s, 0)) for s in shown),
+    )
+    return table
+
+
+def format_p(values: set[int]) -> str:
+    ordered = sorted(values)
+    if len(ordered) <= 4:
+        return ", ".join(map(str, ordered))
+    return f"{ordered[0]} .. {ordered[-1]} ({len(ordered)} values)"

@@ -1,0 +1,318 @@
+"""Sweep specs: parsing, grid expansion, validation of every point, presets, plan/status."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rhmscale.cli import app
+from rhmscale.errors import UserError
+from rhmscale.sweeps.dispatch import group_tasks, prepare, slurm_parameters
+from rhmscale.sweeps.spec import (
+    ExecutorSpec,
+    expand,
+    expand_points,
+    load_spec,
+    logspace_ints,
+    parse_spec,
+    preset_names,
+)
+from rhmscale.sweeps.status import SweepDir, append_job_line, sweep_status
+from rhmscale.tracking.store import atomic_write_json
+
+BASE = {
+    "grammar": {"v": 4, "m": 2, "L": 3},
+    "data": {"P": 32, "n_test": 16},
+    "model": {"arch": "tree_unet", "width": 16},
+    "train": {"max_steps": 10, "device": "cpu"},
+    "tracking": {"wandb": "disabled"},
+}
+
+
+def spec(grid, **extra):
+    return parse_spec({"name": "t", "base": BASE, "grid": grid, **extra})
+
+
+def test_lists_multiply_and_every_point_is_a_valid_config():
+    configs = expand(spec({"data.P": [8, 16], "seed": [0, 1, 2]}))
+    assert len(configs) == 6
+    assert {(c.data.P, c.seed) for c in configs} == {(p, s) for p in (8, 16) for s in (0, 1, 2)}
+    assert all(c.grammar.v == 4 and c.model.arch == "tree_unet" for c in configs)
+    assert len({c.run_id() for c in configs}) == 6
+
+
+def test_logspace_rounds_to_distinct_integers():
+    assert logspace_ints(16, 256, 5) == [16, 32, 64, 128, 256]
+    assert logspace_ints(1, 3, 10) == [1, 2, 3]  # duplicates after rounding dropped
+    assert logspace_ints(10, 10, 1) == [10]
+    configs = expand(spec({"data.P": {"logspace": [8, 128, 5]}}))
+    assert sorted(c.data.P for c in configs) == [8, 16, 32, 64, 128]
+
+
+def test_bad_logspace_is_a_user_error():
+    with pytest.raises(UserError, match="logspace"):
+        expand(spec({"data.P": {"logspace": [8, 128]}}))
+    with pytest.raises(UserError, match="logspace"):
+        expand(spec({"data.P": {"logspace": [0, 128, 3]}}))
+    with pytest.raises(UserError, match="only one allowed"):
+        expand(spec({"data.P": {"linspace": [8, 128, 3]}}))
+
+
+def test_zipped_keys_vary_together():
+    configs = expand(spec({"zip": [{"grammar.v": [4, 8], "grammar.m": [2, 3]}], "seed": [0, 1]}))
+    assert {(c.grammar.v, c.grammar.m) for c in configs} == {(4, 2), (8, 3)}
+    assert len(configs) == 4
+
+
+def test_zip_lengths_must_match():
+    with pytest.raises(UserError, match="equal lengths"):
+        expand(spec({"zip": [{"grammar.v": [4, 8], "grammar.m": [2]}]}))
+
+
+def test_grid_blocks_are_a_union():
+    configs = expand(
+        spec([{"grammar.v": 4, "data.P": [8, 16]}, {"grammar.v": 8, "data.P": [32, 64]}])
+    )
+    assert sorted((c.grammar.v, c.data.P) for c in configs) == [(4, 8), (4, 16), (8, 32), (8, 64)]
+
+
+def test_identical_points_collapse_by_run_id():
+    expansion = expand_points(spec({"data.P": [8, 8, 16]}))
+    assert expansion.n_grid_points == 3 and len(expansion.points) == 2
+
+
+def test_unknown_grid_key_names_the_nearest_valid_key():
+    with pytest.raises(UserError, match=r"unknown key 'grammar\.vv'.*did you mean 'grammar\.v'"):
+        expand(spec({"grammar.vv": [4, 8]}))
+
+
+def test_unknown_base_key_is_named():
+    with pytest.raises(UserError, match="did you mean 'train.max_steps'"):
+        expand(parse_spec({"name": "t", "base": {"train": {"max_step": 3}}, "grid": {"seed": [0]}}))
+
+
+def test_tracking_keys_may_not_be_grid_keys():
+    with pytest.raises(UserError, match="tracking"):
+        expand(spec({"tracking.project": ["a", "b"]}))
+
+
+def test_a_failing_point_is_named_with_its_values():
+    with pytest.raises(UserError, match=r"point 2 \(data\.P=600\).*exceeds") as err:
+        expand(spec({"data.P": [8, 600]}))
+    assert "data.P" in str(err.value)
+
+
+def test_empty_grid_and_empty_lists_are_errors():
+    with pytest.raises(UserError, match="empty"):
+        expand(spec({}))
+    with pytest.raises(UserError, match="empty list"):
+        expand(spec({"seed": []}))
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "x;rm -rf", "a b", "$(x)", "", "-x"])
+def test_sweep_names_with_path_or_shell_characters_are_rejected(name):
+    with pytest.raises(UserError, match="sweep name"):
+        parse_spec({"name": name, "grid": {"seed": [0]}})
+
+
+def test_unknown_spec_keys_and_executor_fields_are_rejected():
+    with pytest.raises(UserError, match="grids"):
+        parse_spec({"name": "t", "grids": {}})
+    with pytest.raises(UserError, match="executor.kind"):
+        parse_spec({"name": "t", "executor": {"kind": "kubernetes"}})
+
+
+def test_sbatch_options_are_checked_against_a_known_set():
+    ok = ExecutorSpec(kind="slurm", sbatch={"reservation": "r1", "mail_type": "END"})
+    params = slurm_parameters(ok.model_copy(update={"qos": "high", "partition": "gpu"}), "t")
+    assert params["slurm_additional_parameters"] == {
+        "reservation": "r1",
+        "mail_type": "END",
+        "qos": "high",
+    }
+    assert params["slurm_partition"] == "gpu"
+    with pytest.raises(ValueError, match="did you mean 'reservation'"):
+        ExecutorSpec(sbatch={"reservaton": "r1"})
+    with pytest.raises(ValueError, match="executor fields"):
+        ExecutorSpec(sbatch={"partition": "gpu"})  # set by a field, not by hand
+
+
+def test_tracking_is_merged_and_the_group_defaults_to_the_name():
+    configs = expand(spec({"seed": [0]}, tracking={"tags": ["x"]}))
+    assert configs[0].tracking.group == "t" and configs[0].tracking.tags == ["x"]
+    assert configs[0].tracking.wandb == "disabled"  # from base
+    with pytest.raises(UserError, match="tracking"):
+        spec({"seed": [0]}, tracking={"projct": "x"})
+
+
+def test_presets_load_and_expand():
+    assert {"quick", "paper"} <= set(preset_names())
+    quick = expand_points(load_spec("quick"))
+    assert 6 <= len(quick.points) <= 12
+    assert all(p.config.train.device == "cpu" for p in quick.points)
+    paper = load_spec("paper")
+    configs = expand(paper)
+    assert {c.grammar.s for c in configs} == {2}
+    assert {c.grammar.L for c in configs} == {2, 3, 4}
+    assert len({c.grammar.v for c in configs}) >= 2 and len({c.grammar.m for c in configs}) >= 2
+    assert {c.seed for c in configs} == {0, 1, 2}
+    assert paper.executor.kind == "slurm" and paper.executor.gpus_per_task == 1
+
+
+def test_load_spec_from_a_file_and_a_missing_one(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "f", "base": BASE, "grid": {"seed": [0, 1]}}))
+    assert len(expand(load_spec(path))) == 2
+    with pytest.raises(UserError, match="presets"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_tasks_group_runs():
+    items = [{"i": i} for i in range(7)]
+    assert [len(t) for t in group_tasks(items, ExecutorSpec(kind="slurm", runs_per_task=3))] == [
+        3,
+        3,
+        1,
+    ]
+    local = group_tasks(items, ExecutorSpec(kind="local", workers=2))
+    assert len(local) == 2 and sorted(i["i"] for t in local for i in t) == list(range(7))
+    assert len(group_tasks(items, ExecutorSpec(kind="debug"))) == 1
+
+
+def fake_done(sweep_dir, run_id):
+    atomic_write_json(sweep_dir / "runs" / run_id / "result.json", {"run_id": run_id})
+
+
+def test_prepare_skips_done_runs_and_status_reads_files(tmp_path):
+    s = spec({"data.P": [8, 16], "seed": [0, 1]})
+    points = expand_points(s).points
+    sweep = tmp_path / "t"
+    fake_done(sweep, points[0].run_id)
+    atomic_write_json(
+        sweep / "runs" / points[1].run_id / "failed.json",
+        {"error": "RuntimeError", "message": "disk on fire"},
+    )
+    ckpt = sweep / "runs" / points[2].run_id / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    prepared = prepare(s, tmp_path)
+    assert set(prepared.run_ids) == {p.run_id for p in points[1:]}
+    status = sweep_status(sweep, s)
+    assert status.counts == {"done": 1, "failed": 1, "interrupted": 1, "pending": 1}
+    failed = [r for r in status.runs if r.state == "failed"][0]
+    assert failed.message == "RuntimeError: disk on fire"
+    # A cancelled submission shows its unfinished runs as cancelled.
+    append_job_line(
+        SweepDir(sweep),
+        {
+            "event": "submit",
+            "kind": "slurm",
+            "tasks": [{"job_id": "999999_0", "run_ids": [points[3].run_id]}],
+        },
+    )
+    append_job_line(SweepDir(sweep), {"event": "cancel", "job_ids": ["999999"]})
+    assert sweep_status(sweep, s, query_queue=False).counts["cancelled"] == 1
+
+
+def test_cli_plan_and_errors(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "f", "base": BASE, "grid": {"seed": [0, 1]}}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["sweep", "plan", str(path), "--root", str(tmp_path / "runs")])
+    assert out.exit_code == 0, out.output
+    assert "to submit" in out.output and "2 runs" in out.output
+
+
+def test_cli_user_errors_exit_2_with_one_message(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "f", "base": BASE, "grid": {"grammar.vv": [1]}}))
+    cli = Path(sys.executable).with_name("rhmscale")
+    out = subprocess.run([str(cli), "sweep", "plan", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "did you mean 'grammar.v'" in out.stderr and "Traceback" not in out.stderr
+    env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "g", "base": BASE, "grid": {"seed": [0]}}))
+    out = subprocess.run(
+        [str(cli), "sweep", "submit", str(good), "-e", "slurm", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 2 and "sbatch" in out.stderr, out.stderr
+    assert not (tmp_path / "g" / "jobs.jsonl").exists()
+
+
+def test_status_json(tmp_path):
+    s = spec({"seed": [0, 1]})
+    from rhmscale.sweeps.dispatch import submit_prepared
+
+    prepared = prepare(s, tmp_path, executor={"kind": "local"}, states=set())
+    submit_prepared(prepared)  # nothing to submit: only writes sweep.yaml
+    fake_done(tmp_path / "t", expand_points(s).points[0].run_id)
+    out = CliRunner().invoke(app, ["sweep", "status", str(tmp_path / "t"), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["counts"]["done"] == 1 and data["counts"]["pending"] == 1
+
+
+@pytest.mark.slow
+def test_local_executor_runs_a_sweep_end_to_end(tmp_path):
+    from rhmscale.sweeps.dispatch import submit, wait
+
+    tiny = {
+        **BASE,
+        "grammar": {"v": 4, "m": 2, "L": 2},
+        "data": {"P": 8, "n_test": 4},
+        "train": {"max_steps": 10, "batch_size": 8, "warmup_steps": 0, "device": "cpu"},
+        "eval": {"n_samples": 8, "n_evals": 1},
+    }
+    s = parse_spec(
+        {"name": "loc", "base": tiny, "grid": {"seed": [0, 1]}, "executor": {"workers": 2}}
+    )
+    submission = submit(s, tmp_path)
+    assert len(submission.jobs) == 2 and submission.record["kind"] == "local"
+    assert not wait(submission)
+    assert sweep_status(tmp_path / "loc", s).counts == {"done": 2}
+    assert submit(s, tmp_path).record is None
+
+
+def _append_many(path, worker, n):
+    for i in range(n):
+        append_job_line(
+            SweepDir(path), {"event": "note", "worker": worker, "i": i, "pad": "x" * 500}
+        )
+
+
+def test_jobs_log_appends_from_many_processes_do_not_interleave(tmp_path):
+    import multiprocessing
+
+    from rhmscale.sweeps.status import read_job_lines
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(tmp_path, w, 50)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = (tmp_path / "jobs.jsonl").read_text().splitlines()
+    assert len(lines) == 200 and all(json.loads(line)["pad"] for line in lines)
+    assert len(read_job_lines(SweepDir(tmp_path))) == 200
+
+
+def test_a_submission_refuses_to_guess_when_squeue_cannot_answer(tmp_path, monkeypatch):
+    s = spec({"seed": [0, 1]})
+    rid = expand_points(s).points[0].run_id
+    append_job_line(
+        SweepDir(tmp_path / "t"),
+        {"event": "submit", "kind": "slurm", "tasks": [{"job_id": "5_0", "run_ids": [rid]}]},
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue
+    with pytest.raises(UserError, match="squeue"):
+        prepare(s, tmp_path)
+    assert sweep_status(tmp_path / "t", s).counts == {"pending": 2}  # status still answers
