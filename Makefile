@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/rhmscale sweep submit quick --root $(DEMO_ROOT)
-	$(VENV)/bin/rhmscale sweep status $(DEMO_ROOT)/quick
+	$(VENV)/bin/rhmscale sweep status $(DEMO_ROOT)/quick --runs
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -286,10 +286,10 @@ def sweep_submit(
     _do_submit(load_spec(spec), root, overrides, SUBMITTABLE, wait)
 
 
-def _print_status(path: Path, json_out: bool, failures: int) -> None:
+def _print_status(path: Path, json_out: bool, failures: int, runs: bool = False) -> None:
     import json
 
-    from rhmscale.sweeps.status import status_table, sweep_status
+    from rhmscale.sweeps.status import runs_table, status_table, sweep_status
 
     status = sweep_status(path)
     if json_out:
@@ -297,6 +297,8 @@ def _print_status(path: Path, json_out: bool, failures: int) -> None:
         return
     console = _console()
     console.print(status_table(status))
+    if runs:
+        console.print(runs_table(status))
     failed = [r for r in status.runs if r.state == "failed"]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
@@ -312,9 +314,12 @@ def sweep_status_cmd(
     path: SweepPathArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     failures: Annotated[int, typer.Option(help="Failed runs to show with their error.")] = 10,
+    runs: Annotated[
+        bool, typer.Option("--runs", help="Also a table of finished runs and final accuracies.")
+    ] = False,
 ) -> None:
     """Counts of runs by state, per grammar cell; failed runs with their error."""
-    _print_status(path, json_out, failures)
+    _print_status(path, json_out, failures, runs)
 
 
 @sweep_app.command("retry")

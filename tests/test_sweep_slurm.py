@@ -92,6 +92,11 @@ def test_a_six_run_array_completes_and_a_second_submit_submits_nothing(slurm_clu
     out = CliRunner().invoke(app, ["sweep", "status", str(sweep), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["counts"]["done"] == 6
+    table = CliRunner().invoke(app, ["sweep", "status", str(sweep), "--runs"], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "6 finished runs" in table.output and "acc_l2" in table.output
+    for point in expand_points(spec).points:
+        assert point.run_id[:8] in table.output
 
 
 def test_a_failing_run_shows_in_status_while_the_others_finish(slurm_cluster, tmp_path):

@@ -403,3 +403,27 @@ def format_p(values: set[int]) -> str:
     if len(ordered) <= 4:
         return ", ".join(map(str, ordered))
     return f"{ordered[0]} .. {ordered[-1]} ({len(ordered)} values)"
+
+
+def runs_table(status: SweepStatus):
+    """One row per finished run: its grid values and final per-level accuracy (result.json)."""
+    from rich.table import Table
+
+    from rhmscale.tracking.store import read_json
+
+    done = [r for r in status.runs if r.state == "done"]
+    finals = {r.run_id: read_json(status.path / "runs" / r.run_id / "result.json") for r in done}
+    depth = max((res["config"]["grammar"]["L"] for res in finals.values()), default=0)
+    keys = sorted({k for r in done for k in r.values})
+    table = Table(title=f"sweep {status.name}: {len(done)} finished runs")
+    for name in ["run", *keys]:
+        table.add_column(name.split(".")[-1], justify="right")  # grammar.v -> v
+    metrics = [f"gen/acc_l{k}" for k in range(1, depth + 1)]
+    metrics += ["gen/novel_frac", "gen/memorized_frac"]
+    for name in metrics:
+        table.add_column(name.removeprefix("gen/"), justify="right")
+    for run in sorted(done, key=lambda r: [str(r.values.get(k)).zfill(12) for k in keys]):
+        final = finals[run.run_id]["final"]
+        cells = [f"{final[m]:.2f}" if m in final else "" for m in metrics]
+        table.add_row(run.run_id[:8], *(str(run.values.get(k, "")) for k in keys), *cells)
+    return table
