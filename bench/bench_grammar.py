@@ -14,27 +14,14 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
 from rhmscale.pipeline.grammar import Grammar
-
-
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Wall-clock seconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def run(v: int, m: int, s: int, L: int, batch: int, repeats: int, seed: int) -> dict:

@@ -17,13 +17,12 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
 from rhmscale.sweeps.dispatch import SweepTask, prepare
 from rhmscale.sweeps.spec import expand_points, parse_spec, spec_to_yaml
@@ -37,16 +36,6 @@ BASE = {
     "train": {"max_steps": 1000},
     "tracking": {"wandb": "disabled"},
 }
-
-
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    fn()  # warm-up (imports, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def grid_spec(name: str, n_seeds: int, n_p: int) -> dict:
