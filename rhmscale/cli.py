@@ -104,6 +104,37 @@ def results_table(result: dict[str, Any]):
     return table
 
 
+@app.command()
+def collect(
+    path: Annotated[
+        Path, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write .parquet or .csv (atomically).")
+    ] = None,
+) -> None:
+    """Collect finished runs into one table: a row per run and evaluation point."""
+    from rhmscale.pipeline.collect import collect as collect_runs
+
+    collection = collect_runs(path)
+    console = _console()
+    console.print(collection.summary())
+    for reason, ids in sorted(collection.skipped.items()):
+        console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
+    if output is None:
+        return
+    from rhmscale.tracking.store import atomic_write
+
+    frame = collection.frame
+    if output.suffix == ".csv":
+        atomic_write(output, lambda handle: handle.write(frame.to_csv(index=False).encode()))
+    elif output.suffix == ".parquet":
+        atomic_write(output, lambda handle: frame.to_parquet(handle, index=False))
+    else:
+        raise UserError(f"--output {output}: use a .parquet or .csv file name")
+    console.print(f"wrote {output}")
+
+
 @grammar_app.command("show")
 def grammar_show(
     config: ConfigOpt = None,

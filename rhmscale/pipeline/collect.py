@@ -1,0 +1,69 @@
+"""Run directories -> one tidy pandas DataFrame: one row per run and evaluation point.
+
+Config is flattened into columns (`grammar.v`, `data.P`, `seed`, ...) beside the metrics.
+Runs that are unfinished, failed or unreadable are counted and named, never crash the
+collection: a sweep being collected while it still runs is the normal case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from rhmscale.config import flatten
+from rhmscale.errors import UserError
+from rhmscale.tracking.store import RunDir, read_json
+
+
+@dataclass
+class Collection:
+    frame: pd.DataFrame
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run ids
+
+    def summary(self) -> str:
+        runs = self.frame["run_id"].nunique() if len(self.frame) else 0
+        parts = [f"{runs} runs, {len(self.frame)} evaluation rows"]
+        parts += [f"{len(ids)} {reason}" for reason, ids in sorted(self.skipped.items())]
+        return ", ".join(parts)
+
+
+def run_dirs(path: Path) -> list[RunDir]:
+    """The run folders of a sweep folder (<sweep>/runs/*) or of a folder of runs."""
+    path = Path(path)
+    base = path / "runs" if (path / "runs").is_dir() else path
+    if not base.is_dir():
+        raise UserError(f"{path} is not a folder")
+    found = [RunDir(p) for p in sorted(base.iterdir()) if (p / "config.json").exists()]
+    if not found:
+        raise UserError(f"no runs in {path} (expected <sweep>/runs/<run_id>/config.json)")
+    return found
+
+
+def read_run(store: RunDir) -> pd.DataFrame:
+    """Evaluation rows of one finished run with its flattened config as columns."""
+    meta = read_json(store.config)
+    history = pd.read_parquet(store.metrics)
+    if history.empty or "step" not in history:
+        raise ValueError("metrics.parquet holds no evaluations")
+    for key, value in flatten(meta["config"]).items():
+        history[key] = value if not isinstance(value, list) else ",".join(map(str, value))
+    history.insert(0, "run_id", meta["run_id"])
+    history["final"] = history["step"] == history["step"].max()
+    return history
+
+
+def collect(path: Path) -> Collection:
+    frames, skipped = [], {}
+    for store in run_dirs(path):
+        state = store.state()
+        if state != "done":
+            skipped.setdefault(state, []).append(store.path.name)
+            continue
+        try:
+            frames.append(read_run(store))
+        except Exception:  # noqa: BLE001 - a corrupt run is reported, not fatal
+            skipped.setdefault("corrupt", []).append(store.path.name)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Collection(frame, skipped)
