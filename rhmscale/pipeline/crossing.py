@@ -1,0 +1,105 @@
+"""Where a seed-averaged curve first crosses a threshold, and its bootstrap over seeds.
+
+Used along dataset size P (sample complexity P*_k) and along training time (samples seen at
+crossing). The crossing is interpolated between the bracketing points linearly in log x and in
+logit(y): accuracy curves are sigmoids of log x, which the logit makes straight, so the
+interpolation is not pulled towards the middle of the bracket as a linear one would be. A
+curve already above the threshold at its first point is censored "below" (x* <= x_min), one
+that never reaches it "above" (x* > x_max). Censored points are reported, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BELOW, ABOVE = "below", "above"
+
+
+def logit(y: np.ndarray | float, eps: float = 1e-3) -> np.ndarray:
+    y = np.clip(y, eps, 1 - eps)
+    return np.log(y / (1 - y))
+
+
+def crossings(
+    log_x: np.ndarray, means: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """First upward crossing of each row of `means` (rows x points), in log x.
+
+    Returns (log x*, censoring code): code 0 = measured, -1 = below the first x, +1 = above
+    the last x. Censored rows get the bound they are censored at.
+    """
+    means = np.atleast_2d(means)
+    above = means >= threshold
+    if len(log_x) == 1:  # nothing to interpolate: censored on one side or the other
+        code = np.where(above[:, 0], -1, 1)
+        return np.full(len(means), log_x[0]), code
+    first = above.argmax(axis=1)
+    reached = above.any(axis=1)
+    code = np.where(~reached, 1, np.where(first == 0, -1, 0))
+    right = np.clip(first, 1, len(log_x) - 1)
+    left = right - 1
+    rows = np.arange(len(means))
+    y0, y1, target = logit(means[rows, left]), logit(means[rows, right]), logit(threshold)
+    frac = np.clip((target - y0) / np.where(y1 > y0, y1 - y0, 1.0), 0.0, 1.0)
+    value = log_x[left] + frac * (log_x[right] - log_x[left])
+    value = np.where(code == -1, log_x[0], np.where(code == 1, log_x[-1], value))
+    return value, code
+
+
+@dataclass
+class Crossing:
+    log_x: float  # log of the crossing (or of the bound it is censored at)
+    censored: str  # "" measured, "below" or "above"
+    lo: float  # bootstrap interval in log x (nan when censored)
+    hi: float
+    var: float  # bootstrap variance of log x* (the fit's weights)
+    replicates: np.ndarray  # bootstrap replicates of log x*
+
+
+def bootstrap_crossing(
+    x: np.ndarray,
+    per_seed: list[np.ndarray],
+    threshold: float,
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+    ci: float = 0.95,
+) -> Crossing:
+    """Crossing of the seed mean, with a percentile interval from resampling seeds.
+
+    x: increasing positive sizes; per_seed[j]: the values of the seeds measured at x[j]
+    (seeds may be missing at some x). Seeds are resampled with replacement at each x, after
+    their deviations from the mean are scaled by sqrt(n/(n-1)): the plain bootstrap of a mean
+    of n seeds has (n-1)/n of its variance, a third too little with the usual 3 seeds.
+    Replicates that are censored count at their bound.
+    """
+    log_x = np.log(np.asarray(x, dtype=float))
+    means = np.array([values.mean() for values in per_seed])
+    value, code = crossings(log_x, means[None, :], threshold)
+    censored = {0: "", -1: BELOW, 1: ABOVE}[int(code[0])]
+    boot = np.empty((n_boot, len(x)))
+    for j, values in enumerate(per_seed):
+        n = len(values)
+        spread = values - values.mean()
+        if n > 1:
+            spread = spread * np.sqrt(n / (n - 1))
+        picks = rng.integers(n, size=(n_boot, n))
+        boot[:, j] = values.mean() + spread[picks].mean(axis=1)
+    replicates, _ = crossings(log_x, boot, threshold)
+    if censored:
+        nan = float("nan")
+        return Crossing(float(value[0]), censored, nan, nan, nan, replicates)
+    tail = (1 - ci) / 2 * 100
+    lo, hi = np.percentile(replicates, [tail, 100 - tail])
+    return Crossing(
+        float(value[0]), "", float(lo), float(hi), float(robust_variance(replicates)), replicates
+    )
+
+
+def robust_variance(replicates: np.ndarray) -> np.ndarray:
+    """Per column, from the interquartile range: a few replicates censored at a far bound
+    would otherwise dominate a plain variance."""
+    q1, q3 = np.percentile(replicates, [25, 75], axis=0)
+    return ((q3 - q1) / 1.349) ** 2
