@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rhmscale.cli_results import register as register_results
 from rhmscale.cli_sweep import make_console as _console
 from rhmscale.cli_sweep import sweep_app
 from rhmscale.errors import UserError
@@ -107,16 +108,40 @@ def results_table(result: dict[str, Any]):
 @app.command()
 def collect(
     path: Annotated[
-        Path, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")
-    ],
+        Path | None, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write .parquet or .csv (atomically).")
     ] = None,
+    from_wandb_offline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read offline W&B runs (offline-run-*/run-<id>.wandb) under this folder."
+        ),
+    ] = None,
+    from_wandb: Annotated[
+        str | None, typer.Option(help="Read runs through the W&B API: entity/project.")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="With --from-wandb: only this group (the sweep name).")
+    ] = None,
 ) -> None:
     """Collect finished runs into one table: a row per run and evaluation point."""
-    from rhmscale.pipeline.collect import collect as collect_runs
+    sources = [s for s in (path, from_wandb_offline, from_wandb) if s is not None]
+    if len(sources) != 1:
+        raise UserError("give one of: PATH, --from-wandb-offline DIR, --from-wandb entity/project")
+    if from_wandb_offline is not None:
+        from rhmscale.pipeline.collect_wandb import collect_wandb_offline
 
-    collection = collect_runs(path)
+        collection = collect_wandb_offline(from_wandb_offline)
+    elif from_wandb is not None:
+        from rhmscale.pipeline.collect_wandb import collect_wandb_api
+
+        collection = collect_wandb_api(from_wandb, group=group)
+    else:
+        from rhmscale.pipeline.collect import collect as collect_runs
+
+        collection = collect_runs(path)
     console = _console()
     console.print(collection.summary())
     for reason, ids in sorted(collection.skipped.items()):
@@ -193,6 +218,9 @@ def config_keys() -> None:
 
 
 # --- sweeps ---------------------------------------------------------------------------------
+
+
+register_results(app)  # after `run` and `collect`, so --help lists them in workflow order
 
 
 def main() -> None:

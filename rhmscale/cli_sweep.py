@@ -10,11 +10,11 @@ import typer
 from rhmscale.errors import UserError
 
 
-def make_console():
+def make_console(stderr: bool = False):
     """A rich console, imported on use so that `--help` stays fast."""
     from rich.console import Console
 
-    return Console()
+    return Console(stderr=stderr)
 
 
 sweep_app = typer.Typer(help="Plan, submit and follow sweeps of runs.", no_args_is_help=True)

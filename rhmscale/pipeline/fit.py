@@ -57,17 +57,28 @@ class FitResult:
     cell_keys: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-            return frame.astype(object).where(frame.notna(), None).to_dict("records")
-
-        return {
-            "options": asdict(self.options),
-            "stats": self.stats,
-            "exponents": records(self.exponents),
-            "crossings": records(self.crossings),
-            "time_crossings": records(self.time_crossings),
-            "coherence": records(self.coherence),
+        """Plain JSON-able content; NaN and infinities become None."""
+        frames = {
+            "exponents": self.exponents,
+            "crossings": self.crossings,
+            "time_crossings": self.time_crossings,
+            "coherence": self.coherence,
         }
+        content = {"options": asdict(self.options), "stats": self.stats}
+        content.update({name: frame.to_dict("records") for name, frame in frames.items()})
+        return json_safe(content)
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 # --- cells and evaluation points -------------------------------------------------------------
@@ -146,6 +157,15 @@ def with_cells(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame, keys
 
 
+def order(frame: pd.DataFrame) -> list[str]:
+    """Cells in numeric order of L, v, m, s (labels would sort v=16 before v=8)."""
+    return [GRAMMAR[n] for n in ("L", "v", "m", "s")] + ["cell"]
+
+
+def by_cell(rows: pd.DataFrame):
+    return rows.sort_values(order(rows)).groupby("cell", sort=False)
+
+
 def grammar_of(group: pd.DataFrame) -> dict[str, int]:
     return {short: int(group[col].iloc[0]) for short, col in GRAMMAR.items()}
 
@@ -166,7 +186,7 @@ def sample_complexity(
     """P*_k per cell and level, and each point's seed-bootstrap replicates of log P*_k."""
     rng = np.random.default_rng(options.seed)
     records, replicates = [], []
-    for cell, group in rows.groupby("cell", sort=True):
+    for cell, group in by_cell(rows):
         g = grammar_of(group)
         for k in range(1, g["L"] + 1):
             sizes, values = values_by(group[SIZE], group[options.metric.format(k=k)])
@@ -262,6 +282,8 @@ def fit_exponents(
         ci=options.ci,
     )
     predicted, exact = theory.coefficients(names, variables(used))
+    if exact:
+        predicted = np.round(predicted, 9)  # 1.0000000000000009 -> 1.0
     rows = []
     for j, name in enumerate(names, start=1):
         estimate, lo, hi = fitted.coef[j], fitted.lo[j], fitted.hi[j]
@@ -305,7 +327,7 @@ def time_crossings(frame: pd.DataFrame, options: FitOptions) -> pd.DataFrame:
     """Per cell, P and level: the samples seen when the seed mean crosses the threshold."""
     rng = np.random.default_rng(options.seed + 2)
     records = []
-    for (cell, P), group in frame.groupby(["cell", SIZE], sort=True):
+    for (cell, P), group in frame.sort_values(order(frame)).groupby(["cell", SIZE], sort=False):
         group = group[group["samples_seen"] > 0]
         for k in range(1, grammar_of(group)["L"] + 1):
             seen, values = values_by(group["samples_seen"], group[options.metric.format(k=k)])
@@ -336,7 +358,7 @@ def time_crossings(frame: pd.DataFrame, options: FitOptions) -> pd.DataFrame:
 def coherence_fits(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell: seed-mean coherence length s**depth ~ prefactor * P**exponent."""
     records = []
-    for cell, group in rows.groupby("cell", sort=True):
+    for cell, group in by_cell(rows):
         means = group.groupby(SIZE)["gen/coherence_length"].mean()
         means = means[means > 0]
         record = {

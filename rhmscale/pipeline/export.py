@@ -1,0 +1,221 @@
+"""The fit's tables as CSV, Markdown, LaTeX (booktabs) and JSON.
+
+Two tables: the exponents (one row per regressor, with interval and theory) and the sample
+complexities P*_k (one row per cell and level, censored ones shown as bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from rhmscale.errors import UserError
+from rhmscale.pipeline.fit import FitResult
+
+FORMATS = ("md", "csv", "tex", "json")
+TABLES = ("exponents", "p_star")
+TEX_TERMS = {
+    "log v": r"$\log v$",
+    "log m": r"$\log m$",
+    "k": r"$k$",
+    "k log m": r"$k \log m$",
+    "(k+1) log m": r"$(k+1) \log m$",
+    "log s": r"$\log s$",
+    "L": r"$L$",
+}
+
+
+def check_format(fmt: str, tables: tuple[str, ...]) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise UserError(f"--table {unknown[0]!r}: choose from {', '.join(TABLES)}")
+
+
+# --- values as text ---------------------------------------------------------------------------
+
+
+def number(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def size(x: float) -> str:
+    """A dataset size: integers up to 10^5, then 3 significant digits."""
+    return f"{x:,.0f}" if x < 1e5 else f"{x:.3g}"
+
+
+def p_star_text(row: pd.Series) -> tuple[str, str]:
+    """(value, interval) of one P*_k; censored values are bounds with no interval."""
+    if row["censored"] == "below":
+        return f"≤ {size(row['P_star'])}", ""
+    if row["censored"] == "above":
+        return f"> {size(row['P_star'])}", ""
+    return size(row["P_star"]), f"[{size(row['P_lo'])}, {size(row['P_hi'])}]"
+
+
+# --- tables as plain frames (CSV) and text (Markdown) ----------------------------------------
+
+
+def exponent_frame(result: FitResult) -> pd.DataFrame:
+    columns = ["term", "estimate", "lo", "hi", "theory", "off_by"]
+    return result.exponents[columns] if len(result.exponents) else pd.DataFrame(columns=columns)
+
+
+def p_star_frame(result: FitResult) -> pd.DataFrame:
+    columns = ["cell", "grammar.v", "grammar.m", "grammar.s", "grammar.L", "k", "P_star",
+               "P_lo", "P_hi", "censored", "n_sizes", "n_seeds", "P_theory", "ratio"]  # fmt: skip
+    return result.crossings[columns] if len(result.crossings) else pd.DataFrame(columns=columns)
+
+
+def fit_summary(result: FitResult) -> str:
+    stats, options = result.stats, result.options
+    where = f"threshold {options.threshold} on {options.metric}, evaluation: {options.at}"
+    if "fit_error" in stats:
+        return f"No exponent fit ({where}): {stats['fit_error']}"
+    ci = f"{options.ci:.0%}"
+    return (
+        f"log P*_k fitted on {', '.join(stats['regressors'])} ({where}): "
+        f"R² = {stats['r2']:.3f}, {stats['n_points']} points from {stats['n_cells']} cells, "
+        f"{stats['n_censored']} censored; {ci} intervals by {stats['interval_method']}; "
+        f"theory P_k ∝ {stats['theory']}"
+        + ("" if stats["theory_exact"] else " (not spanned by the regressors: projected)")
+        + "; 'off by' = distance of the theory from the estimate in interval half-widths."
+    )
+
+
+def markdown(result: FitResult, tables: tuple[str, ...] = TABLES) -> str:
+    ci = f"{result.options.ci:.0%}"
+    parts = []
+    if "exponents" in tables:
+        lines = [
+            f"| term | estimate | {ci} interval | theory | off by |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in exponent_frame(result).itertuples():
+            lines.append(
+                f"| {row.term} | {number(row.estimate)} | [{number(row.lo)}, {number(row.hi)}] "
+                f"| {number(row.theory)} | {number(row.off_by, 1)} |"
+            )
+        parts.append("\n".join(lines) + "\n\n" + fit_summary(result))
+    if "p_star" in tables:
+        lines = [
+            f"| cell | k | P*_k | {ci} interval | theory P_k | P*/theory |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for _, row in p_star_frame(result).iterrows():
+            value, interval = p_star_text(row)
+            lines.append(
+                f"| {row['cell']} | {row['k']} | {value} | {interval} | {size(row['P_theory'])} "
+                f"| {number(row['ratio'], 2)} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+# --- LaTeX ------------------------------------------------------------------------------------
+
+_TEX_SPECIAL = {
+    **{ch: "\\" + ch for ch in "&%$#_{}"},
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def tex_table(header: list[str], rows: list[list[str]], align: str, caption: str) -> str:
+    body = [" & ".join(header) + r" \\", r"\midrule"] + [" & ".join(r) + r" \\" for r in rows]
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\begin{{tabular}}{{{align}}}",
+            r"\toprule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            rf"\caption{{{caption}}}",
+            r"\end{table}",
+        ]
+    )
+
+
+def latex(result: FitResult, tables: tuple[str, ...] = TABLES) -> str:
+    """booktabs tables; needs \\usepackage{booktabs} (and amssymb for \\leq)."""
+    ci = f"{result.options.ci:.0%}".replace("%", r"\%")
+    parts = []
+    if "exponents" in tables:
+        rows = [
+            [
+                TEX_TERMS.get(row.term, tex_escape(row.term)),
+                rf"${number(row.estimate)}$ \, $[{number(row.lo)}, {number(row.hi)}]$",
+                f"${number(row.theory)}$",
+                f"${number(row.off_by, 1)}$",
+            ]
+            for row in exponent_frame(result).itertuples()
+        ]
+        caption = tex_escape(fit_summary(result)).replace("R²", "$R^2$").replace("∝", r"$\propto$")
+        parts.append(
+            tex_table(["term", f"estimate [{ci}]", "theory", "off by"], rows, "lrrr", caption)
+        )
+    if "p_star" in tables:
+        rows = []
+        for _, row in p_star_frame(result).iterrows():
+            value, interval = p_star_text(row)
+            value = value.replace("≤ ", r"$\leq$ ").replace("> ", "$>$ ").replace(",", "{,}")
+            rows.append(
+                [
+                    tex_escape(row["cell"]),
+                    str(row["k"]),
+                    value,
+                    interval.replace(",", "{,}").replace("{,} ", ", "),
+                    size(row["P_theory"]).replace(",", "{,}"),
+                    number(row["ratio"], 2),
+                ]
+            )
+        caption = (
+            f"Sample complexity $P^*_k$: where the seed mean of {tex_escape(result.options.metric)}"
+            f" crosses {result.options.threshold}, with {ci} seed-bootstrap intervals."
+        )
+        parts.append(
+            tex_table(
+                ["cell", "$k$", "$P^*_k$", ci, "theory $P_k$", "$P^*_k/P_k$"],
+                rows,
+                "lrrrrr",
+                caption,
+            )
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+def render(result: FitResult, fmt: str, tables: tuple[str, ...] = TABLES) -> dict[str, str]:
+    """Text per output: {"": text} for one file, or {"exponents": ..., "p_star": ...} for
+    CSV with both tables (a CSV file holds one table)."""
+    check_format(fmt, tables)
+    if fmt == "md":
+        return {"": markdown(result, tables)}
+    if fmt == "tex":
+        return {"": latex(result, tables)}
+    if fmt == "json":
+        full = result.to_dict()
+        if "exponents" not in tables:
+            full.pop("exponents")
+        if "p_star" not in tables:
+            full.pop("crossings")
+        return {"": json.dumps(full, indent=2, allow_nan=False, default=str) + "\n"}
+    frames = {"exponents": exponent_frame, "p_star": p_star_frame}
+    texts = {t: frames[t](result).to_csv(index=False) for t in tables}
+    return texts if len(texts) > 1 else {"": next(iter(texts.values()))}

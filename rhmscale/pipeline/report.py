@@ -1,0 +1,176 @@
+"""One folder that tells a sweep's result: report.md with its tables and figures, the tables as
+CSV/LaTeX/JSON, the sweep spec, the code version and how many runs are in which state; and the
+same tables and figures as one W&B summary run in the sweep's group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rhmscale import __version__
+from rhmscale.pipeline.collect import Collection
+from rhmscale.pipeline.export import fit_summary, markdown, number, render, size
+from rhmscale.pipeline.fit import FitResult
+from rhmscale.tracking.store import atomic_write_text
+
+
+@dataclass
+class Written:
+    folder: Path
+    markdown: Path
+    figures: list[Path]
+    wandb_run: str | None  # the summary run's folder (offline) or URL (online)
+
+
+def code_version() -> str:
+    """rhmscale's version and, from a git checkout, its commit (+dirty)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"rhmscale {__version__}" + (f" (git {commit})" if commit else "")
+
+
+def counts_table(counts: dict[str, int]) -> str:
+    lines = ["| state | runs |", "|---|---:|"]
+    lines += [f"| {state} | {n} |" for state, n in counts.items() if n]
+    return "\n".join(lines)
+
+
+def coherence_markdown(result: FitResult) -> str:
+    if result.coherence.empty:
+        return "No coherence length recorded."
+    lines = ["| cell | sizes | exponent | prefactor | R² |", "|---|---:|---:|---:|---:|"]
+    for row in result.coherence.itertuples():
+        lines.append(
+            f"| {row.cell} | {row.n_sizes} | {number(row.exponent)} | {number(row.prefactor, 2)} "
+            f"| {number(row.r2)} |"
+        )
+    return "\n".join(lines)
+
+
+def time_markdown(result: FitResult) -> str:
+    times = result.time_crossings
+    if times.empty:
+        return "No training-time crossings (runs need several evaluations)."
+    lines = ["| cell | P | k | samples seen at crossing |", "|---|---:|---:|---:|"]
+    for _, row in times.iterrows():
+        bound = {"below": "≤ ", "above": "> "}.get(row["censored"], "")
+        shown = bound + size(row["samples_star"])
+        lines.append(f"| {row['cell']} | {row['data.P']} | {row['k']} | {shown} |")
+    return "\n".join(lines)
+
+
+def report_markdown(
+    title: str,
+    collection: Collection,
+    result: FitResult,
+    figures: list[Path],
+    counts: dict[str, int],
+    spec_text: str | None,
+) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    options = "\n".join(f"- {k}: `{v}`" for k, v in vars(result.options).items())
+    sections = [
+        f"# {title}",
+        f"Generated {when} by {code_version()}.",
+        "## Runs",
+        counts_table(counts),
+        f"Collected: {collection.summary()}.",
+        "## Exponents of the sample complexity",
+        markdown(result, ("exponents",)) if result.exponents.size else fit_summary(result),
+        "## Sample complexity P*_k per cell and level",
+        markdown(result, ("p_star",)),
+        "## Figures",
+        *[f"![{f.stem}](figures/{f.name})" for f in figures],
+        "## Coherence length against P (power law per cell)",
+        coherence_markdown(result),
+        "## Training time to learn each level",
+        time_markdown(result),
+        "## Fit options",
+        options,
+    ]
+    if spec_text:
+        sections += ["## Sweep spec", f"```yaml\n{spec_text.rstrip()}\n```"]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report(
+    collection: Collection,
+    result: FitResult,
+    folder: Path,
+    *,
+    title: str,
+    counts: dict[str, int],
+    spec_text: str | None = None,
+    wandb: dict[str, Any] | None = None,
+) -> Written:
+    """wandb: None for no W&B run, else {"mode", "project", "entity", "group"}."""
+    from rhmscale.pipeline.plots import write_figures
+
+    folder = Path(folder)
+    figures = write_figures(collection.frame, result, folder / "figures")
+    tables = folder / "tables"
+    for fmt, suffix in (("csv", "csv"), ("tex", "tex"), ("json", "json"), ("md", "md")):
+        wanted = (
+            ("p_star",) if result.exponents.empty and fmt != "json" else ("exponents", "p_star")
+        )
+        for name, text in render(result, fmt, wanted).items():
+            atomic_write_text(tables / f"{name or 'fit'}.{suffix}", text)
+    if spec_text:
+        atomic_write_text(folder / "sweep.yaml", spec_text)
+    report = folder / "report.md"
+    atomic_write_text(
+        report, report_markdown(title, collection, result, figures, counts, spec_text)
+    )
+    run = log_to_wandb(result, figures, folder, title, wandb) if wandb else None
+    return Written(folder, report, figures, run)
+
+
+def log_to_wandb(
+    result: FitResult, figures: list[Path], folder: Path, title: str, settings: dict[str, Any]
+) -> str | None:
+    """The tables and figures as one W&B run (job_type "report") in the sweep's group."""
+    from rhmscale.tracking.wandb_mirror import resolve_mode
+
+    mode = resolve_mode(settings.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    import wandb
+
+    (folder / "wandb").mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=settings.get("project", "rhmscale"),
+        entity=settings.get("entity"),
+        group=settings.get("group"),
+        job_type="report",
+        name=f"{title} (report)",
+        dir=str(folder),
+        mode=mode,
+        config=vars(result.options),
+        settings=wandb.Settings(silent=True, console="off"),
+        reinit="create_new",
+    )
+    try:
+        for name, frame in (("exponents", result.exponents), ("p_star", result.crossings)):
+            if not frame.empty:
+                run.log({f"report/{name}": wandb.Table(dataframe=pd.DataFrame(frame))})
+        run.log({f"report/{f.stem}": wandb.Image(str(f)) for f in figures})
+        stats = result.to_dict()["stats"]
+        run.summary.update({f"report/{k}": v for k, v in stats.items() if v is not None})
+        for row in result.exponents.itertuples():
+            run.summary[f"report/exponent/{row.term}"] = row.estimate
+        location = run.url if mode == "online" else str(Path(run.dir).parent)
+    finally:
+        run.finish()
+    return location
