@@ -1,0 +1,95 @@
+"""rhmscale fit / export / plot / report on run directories, and their bad-input errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rhmscale.pipeline.collect_wandb import find_offline_logs, read_offline_log
+from tests.synthetic_sweep import synthetic_frame, write_run_dirs
+
+RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
+
+
+def rhmscale(*args, cwd=None):
+    return subprocess.run([RHMSCALE, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    frame = synthetic_frame(np.random.default_rng(21), cells=[(8, 2), (16, 2), (8, 4)], L=4)
+    write_run_dirs(frame, root)
+    return root
+
+
+def test_fit_prints_both_tables(sweep):
+    out = rhmscale("fit", sweep, "--n-boot", 200)
+    assert out.returncode == 0, out.stderr
+    assert "P*_k" in out.stdout and "exponents of log P*_k" in out.stdout
+    assert "log v" in out.stdout and "(k+1) log m" in out.stdout
+    assert "72 runs" in out.stderr  # what was collected: 3 cells x 8 sizes x 3 seeds
+
+
+def test_export_writes_each_format(sweep, tmp_path):
+    for fmt in ("md", "tex", "json"):
+        target = tmp_path / f"table.{fmt}"
+        out = rhmscale("export", sweep, "--format", fmt, "-o", target, "--n-boot", 100)
+        assert out.returncode == 0, out.stderr
+        assert target.stat().st_size > 100
+    out = rhmscale("export", sweep, "--format", "csv", "-o", tmp_path / "t.csv", "--n-boot", 100)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t-exponents.csv").exists() and (tmp_path / "t-p_star.csv").exists()
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threshold", "1.5"], "between 0 and 1"),
+        (["--regressors", "log v, log q"], "unknown regressor 'log q'; choose from"),
+        (["--metric", "gen/nope_l{k}"], "choose from: gen/acc_l{k}"),
+        (["--at", "whenever"], "best, final or a training step"),
+        (["--regressors", "log s"], "'log s' does not vary"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(sweep, args, message):
+    out = rhmscale("fit", sweep, *args, "--n-boot", 100)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_empty_folder_and_too_few_points(tmp_path):
+    out = rhmscale("fit", tmp_path)
+    assert out.returncode == 2 and "no runs in" in out.stderr
+    frame = synthetic_frame(np.random.default_rng(22), cells=[(8, 2), (8, 4)], L=4)
+    write_run_dirs(frame[frame["data.P"] > 1000], tmp_path)  # nearly everything censored
+    out = rhmscale("fit", tmp_path, "--regressors", "(k+1) log m", "--n-boot", 100)
+    assert out.returncode == 2
+    assert "need at least 4" in out.stderr and "below the smallest P" in out.stderr
+    assert "P*_k" in out.stdout  # the sample-complexity table is still shown
+
+
+def test_report_folder_and_wandb_summary_run(sweep, tmp_path):
+    out = rhmscale(
+        "report", sweep, "-o", tmp_path / "report", "--wandb", "offline", "--n-boot", 100
+    )
+    assert out.returncode == 0, out.stderr
+    report = tmp_path / "report"
+    text = (report / "report.md").read_text()
+    for section in ("## Runs", "## Exponents", "## Sample complexity", "## Figures", "rhmscale"):
+        assert section in text
+    figures = sorted((report / "figures").glob("*.png"))
+    assert figures and all(f"figures/{f.name}" in text for f in figures)
+    assert {p.name for p in (report / "tables").iterdir()} >= {
+        "exponents.csv", "p_star.csv", "fit.tex", "fit.json", "fit.md",
+    }  # fmt: skip
+    logs = find_offline_logs(report / "wandb")
+    assert len(logs) == 1
+    run = read_offline_log(logs[0])
+    keys = set().union(*(row.keys() for row in run.history))
+    assert "report/exponents" in keys and "report/p_star" in keys
+    assert any(key.startswith("report/accuracy") for key in keys)
+    assert run.summary["report/n_points"] > 0 and "report/exponent/log v" in run.summary
