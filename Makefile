@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/rhmscale sweep submit quick --root $(DEMO_ROOT)
 	$(VENV)/bin/rhmscale sweep status $(DEMO_ROOT)/quick --runs
+	$(VENV)/bin/rhmscale fit $(DEMO_ROOT)/quick
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
