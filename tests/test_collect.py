@@ -69,3 +69,16 @@ def test_collect_cli_writes_parquet_and_csv(tmp_path):
         [rhmscale, "collect", str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "not a folder" in bad.stderr
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    """Results are shared on clusters: files get the umask's permissions, not mkstemp's 0600."""
+    import os
+    import stat
+
+    from rhmscale.tracking import store
+
+    path = tmp_path / "shared.json"
+    atomic_write_json(path, {"a": 1})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~store._UMASK
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -17,6 +17,15 @@ from typing import IO, Any, Literal
 RunState = Literal["done", "failed", "interrupted", "pending"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once (import time, one thread)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(file)` into a temporary file beside `path`, then rename into place.
 
@@ -26,6 +35,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the permissions of an ordinary new
+        # file, so that results are readable by the group as the user's umask intends.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
