@@ -1,0 +1,137 @@
+"""plots: every figure is written, atomically, as a PNG that is not blank, also from sweeps
+where a fit failed, a cell has one dataset size, there is one level or no training curve."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from rhmscale.pipeline import plots
+from rhmscale.pipeline.fit import FitOptions, fit
+from rhmscale.pipeline.plots import MAX_PANELS, prepare, write_figures
+from tests.synthetic_sweep import synthetic_frame
+
+STEPS = tuple(np.geomspace(10, 10000, 8).astype(int))
+NAMES = list(plots.FIGURES)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def options(**kw) -> FitOptions:
+    return FitOptions(at="final", n_boot=100, **kw)
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    frame = synthetic_frame(
+        np.random.default_rng(0), cells=[(8, 2), (16, 2), (8, 4)], steps=STEPS, time_star=2e4
+    )
+    return frame, fit(frame, options())
+
+
+def pixels(path: Path) -> np.ndarray:
+    """RGB as 0..255 integers, one row per pixel."""
+    image = imread(path)
+    return np.round(image[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+
+
+def check_png(path: Path, *, coloured: bool) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path.name
+    assert len(data) > 5_000, path.name
+    rgb = pixels(path)
+    ink = (rgb < 240).any(axis=1).mean()
+    assert ink > 0.01, f"{path.name} is blank: {ink:.2%} non-white pixels"
+    packed = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
+    assert len(np.unique(packed)) > 30, f"{path.name} has almost no distinct colours"
+    if coloured:  # data was drawn, not only axes and text
+        saturated = (rgb.max(axis=1).astype(int) - rgb.min(axis=1)) > 60
+        assert saturated.mean() > 0.0005, f"{path.name}: {saturated.mean():.3%} coloured pixels"
+
+
+def check_folder(out: Path, paths: list[Path]) -> None:
+    assert [p.name for p in paths] == NAMES
+    assert all(p.parent == out for p in paths)
+    # Atomic writes leave nothing but the finished files.
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
+
+
+def test_every_figure_is_written_and_shows_data(sweep, tmp_path):
+    frame, result = sweep
+    assert not result.exponents.empty and not result.time_crossings.empty
+    paths = write_figures(frame, result, tmp_path / "figures")
+    check_folder(tmp_path / "figures", paths)
+    for path in paths:
+        check_png(path, coloured=True)
+
+
+def test_a_failed_exponent_fit_still_gives_every_figure(tmp_path):
+    frame = synthetic_frame(np.random.default_rng(1), cells=[(8, 2), (16, 4)])
+    # s is the same in every cell: the fit refuses the regressor and leaves no exponents.
+    result = fit(frame, options(regressors="log v, (k+1) log m, log s"))
+    assert result.exponents.empty and "log s" in result.stats["fit_error"]
+    paths = write_figures(frame, result, tmp_path)
+    check_folder(tmp_path, paths)
+    for path in paths:
+        check_png(path, coloured=True)
+
+
+def test_one_cell_one_size_one_level_no_training_curve(tmp_path):
+    frame = synthetic_frame(np.random.default_rng(2), cells=[(8, 2)], L=1, n_sizes=1)
+    assert frame["data.P"].nunique() == 1 and frame["step"].nunique() == 1
+    result = fit(frame, options())
+    assert result.exponents.empty and (result.crossings["censored"] != "").all()
+    result = dataclasses.replace(result, time_crossings=pd.DataFrame())
+    paths = write_figures(frame, result, tmp_path)
+    check_folder(tmp_path, paths)
+    for path in paths:
+        check_png(path, coloured=False)
+
+
+def test_without_coherence_or_crossings(tmp_path):
+    frame = synthetic_frame(np.random.default_rng(3), cells=[(16, 2)], steps=STEPS[-3:])
+    frame = frame.drop(columns="gen/coherence_length")
+    result = fit(frame, options())
+    assert result.coherence.empty
+    result = dataclasses.replace(result, crossings=pd.DataFrame())
+    paths = write_figures(frame, result, tmp_path)
+    check_folder(tmp_path, paths)
+    for path in paths:
+        check_png(path, coloured=False)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(sweep, tmp_path, monkeypatch):
+    frame, result = sweep
+    old = tmp_path / NAMES[0]
+    old.write_bytes(b"the previous figure")
+
+    def broken(self, handle, **kw):
+        handle.write(b"half a PNG")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_figures(frame, result, tmp_path)
+    assert old.read_bytes() == b"the previous figure"
+    assert [p.name for p in tmp_path.iterdir()] == [old.name]
+
+
+def test_panels_are_capped_and_the_title_says_so(sweep):
+    frame, result = sweep
+    many = pd.concat(
+        [frame.assign(**{"grammar.v": frame["grammar.v"] + 100 * i}) for i in range(7)]
+    )  # 21 cells
+    data = prepare(many, result)
+    assert data.n_cells == 21 and len(data.cells) == MAX_PANELS
+    assert data.cells[:3] == ["v=8 m=2 s=2 L=3", "v=8 m=4 s=2 L=3", "v=16 m=2 s=2 L=3"]
+    assert f"first {MAX_PANELS} of 21 cells" in data.title("Accuracy")
+
+
+def test_plots_leave_pyplot_alone():
+    code = "import sys, rhmscale.pipeline.plots; assert 'matplotlib.pyplot' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
