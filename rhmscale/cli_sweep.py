@@ -55,25 +55,60 @@ def _executor_overrides(executor, partition, runs_per_task, parallel, timeout, c
 @sweep_app.command("plan")
 def sweep_plan(spec: SpecArg, root: RootOpt = Path("runs")) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted."""
-    from rhmscale.sweeps.dispatch import SUBMITTABLE, group_tasks
+    from rhmscale.sweeps.dispatch import SUBMITTABLE, prepare
     from rhmscale.sweeps.spec import load_spec
     from rhmscale.sweeps.status import status_table, sweep_status
 
     sweep = load_spec(spec)
     status = sweep_status(root / sweep.name, sweep)
-    to_submit = sum(status.counts.get(s, 0) for s in SUBMITTABLE)
-    ex = sweep.executor
-    n_tasks = len(group_tasks([{}] * to_submit, ex))
+    prepared = prepare(sweep, root)
+    to_submit = len(prepared.run_ids)
+    ex = prepared.executor
     console = make_console()
     title = f"sweep {sweep.name} -> {root / sweep.name}"
     console.print(status_table(status, title=title, to_submit=SUBMITTABLE))
+    if ex.pack and to_submit:
+        console.print(packs_table(prepared.tasks))
     collapsed = status.n_grid_points - len(status.runs)
     console.print(
         f"{status.n_grid_points} grid points"
         + (f" ({collapsed} identical collapsed)" if collapsed else "")
         + f", {len(status.runs)} runs, {status.counts.get('done', 0)} done, "
-        f"[bold]{to_submit} to submit[/] as {n_tasks} {ex.kind} task(s)"
+        f"[bold]{to_submit} to submit[/] as {len(prepared.tasks)} {ex.kind} task(s)"
     )
+
+
+def packs_table(tasks):
+    """One row per pack: its shape (shared by members) and what its members vary in."""
+    from rich.table import Table
+
+    from rhmscale.config import flatten
+    from rhmscale.sweeps.status import format_p
+
+    table = Table(title="packs (members train together on one device)")
+    for name in ("pack", "runs", "model", "L s v", "steps x batch", "m", "P", "seeds"):
+        table.add_column(name, justify="right" if name in ("pack", "runs") else "left")
+    packs: dict[int, list[dict]] = {}
+    for task in tasks:
+        for item in task:
+            packs.setdefault(item["pack"], []).append(flatten(item["config"]))
+    for number, members in sorted(packs.items()):
+        first = members[0]
+
+        def values(key, members=members):
+            return ",".join(str(v) for v in sorted({m[key] for m in members}))
+
+        table.add_row(
+            str(number),
+            str(len(members)),
+            f"{first['model.arch']} w{first['model.width']} d{first['model.depth']}",
+            f"{first['grammar.L']} {first['grammar.s']} {first['grammar.v']}",
+            f"{first['train.max_steps']} x {first['train.batch_size']}",
+            values("grammar.m"),
+            format_p({m["data.P"] for m in members}),
+            values("seed"),
+        )
+    return table
 
 
 def _do_submit(sweep, root, overrides, states, wait, only=None) -> None:

@@ -213,6 +213,8 @@ def visible_gpu_count() -> int:
 def group_tasks(items: list[dict[str, Any]], ex: ExecutorSpec) -> list[list[dict[str, Any]]]:
     if not items:
         return []
+    if ex.pack:
+        return group_packed_tasks(items, ex)
     if ex.kind == "local":
         # One task per worker (a local executor starts every job at once), runs dealt out.
         n = min(len(items), local_workers(ex))
@@ -221,6 +223,37 @@ def group_tasks(items: list[dict[str, Any]], ex: ExecutorSpec) -> list[list[dict
         return [items]
     size = ex.runs_per_task
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def make_packs(items: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Runs of one shape (pack_key) in packs of up to `size`, filled across grammar cells.
+
+    Packs of one shape are filled evenly (sizes differ by at most one), so that no pack is a
+    lone straggler that keeps its GPU as long as a full one for a fraction of the work.
+    """
+    from rhmscale.config import RunConfig
+    from rhmscale.pipeline.packing import pack_key
+
+    shapes: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        shapes.setdefault(pack_key(RunConfig.model_validate(item["config"])), []).append(item)
+    packs = []
+    for members in shapes.values():
+        n_packs = math.ceil(len(members) / size)
+        packs += [members[i::n_packs] for i in range(n_packs)]
+    return packs
+
+
+def group_packed_tasks(items: list[dict[str, Any]], ex: ExecutorSpec) -> list[list[dict[str, Any]]]:
+    """Each item gets its pack number; a task holds whole packs (one, except local/debug)."""
+    packs = make_packs(items, ex.runs_per_task)
+    for number, pack in enumerate(packs):
+        for item in pack:
+            item["pack"] = number
+    if ex.kind == "slurm":
+        return packs
+    n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
+    return [[item for pack in packs[i::n] for item in pack] for i in range(n)]
 
 
 def prepare(
@@ -466,7 +499,3 @@ def cancel(path: Path) -> tuple[list[str], str]:
     if cancelled:
         append_job_line(sweep, {"event": "cancel", "time": now(), "job_ids": cancelled})
     return cancelled, complaints
-
-
-def n_tasks_for(n_runs: int, ex: ExecutorSpec) -> int:
-    return math.ceil(n_runs / ex.runs_per_task) if n_runs else 0

@@ -106,7 +106,13 @@ class ExecutorSpec(BaseModel):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    runs_per_task: int = Field(1, ge=1, description="runs one array task runs in sequence")
+    runs_per_task: int = Field(
+        1, ge=1, description="runs one array task runs (in sequence, or together with pack)"
+    )
+    pack: bool = Field(
+        False,
+        description="train up to runs_per_task runs of one shape together on one device",
+    )
     max_num_timeout: int = Field(3, ge=0, description="requeues after time limits")
     workers: int | None = Field(
         None, ge=1, description="local: parallel workers (default: GPUs, else cores/cpus)"

@@ -1,0 +1,62 @@
+"""Planning packs: runs of one shape share a pack across cells; other shapes never do."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from rhmscale.sweeps.dispatch import group_tasks, prepare
+from rhmscale.sweeps.spec import ExecutorSpec, parse_spec
+
+SPEC = {
+    "name": "packs",
+    "base": {"grammar": {"L": 3}, "data": {"n_test": 16}, "train": {"device": "cpu"}},
+    "grid": {
+        "grammar.v": [8, 16],
+        "grammar.m": [2, 4],
+        "data.P": [32, 64, 128],
+        "seed": [0, 1, 2],
+    },
+    "executor": {"kind": "slurm", "partition": "debug", "pack": True, "runs_per_task": 8},
+}
+
+
+def test_packs_fill_across_cells_of_one_shape(tmp_path):
+    prepared = prepare(parse_spec(SPEC), tmp_path, query_queue=False)
+    tasks = prepared.tasks
+    # 2 shapes (v) x 18 runs (m x P x seed): each shape in 3 packs of 6, one pack per task.
+    assert sorted(len(t) for t in tasks) == [6] * 6
+    for task in tasks:
+        assert len({item["pack"] for item in task}) == 1
+        assert len({item["config"]["grammar"]["v"] for item in task}) == 1
+    assert any(len({item["config"]["grammar"]["m"] for item in t}) == 2 for t in tasks)
+    assert sorted(prepared.run_ids) == sorted({i["run_id"] for t in tasks for i in t})
+
+
+def test_local_tasks_hold_whole_packs():
+    items = [
+        {"run_id": str(i), "config": {"grammar": {"v": 8}, "data": {"P": 32 + i}}}
+        for i in range(10)
+    ]
+    tasks = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=2))
+    assert len(tasks) == 2 and sum(len(t) for t in tasks) == 10
+    packs = {}
+    for number, task in enumerate(tasks):
+        for item in task:
+            packs.setdefault(item["pack"], set()).add(number)
+    assert len(packs) == 3 and all(len(where) == 1 for where in packs.values())
+
+
+def test_plan_shows_the_packs(tmp_path):
+    spec_file = tmp_path / "packs.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    rhmscale = str(Path(sys.executable).with_name("rhmscale"))
+    out = subprocess.run(
+        [rhmscale, "sweep", "plan", str(spec_file), "--root", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "packs (members train together" in out.stdout
+    assert "36 to submit as 6 slurm task(s)" in out.stdout
