@@ -83,6 +83,19 @@ def test_tree_unet_rejects_wrong_length():
         TreeUNet(4, 2, 3, 16)(torch.zeros(2, 4, dtype=torch.long), torch.rand(2))
 
 
+@pytest.mark.parametrize("s", [2, 3])
+def test_tree_unet_patch_matmuls_equal_the_convolutions(s):
+    from rhmscale.models.tree_unet import patch_conv, patch_conv_transpose
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, s * 4)  # (B, C, n)
+    conv = torch.nn.Conv1d(5, 6, kernel_size=s, stride=s)
+    up = torch.nn.ConvTranspose1d(5, 6, kernel_size=s, stride=s)
+    channels_last = x.transpose(1, 2)
+    torch.testing.assert_close(patch_conv(channels_last, conv), conv(x).transpose(1, 2))
+    torch.testing.assert_close(patch_conv_transpose(channels_last, up), up(x).transpose(1, 2))
+
+
 def test_transformer_heads_must_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         Transformer(4, 8, width=30, depth=1, heads=4)

@@ -12,17 +12,36 @@ and revealed tokens never change again.
 
 A denoiser is any callable ``denoiser(x_t: LongTensor (B, n), t: FloatTensor (B,))`` returning
 logits ``(B, n, vocab_size)`` over the clean tokens (never over MASK).
+
+Packs (K runs trained together, models.stacked): every method also accepts a sequence of K
+generators instead of one. Tensors then carry a leading member dimension (K, B, n), the denoiser
+maps (K, B, n), (K, B) -> (K, B, n, vocab_size), and each member's random numbers come from its
+own generator in the same order as for a lone run, so a member sees exactly its lone stream.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _members(generator: Generators) -> tuple[int, ...]:
+    """The leading member shape: (K,) for a sequence of K generators, () otherwise."""
+    return (len(generator),) if isinstance(generator, Sequence) else ()
+
+
+def _rand(shape: tuple[int, ...], device, generator: Generators) -> torch.Tensor:
+    """torch.rand of `shape`, or for K generators one draw each, stacked to (K, *shape)."""
+    if isinstance(generator, Sequence):
+        return torch.stack([torch.rand(shape, device=device, generator=g) for g in generator])
+    return torch.rand(shape, device=device, generator=generator)
+
 
 SCHEDULES = ("linear", "cosine")
 
@@ -105,23 +124,23 @@ class MaskedDiffusion:
         self,
         batch: int,
         device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """Times in [t_min, 1], float32 (batch,). Antithetic: t_i = (u + i/B) mod 1, rescaled."""
         if self.antithetic:
-            u = torch.rand(1, device=device, generator=generator)
+            u = _rand((1,), device, generator)
             offsets = torch.arange(batch, device=device, dtype=torch.float32) / batch
             r = torch.remainder(u + offsets, 1.0)
         else:
-            r = torch.rand(batch, device=device, generator=generator)
+            r = _rand((batch,), device, generator)
         return self.t_min + (1.0 - self.t_min) * r
 
     def corrupt(
-        self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self, x0: torch.Tensor, t: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """Mask each token of x0 (B, n) independently with probability 1 - alpha(t_b)."""
         p = self.schedule.mask_prob(t.float()).unsqueeze(-1)  # (B, 1)
-        u = torch.rand(x0.shape, device=x0.device, generator=generator)
+        u = _rand(tuple(x0.shape[-2:]), x0.device, generator)
         return torch.where(u < p, torch.full_like(x0, self.mask_id), x0)
 
     # ------------------------------------------------------------------ ELBO
@@ -130,31 +149,32 @@ class MaskedDiffusion:
         self, logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
         """Per-sequence ELBO per token in nats, shape (B,); cross-entropy in float32."""
-        b, n = x0.shape
-        ce = F.cross_entropy(
-            logits.float().reshape(b * n, -1), x0.reshape(b * n), reduction="none"
-        ).view(b, n)
+        n = x0.shape[-1]
+        ce = F.cross_entropy(logits.float().flatten(0, -2), x0.flatten(), reduction="none").view(
+            x0.shape
+        )
         masked = (x_t == self.mask_id).float()
-        return self.schedule.weight(t.float()) * (ce * masked).sum(dim=1) / n
+        return self.schedule.weight(t.float()) * (ce * masked).sum(dim=-1) / n
 
     def loss(
-        self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None
+        self, denoiser: Denoiser, x0: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
-        """Monte-Carlo continuous-time ELBO per token (nats), averaged over the batch."""
-        t = self.sample_times(x0.shape[0], x0.device, generator)
+        """Monte-Carlo continuous-time ELBO per token (nats), averaged over the batch (per
+        member for a pack: shape (K,))."""
+        t = self.sample_times(x0.shape[-2], x0.device, generator)
         x_t = self.corrupt(x0, t, generator)
-        return self.loss_from_logits(denoiser(x_t, t), x0, x_t, t).mean()
+        return self.loss_from_logits(denoiser(x_t, t), x0, x_t, t).mean(dim=-1)
 
     @torch.no_grad()
     def elbo_per_token(
         self,
         denoiser: Denoiser,
         x0: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         n_time_samples: int = 1,
     ) -> torch.Tensor:
         """Held-out ELBO per token (nats): the training estimator, averaged over the batch and
-        ``n_time_samples`` independent draws of (t, x_t). Returns a 0-dim float32 tensor."""
+        ``n_time_samples`` independent draws of (t, x_t). A 0-dim float32 tensor ((K,): pack)."""
         if n_time_samples < 1:
             raise ValueError(f"n_time_samples must be >= 1, got {n_time_samples}")
         total = torch.zeros((), device=x0.device)
@@ -172,10 +192,11 @@ class MaskedDiffusion:
         seq_len: int,
         steps: int | None = None,
         device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         batch_size: int | None = None,
     ) -> torch.Tensor:
-        """Ancestral sampling of n sequences, LongTensor (n, seq_len) with values in [0, v).
+        """Ancestral sampling of n sequences, LongTensor (n, seq_len) with values in [0, v)
+        ((K, n, seq_len) for a pack).
 
         ``steps`` uniform steps from t=1 to t=0. 0 or None: the exact sampler that reveals one
         token per step in a uniformly random order (seq_len steps; a time-uniform grid with
@@ -199,8 +220,9 @@ class MaskedDiffusion:
             if isinstance(denoiser, torch.nn.Module) and was_training is not None:
                 denoiser.train(was_training)
         if not chunks:
-            return torch.empty(0, seq_len, dtype=torch.long, device=device)
-        return torch.cat(chunks, dim=0)
+            shape = (*_members(generator), 0, seq_len)
+            return torch.empty(shape, dtype=torch.long, device=device)
+        return torch.cat(chunks, dim=-2)
 
     def _sample_batch(
         self,
@@ -209,9 +231,10 @@ class MaskedDiffusion:
         seq_len: int,
         steps: int,
         device: torch.device | str | None,
-        generator: torch.Generator | None,
+        generator: Generators,
     ) -> torch.Tensor:
-        x = torch.full((b, seq_len), self.mask_id, dtype=torch.long, device=device)
+        lead = _members(generator)
+        x = torch.full((*lead, b, seq_len), self.mask_id, dtype=torch.long, device=device)
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         alphas = self.schedule.alpha(grid)
         for k in range(steps):
@@ -219,12 +242,12 @@ class MaskedDiffusion:
             last = k == steps - 1  # reaches alpha(0) = 1: every remaining mask is revealed
             p = 1.0 if last else min(max((a_s - a_t) / max(1.0 - a_t, 1e-12), 0.0), 1.0)
             # Draw every step's randomness up front so the stream does not depend on x.
-            u = torch.rand((b, seq_len), device=device, generator=generator)
-            g = torch.rand((b, seq_len, self.vocab_size), device=device, generator=generator)
+            u = _rand((b, seq_len), device, generator)
+            g = _rand((b, seq_len, self.vocab_size), device, generator)
             reveal = (x == self.mask_id) & (u < p)
             if not bool(reveal.any()):
                 continue  # nothing changes: skip the denoiser call
-            t = torch.full((b,), float(grid[k]), dtype=torch.float32, device=device)
+            t = torch.full((*lead, b), float(grid[k]), dtype=torch.float32, device=device)
             logits = denoiser(x, t).float()
             gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.argmax(logits + gumbel, dim=-1)
@@ -238,19 +261,21 @@ class MaskedDiffusion:
         seq_len: int,
         steps: int | None,
         device: torch.device | str | None,
-        generator: torch.Generator | None,
+        generator: Generators,
     ) -> torch.Tensor:
-        x = torch.full((b, seq_len), self.mask_id, dtype=torch.long, device=device)
-        order = torch.argsort(torch.rand((b, seq_len), device=device, generator=generator), dim=1)
-        rows = torch.arange(b, device=device)
+        lead = _members(generator)
+        x = torch.full((*lead, b, seq_len), self.mask_id, dtype=torch.long, device=device)
+        order = torch.argsort(_rand((b, seq_len), device, generator), dim=-1)
         for k in range(seq_len):
             # k tokens revealed: the time whose alpha(t) is k / seq_len.
             t_k = self.schedule.time_of(k / seq_len)
-            t = torch.full((b,), t_k, dtype=torch.float32, device=device)
-            pos = order[:, k]
-            logits = denoiser(x, t).float()[rows, pos]  # (b, v)
-            g = torch.rand((b, self.vocab_size), device=device, generator=generator)
+            t = torch.full((*lead, b), t_k, dtype=torch.float32, device=device)
+            pos = order[..., k : k + 1]  # (b, 1)
+            logits = denoiser(x, t).float()  # (b, n, v)
+            index = pos.unsqueeze(-1).expand(*pos.shape, self.vocab_size)
+            logits = logits.gather(-2, index).squeeze(-2)  # (b, v): the revealed position's
+            g = _rand((b, self.vocab_size), device, generator)
             gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
             tokens = torch.argmax(logits + gumbel, dim=-1)
-            x = x.scatter(1, pos[:, None], tokens[:, None])
+            x = x.scatter(-1, pos, tokens.unsqueeze(-1))
         return x

@@ -5,6 +5,11 @@ the representation after k down blocks has one vector per level-k node of the RH
 path mirrors it with ConvTranspose1d(kernel_size=s, stride=s), each level concatenated with the
 matching down level (a skip) and mixed by a 1x1 convolution. Layer norm over channels, GELU, no
 dropout and no in-place updates, so ``torch.func.vmap`` over stacked parameters works.
+
+The convolutions keep their nn.Conv1d / nn.ConvTranspose1d parameters, but since kernel = stride
+their patches do not overlap and each is computed as one matmul on channels-last activations
+(B, n, C). Same arithmetic, and under vmap (packed training) a batched matmul rather than a
+grouped convolution, which is many times slower (mkldnn on CPU, cuDNN backward on GPU).
 """
 
 from __future__ import annotations
@@ -17,14 +22,33 @@ from rhmscale.models.transformer import TimeEmbedding
 
 
 class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of a (B, C, n) tensor."""
+    """LayerNorm over the channels of a channels-last (B, n, C) tensor."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x)
+
+
+def patch_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """conv(x) for kernel_size == stride, channels-last: (B, n, C_in) -> (B, n/s, C_out)."""
+    b, n, c = x.shape
+    s = conv.kernel_size[0]
+    # Weight (C_out, C_in, s) -> (C_out, s*C_in), matching a patch flattened position-major.
+    weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, s * c)
+    return F.linear(x.reshape(b, n // s, s * c), weight, conv.bias)
+
+
+def patch_conv_transpose(x: torch.Tensor, conv: nn.ConvTranspose1d) -> torch.Tensor:
+    """conv(x) for kernel_size == stride, channels-last: (B, n, C_in) -> (B, n*s, C_out)."""
+    b, n, c = x.shape
+    s = conv.kernel_size[0]
+    # Weight (C_in, C_out, s) -> (s*C_out, C_in): each input position emits s output positions.
+    weight = conv.weight.permute(2, 1, 0).reshape(s * conv.out_channels, c)
+    out = F.linear(x, weight).reshape(b, n * s, conv.out_channels)
+    return out + conv.bias
 
 
 class Down(nn.Module):
@@ -34,7 +58,7 @@ class Down(nn.Module):
         self.norm = ChannelNorm(width)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv(x)
+        h = patch_conv(x, self.conv)
         if temb is not None:
             h = h + temb
         return F.gelu(self.norm(h))
@@ -50,7 +74,8 @@ class Up(nn.Module):
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor | None
     ) -> torch.Tensor:
-        h = self.mix(torch.cat([self.conv(x), skip], dim=1))
+        h = torch.cat([patch_conv_transpose(x, self.conv), skip], dim=-1)
+        h = F.linear(h, self.mix.weight.squeeze(-1), self.mix.bias)  # the 1x1 convolution
         if temb is not None:
             h = h + temb
         return F.gelu(self.norm(h))
@@ -85,10 +110,10 @@ class TreeUNet(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x_t.shape[-1] != self.seq_len:
             raise ValueError(f"TreeUNet expects length s**L={self.seq_len}, got {x_t.shape[-1]}")
-        h = self.tok_emb(x_t).transpose(1, 2)  # (B, width, n)
+        h = self.tok_emb(x_t)  # (B, n, width): channels-last throughout
         temb = None
         if self.time_emb is not None:
-            temb = self.time_emb(t).unsqueeze(-1)  # (B, width, 1): broadcast over positions
+            temb = self.time_emb(t).unsqueeze(1)  # (B, 1, width): broadcast over positions
             h = h + temb
         skips = []
         for block in self.down:  # level k -> k+1: length s**(L-k) -> s**(L-k-1)
@@ -96,4 +121,5 @@ class TreeUNet(nn.Module):
             h = block(h, temb)
         for block, skip in zip(reversed(self.up), reversed(skips), strict=True):
             h = block(h, skip, temb)
-        return self.head(self.norm_out(h)).transpose(1, 2)  # (B, n, vocab_size)
+        h = self.norm_out(h)
+        return F.linear(h, self.head.weight.squeeze(-1), self.head.bias)  # (B, n, vocab_size)

@@ -1,4 +1,5 @@
-"""Lightning callbacks of a run: evaluation at log-spaced steps, checkpoints, progress bar."""
+"""Lightning callbacks of a run (evaluation at log-spaced steps, checkpoints, progress bar), and
+the evaluation and its record that packed training (pipeline.packed) shares with them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pandas as pd
 import torch
 
 from rhmscale.config import RunConfig
+from rhmscale.models import MaskedDiffusion
 from rhmscale.pipeline.data import Datasets
 from rhmscale.pipeline.evaluate import (
     TrainingSetIndex,
@@ -31,10 +33,8 @@ class Evaluator(L.Callback):
     def __init__(self, config: RunConfig, data: Datasets, run_dir: RunDir, samples_table: Any):
         self.config = config
         self.data = data
-        self.run_dir = run_dir
         self.steps = set(eval_steps(config.train.max_steps, config.eval.n_evals))
-        self.train_index = TrainingSetIndex(data.grammar, data.train)
-        self.samples_table = samples_table  # callable(step, rows) or None
+        self.recorder = EvalRecorder(config, data, run_dir, samples_table)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: DiffusionLM, *args: Any) -> None:
         if trainer.global_step in self.steps and not any(
@@ -44,51 +44,100 @@ class Evaluator(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, module: DiffusionLM) -> dict[str, Any]:
         step = trainer.global_step
-        cfg = self.config
         device = module.device
         # Eval randomness depends only on (seed, step): identical after a resume.
         gen = torch.Generator(device=device)
-        gen.manual_seed(hash_seed(cfg.seed, step))
-        with trainer.precision_plugin.forward_context(), torch.no_grad():
-            samples = module.diffusion.sample(
-                module.denoiser,
-                cfg.eval.n_samples,
-                cfg.grammar.seq_len,
-                cfg.diffusion.sampling_steps or None,
-                device,
-                generator=gen,
-                batch_size=cfg.eval.batch_size,
+        gen.manual_seed(hash_seed(self.config.seed, step))
+        test = torch.as_tensor(self.data.test, device=device)
+        with trainer.precision_plugin.forward_context():
+            samples, val_loss = sample_and_score(
+                module.diffusion, module.denoiser, self.config, test, gen
             )
-            val_loss = self.val_loss(module, gen)
-        samples_np = samples.cpu().numpy()
-        metrics = generation_metrics(self.data.grammar, samples_np, self.train_index)
+        return self.recorder.record(
+            module.history,
+            step,
+            samples.cpu().numpy(),
+            val_loss=float(val_loss),
+            train_loss=module.pop_mean_train_loss(),
+            wall_s=module.wall_s(),
+            logger=trainer.logger,
+        )
+
+
+@torch.no_grad()
+def sample_and_score(
+    diffusion: MaskedDiffusion,
+    denoiser: Any,
+    config: RunConfig,
+    test: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated samples and held-out ELBO per token of one evaluation, with one stream.
+
+    For a pack (a stacked denoiser, test (K, n_test, n) and K generators) both carry a leading
+    member dimension. The loss is summed in float64 chunk by chunk, as a Python float would be.
+    """
+    cfg = config.eval
+    samples = diffusion.sample(
+        denoiser,
+        cfg.n_samples,
+        config.grammar.seq_len,
+        config.diffusion.sampling_steps or None,
+        test.device,
+        generator=generator,
+        batch_size=cfg.batch_size,
+    )
+    n_test, batch = test.shape[-2], cfg.batch_size
+    total = torch.zeros((), dtype=torch.float64, device=test.device)
+    for start in range(0, n_test, batch):
+        chunk = test[..., start : start + batch, :]
+        elbo = diffusion.elbo_per_token(denoiser, chunk, generator=generator)
+        total = total + elbo.double() * chunk.shape[-2]
+    return samples, total / n_test
+
+
+class EvalRecorder:
+    """One run's record of an evaluation: metrics row, metrics.parquet, W&B metrics and table.
+
+    Shared by lone runs (Evaluator) and each member of a pack, so their rows are the same.
+    """
+
+    def __init__(self, config: RunConfig, data: Datasets, run_dir: RunDir, samples_table: Any):
+        self.config = config
+        self.data = data
+        self.run_dir = run_dir
+        self.train_index = TrainingSetIndex(data.grammar, data.train)
+        self.samples_table = samples_table  # callable(step, rows) or None
+
+    def record(
+        self,
+        history: list[dict[str, Any]],
+        step: int,
+        samples: np.ndarray,
+        *,
+        val_loss: float,
+        train_loss: float,
+        wall_s: float,
+        logger: Any,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        metrics = generation_metrics(self.data.grammar, samples, self.train_index)
         row: dict[str, Any] = {
             "step": step,
             "samples_seen": step * cfg.train.batch_size,
             "epoch": step * cfg.train.batch_size / cfg.data.P,
-            "wall_s": module.wall_s(),
-            "train/loss": module.pop_mean_train_loss(),
+            "wall_s": wall_s,
+            "train/loss": train_loss,
             "val/loss": val_loss,
             **metrics,
         }
-        module.history.append(row)
-        write_history(self.run_dir, module.history)
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+        history.append(row)
+        write_history(self.run_dir, history)
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         if self.samples_table is not None:
-            self.samples_table(
-                step, sample_rows(self.data.grammar, samples_np, self.train_index, cfg)
-            )
+            self.samples_table(step, sample_rows(self.data.grammar, samples, self.train_index, cfg))
         return row
-
-    def val_loss(self, module: DiffusionLM, gen: torch.Generator) -> float:
-        test = torch.as_tensor(self.data.test, device=module.device)
-        total, batch = 0.0, self.config.eval.batch_size
-        for start in range(0, len(test), batch):
-            chunk = test[start : start + batch]
-            elbo = module.diffusion.elbo_per_token(module.denoiser, chunk, generator=gen)
-            total += float(elbo) * len(chunk)
-        return total / len(test)
 
 
 def sample_rows(grammar, samples: np.ndarray, index: TrainingSetIndex, cfg: RunConfig) -> list:

@@ -29,9 +29,10 @@ log = logging.getLogger("rhmscale.run")
 
 @dataclass
 class RunOutcome:
-    state: str  # "done" or "interrupted"
+    state: str  # "done" or "interrupted"; packs also return "failed" (failed.json written)
     run_dir: Path
     result: dict[str, Any] | None  # result.json's content when done
+    error: str | None = None  # "failed": the exception, as repr
 
 
 def now() -> str:
@@ -87,14 +88,7 @@ def execute(
     if store.state() == "done":
         return RunOutcome("done", store.path, read_json(store.result))
     store.failed.unlink(missing_ok=True)  # a retry starts clean
-    atomic_write_json(
-        store.config,
-        {
-            "run_id": config.run_id(),
-            "config": config.model_dump(mode="json"),
-            "version": __version__,
-        },
-    )
+    write_config(store, config)
     with run_log(store.log):
         log.info("run %s on %s in %s", config.run_id(), socket.gethostname(), store.path)
         try:
@@ -104,18 +98,52 @@ def execute(
                 log.warning("run %s interrupted: %r", config.run_id(), exc)
                 raise
             log.exception("run %s failed", config.run_id())
-            atomic_write_json(
-                store.failed,
-                {
-                    "run_id": config.run_id(),
-                    "error": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                    "host": socket.gethostname(),
-                    "time": now(),
-                },
-            )
+            write_failed(store, config, exc)
             raise
+
+
+def write_config(store: RunDir, config: RunConfig) -> None:
+    atomic_write_json(
+        store.config,
+        {
+            "run_id": config.run_id(),
+            "config": config.model_dump(mode="json"),
+            "version": __version__,
+        },
+    )
+
+
+def write_failed(store: RunDir, config: RunConfig, exc: BaseException) -> None:
+    atomic_write_json(
+        store.failed,
+        {
+            "run_id": config.run_id(),
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+            "host": socket.gethostname(),
+            "time": now(),
+        },
+    )
+
+
+def result_record(
+    config: RunConfig, history: list[dict[str, Any]], device: str, precision: str, started: float
+) -> dict[str, Any]:
+    """result.json's content for a finished run (its last evaluation is the final one)."""
+    return {
+        "run_id": config.run_id(),
+        "config": config.model_dump(mode="json"),
+        "final": history[-1],
+        "n_evals": len(history),
+        "device": device,
+        "precision": precision,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "version": __version__,
+        "session_wall_s": time.perf_counter() - started,
+        "finished_at": now(),
+    }
 
 
 def _train_and_record(
@@ -158,21 +186,8 @@ def _train_and_record(
             wandb_mirror.finish(logger, None)
             log.info("run %s stopped at a checkpoint; resubmit to resume", config.run_id())
             return RunOutcome("interrupted", store.path, None)
-        final = outcome.history[-1]
-        result = {
-            "run_id": config.run_id(),
-            "config": config.model_dump(mode="json"),
-            "final": final,
-            "n_evals": len(outcome.history),
-            "device": outcome.device,
-            "precision": outcome.precision,
-            "host": socket.gethostname(),
-            "python": platform.python_version(),
-            "version": __version__,
-            "session_wall_s": time.perf_counter() - started,
-            "finished_at": now(),
-        }
-        wandb_mirror.finish(logger, {f"final/{k}": v for k, v in final.items()})
+        result = result_record(config, outcome.history, outcome.device, outcome.precision, started)
+        wandb_mirror.finish(logger, {f"final/{k}": v for k, v in result["final"].items()})
     atomic_write_json(store.result, result)  # last: its presence means done
     log.info("run %s done", config.run_id())
     return RunOutcome("done", store.path, result)

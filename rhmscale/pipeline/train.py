@@ -24,6 +24,7 @@ from rhmscale.config import RunConfig
 from rhmscale.models import MaskedDiffusion, build_denoiser
 from rhmscale.pipeline.callbacks import Evaluator, PeriodicCheckpoint, StepProgress
 from rhmscale.pipeline.data import Datasets
+from rhmscale.pipeline.pack_checkpoint import refuse_pack_checkpoint
 from rhmscale.tracking.store import RunDir
 
 
@@ -245,6 +246,7 @@ def train(
         plugins=plugins,
     )
     resume_from = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
+    refuse_pack_checkpoint(run_dir.last_checkpoint)
     trainer.fit(module, ckpt_path=resume_from)
     completed = not checkpoint.stopped_early and trainer.global_step >= config.train.max_steps
     if completed and not any(row["step"] == trainer.global_step for row in module.history):

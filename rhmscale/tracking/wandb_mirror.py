@@ -58,8 +58,12 @@ def wandb_folders(run_dir: RunDir) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def make_logger(config: RunConfig, run_dir: RunDir) -> Any:
-    """A Lightning WandbLogger for this run, or None when tracking is disabled."""
+def make_logger(config: RunConfig, run_dir: RunDir, concurrent: bool = False) -> Any:
+    """A Lightning WandbLogger for this run, or None when tracking is disabled.
+
+    concurrent: one of several W&B runs open in this process at once (the members of a pack).
+    Without it a second WandbLogger would attach to the first run (wandb.run).
+    """
     mode = resolve_mode(config.tracking.wandb)
     if mode == "disabled":
         return None
@@ -78,6 +82,7 @@ def make_logger(config: RunConfig, run_dir: RunDir) -> Any:
         resume="allow",
         config=config.flat() | {"run_id": config.run_id()},
         settings={"silent": True, "console": "off"} if mode == "offline" else None,
+        **({"reinit": "create_new"} if concurrent else {}),
     )
 
 
