@@ -220,3 +220,51 @@ def test_a_killed_task_shows_interrupted_and_the_next_submit_resumes_it(slurm_cl
     assert not wait(resumed)
     assert counts(sweep, spec) == {"done": 1}
     assert (run_dir / "run.log").read_text().count(f"run {point.run_id} on ") == 2
+
+
+def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, tmp_path):
+    """pack: true trains the three runs together in one task; USR2 checkpoints all of them,
+    submitit requeues the task, and each member ends as an uninterrupted pack ends."""
+    from rhmscale.pipeline.run_pack import execute_pack
+
+    longer = {
+        **BASE,
+        "train": {**BASE["train"], "max_steps": 600, "checkpoint_every": 50},
+        "eval": {**BASE["eval"], "n_evals": 3},
+    }
+    spec = make_spec("packreq", {"data.P": [8, 16, 24]}, base=longer, pack=True, runs_per_task=3)
+    points = expand_points(spec).points
+    submission = submit(spec, tmp_path)
+    (job,) = submission.jobs  # one pack, one task
+    runs = tmp_path / "packreq" / "runs"
+    ckpts = [runs / p.run_id / "checkpoints" / "last.ckpt" for p in points]
+    wait_until(lambda: all(c.exists() for c in ckpts), 120, "the pack's checkpoints", 0.2)
+    out = subprocess.run(
+        ["scancel", "--signal=USR2", str(job.job_id)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+
+    def requeued() -> bool:
+        info = scontrol("show", "job", str(job.job_id)).stdout
+        if "Restarts=1" in info or "Restarts=2" in info:
+            scontrol("update", f"JobId={job.job_id}", "StartTime=now")
+            return True
+        return False
+
+    wait_until(requeued, 60, "the pack's task to be requeued")
+    assert not wait(submission)
+    assert counts(tmp_path / "packreq", spec) == {"done": 3}
+    import torch
+
+    torch.set_num_threads(1)
+    configs = [build_config(p.config.model_dump(mode="json")) for p in points]
+    reference = execute_pack(configs, [tmp_path / "ref" / p.run_id for p in points])
+    for point, ref in zip(points, reference, strict=True):
+        run_dir = runs / point.run_id
+        assert (run_dir / "run.log").read_text().count(f"run {point.run_id} on ") == 2
+        assert not (run_dir / "failed.json").exists()
+        final = json.loads((run_dir / "result.json").read_text())["final"]
+        strip = {"wall_s"}
+        assert {k: v for k, v in final.items() if k not in strip} == {
+            k: v for k, v in ref.result["final"].items() if k not in strip
+        }

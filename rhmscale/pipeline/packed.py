@@ -119,6 +119,8 @@ class PackTrainer:
         if self.step:
             self._restore()
         self._loss, self._clip = self._forward_loss, clip_per_member
+        if compile == "auto":  # worth its start-up on a GPU (3x faster steps), not on a CPU
+            compile = self.device.type == "cuda"
         if compile:
             mode = compile if isinstance(compile, str) else None
             self._loss = torch.compile(self._forward_loss, mode=mode)

@@ -41,7 +41,7 @@ def execute_pack(
     progress: bool = False,
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[RunOutcome]:
     """Run (or resume, or skip if done) runs of one shape together; one outcome per run.
 
@@ -50,7 +50,8 @@ def execute_pack(
     and outcome "failed" while the others go on; when the shared training raises, every run it
     was training fails so. should_stop is asked after every step: true checkpoints every member
     and returns "interrupted" for all that are not done. KeyboardInterrupt and SystemExit are
-    raised after closing the W&B runs, as run.execute does.
+    raised after closing the W&B runs, as run.execute does. compile: torch.compile the
+    training step (True, a torch.compile mode, or "auto": on a GPU only).
     """
     check_packable(configs)
     stores = [RunDir(Path(path)) for path in run_dirs]

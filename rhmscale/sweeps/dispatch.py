@@ -31,7 +31,7 @@ import submitit
 from rhmscale.errors import UserError
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, expand_points, spec_to_yaml
 from rhmscale.sweeps.status import SweepDir, append_job_line, run_states
-from rhmscale.tracking.store import atomic_write_text
+from rhmscale.tracking.store import RunDir, atomic_write_text
 
 log = logging.getLogger("rhmscale.sweeps")
 
@@ -107,43 +107,88 @@ def outcome_interrupted(outcomes: list[dict[str, Any]]) -> bool:
     return bool(outcomes) and outcomes[-1]["state"] == "interrupted"
 
 
+def units_of(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive items of one pack form a unit; an unpacked run is a unit of its own."""
+    units: list[list[dict[str, Any]]] = []
+    for item in items:
+        pack = item.get("pack")
+        if pack is not None and units and units[-1][0].get("pack") == pack:
+            units[-1].append(item)
+        else:
+            units.append([item])
+    return units
+
+
+def unit_ids(unit: list[dict[str, Any]]) -> str:
+    return ", ".join(item["run_id"] for item in unit)
+
+
+def run_one(item: dict[str, Any], should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+    from rhmscale.config import RunConfig
+    from rhmscale.pipeline.run import execute
+
+    config = RunConfig.model_validate(item["config"])
+    outcome = execute(config, Path(item["run_dir"]), should_stop=should_stop)
+    return {"run_id": item["run_id"], "state": outcome.state}
+
+
+def run_pack(
+    unit: list[dict[str, Any]], should_stop: Callable[[], bool] | None
+) -> list[dict[str, Any]]:
+    """The runs of one pack trained together; a member's own failure is in its failed.json."""
+    from rhmscale.config import RunConfig
+    from rhmscale.pipeline.run_pack import execute_pack
+
+    compile = unit[0].get("compile", "auto")
+    outcomes = execute_pack(
+        [RunConfig.model_validate(item["config"]) for item in unit],
+        [Path(item["run_dir"]) for item in unit],
+        should_stop=should_stop,
+        compile=False if compile == "off" else compile,
+    )
+    return [
+        {"run_id": item["run_id"], "state": o.state, **({"error": o.error} if o.error else {})}
+        for item, o in zip(unit, outcomes, strict=True)
+    ]
+
+
 class SweepTask(submitit.helpers.Checkpointable):
     """One array task: runs its runs in sequence; requeued with the same arguments on USR2.
 
-    items: [{"run_id", "config" (RunConfig as JSON), "run_dir"}]. A run that raises leaves its
+    items: [{"run_id", "config" (RunConfig as JSON), "run_dir"}, plus "pack" and "compile"
+    when packed: consecutive items of one pack train together]. A run that raises leaves its
     failed.json (execute writes it) and the task goes on with the next run; the task raises at
     the end so the scheduler marks it failed.
     """
 
     def __call__(self, items: list[dict[str, Any]], threads: int = 1) -> list[dict[str, Any]]:
-        from rhmscale.config import RunConfig
-        from rhmscale.pipeline.run import execute
-        from rhmscale.tracking.store import RunDir
-
         set_threads(threads)
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
         outcomes: list[dict[str, Any]] = []
-        for item in items:
+        for unit in units_of(items):
             if requeue and requeue_requested():
                 requeue()
-            config = RunConfig.model_validate(item["config"])
             try:
-                outcome = execute(config, Path(item["run_dir"]), should_stop=should_stop)
-                outcomes.append({"run_id": item["run_id"], "state": outcome.state})
+                if unit[0].get("pack") is None:
+                    outcomes.append(run_one(unit[0], should_stop))
+                else:
+                    outcomes += run_pack(unit, should_stop)
             except Exception as exc:  # noqa: BLE001 - recorded in failed.json by execute
                 if requeue_requested():
-                    # Not a failure: the task is being requeued; the run resumes later.
-                    RunDir(Path(item["run_dir"])).failed.unlink(missing_ok=True)
-                    log.warning("run %s interrupted by a requeue (%r)", item["run_id"], exc)
+                    # Not a failure: the task is being requeued; the runs resume later.
+                    for item in unit:
+                        RunDir(Path(item["run_dir"])).failed.unlink(missing_ok=True)
+                    log.warning("runs %s interrupted by a requeue (%r)", unit_ids(unit), exc)
                     if requeue:
                         requeue()
                     raise SystemExit(-1) from None
-                outcomes.append(
-                    {"run_id": item["run_id"], "state": "failed", "error": f"{exc!r}"[:500]}
-                )
+                error = f"{exc!r}"[:500]
+                outcomes += [
+                    {"run_id": item["run_id"], "state": "failed", "error": error} for item in unit
+                ]
             if requeue and outcome_interrupted(outcomes):
-                requeue()  # the run checkpointed on the signal; requeue and exit
+                requeue()  # the runs checkpointed on the signal; requeue and exit
         failed = [o for o in outcomes if o["state"] == "failed"]
         if failed:
             raise RuntimeError(
@@ -250,6 +295,7 @@ def group_packed_tasks(items: list[dict[str, Any]], ex: ExecutorSpec) -> list[li
     for number, pack in enumerate(packs):
         for item in pack:
             item["pack"] = number
+            item["compile"] = ex.compile
     if ex.kind == "slurm":
         return packs
     n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
