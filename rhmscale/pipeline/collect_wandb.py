@@ -108,9 +108,10 @@ def unwrap(value: Any) -> Any:
 def rows_by_step(history_rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
     """Evaluation metrics of each logged step, rows of the same step merged key by key.
 
-    Only rows with `gen/` metrics are evaluations: Lightning's own rows (`self.log` every
-    `log_every_n_steps`, carrying a per-step `train/loss` and `epoch` = Lightning's epoch
-    counter) and table-only rows share names and steps with them and would overwrite them.
+    Only rows with `gen/` metrics are evaluations: the per-step `train/loss_step` rows, the
+    sample-table rows and, in runs logged before rhmscale stopped using Lightning's
+    `self.log`, rows with a per-step `train/loss` and Lightning's own `epoch` counter share
+    steps (and names) with them and would overwrite them.
     """
     merged: dict[int, dict[str, Any]] = {}
     for raw in history_rows:

@@ -253,14 +253,14 @@ class PackTrainer:
             self.on_member_error(k, exc)
 
     def _log_train_loss(self, losses: torch.Tensor) -> None:
-        """train/loss to W&B every 50 steps, as Lightning logs a lone run's (one sync)."""
+        """train/loss_step to W&B every 50 steps, as a lone run logs it (one sync)."""
         if not any(m.logger is not None for m in self.members):
             return
         for k, value in enumerate(losses.tolist()):
             m = self.members[k]
             if m.logger is not None and m.error is None:
                 with wandb_folders(m.run_dir):
-                    m.logger.log_metrics({"train/loss": value}, step=self.step)
+                    m.logger.log_metrics({"train/loss_step": value}, step=self.step)
 
     # --- evaluation and checkpoints -------------------------------------------------------
     def wall_s(self) -> np.ndarray:

@@ -107,7 +107,10 @@ class DiffusionLM(L.LightningModule):
         loss = self.diffusion.loss(self.denoiser, self.train_data[idx], generator=self.noise_gen)
         self._loss_sum = self._loss_sum + loss.detach()
         self._loss_count += 1
-        self.log("train/loss", loss, prog_bar=True)
+        if self.logger is not None and self.global_step % 50 == 0:
+            # Not self.log: Lightning would add its epoch counter as "epoch", the name of our
+            # eval metric (samples seen / P), and mix its rows into the eval rows on W&B.
+            self.logger.log_metrics({"train/loss_step": loss.item()}, step=self.global_step)
         return loss
 
     def pop_mean_train_loss(self) -> float:
