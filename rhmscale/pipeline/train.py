@@ -110,7 +110,9 @@ class DiffusionLM(L.LightningModule):
         if self.logger is not None and self.global_step % 50 == 0:
             # Not self.log: Lightning would add its epoch counter as "epoch", the name of our
             # eval metric (samples seen / P), and mix its rows into the eval rows on W&B.
-            self.logger.log_metrics({"train/loss_step": loss.detach().item()}, step=self.global_step)
+            self.logger.log_metrics(
+                {"train/loss_step": loss.detach().item()}, step=self.global_step
+            )
         return loss
 
     def pop_mean_train_loss(self) -> float:
