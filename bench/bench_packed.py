@@ -118,6 +118,21 @@ def sequential(config: RunConfig, args) -> list[dict]:
         train(lone, data, RunDir(Path(tmp)), callbacks=[timer])
     lightning = args.steps / (timer.t1 - timer.t0)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    compiled = []
+    for mode in args.compile:  # the same lone run, forward and loss compiled (what runs do)
+        timer = StepTimer(args.warmup + args.compile_warmup, n + args.compile_warmup)
+        longer = lone.train.model_copy(update={"max_steps": n + args.compile_warmup + 1})
+        with tempfile.TemporaryDirectory() as tmp:
+            train(
+                lone.model_copy(update={"train": longer}),
+                data,
+                RunDir(Path(tmp)),
+                callbacks=[timer],
+                compile=mode,
+            )
+        rate = args.steps / (timer.t1 - timer.t0)
+        kind = f"sequential-lightning-compiled-{mode}"
+        compiled.append(row(kind, config.model.arch, 1, rate, config.train.batch_size, args))
 
     module = DiffusionLM(config, data.train).to(device)
     module.on_fit_start()
@@ -138,6 +153,7 @@ def sequential(config: RunConfig, args) -> list[dict]:
     return [
         row("sequential-lightning", arch, 1, lightning, batch, args, peak_mem_gib=peak),
         row("sequential-bare", arch, 1, bare["steps_per_s"], batch, args, **bare),
+        *compiled,
     ]
 
 

@@ -59,6 +59,13 @@ def run(
         str | None, typer.Option(help="W&B mode: auto, online, offline or disabled.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    compile: Annotated[
+        str,
+        typer.Option(
+            help="torch.compile the training step: auto (on a GPU), off, or a mode "
+            "(default, reduce-overhead, max-autotune)."
+        ),
+    ] = "auto",
 ) -> None:
     """Train and evaluate one run; resumes from its checkpoint, skips it if already done."""
     if wandb is not None:
@@ -71,7 +78,12 @@ def run(
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
     from rhmscale.pipeline.run import execute
 
-    outcome = execute(cfg, target, progress=progress)
+    modes = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+    if compile not in modes:
+        raise UserError(f"--compile {compile!r}: choose one of {', '.join(modes)}")
+    outcome = execute(
+        cfg, target, progress=progress, compile=False if compile == "off" else compile
+    )
     if outcome.state != "done":
         console.print(f"run stopped at a checkpoint in {target}; run again to resume")
         raise typer.Exit(3)

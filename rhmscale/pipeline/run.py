@@ -75,12 +75,15 @@ def execute(
     progress: bool = False,
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    compile: bool | str = False,
 ) -> RunOutcome:
     """Run (or resume, or skip if done) one configuration in run_dir.
 
     should_stop: asked after every training step; when it returns true (e.g. a preemption
     signal arrived) the run checkpoints and returns state "interrupted".
     stop_at_step: checkpoint and stop after that step, as a preemption would (for tests).
+    compile: torch.compile the training step's forward and loss (True, a mode, or "auto": on
+    a GPU only).
     """
     store = RunDir(Path(run_dir))
     store.path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +95,7 @@ def execute(
     with run_log(store.log):
         log.info("run %s on %s in %s", config.run_id(), socket.gethostname(), store.path)
         try:
-            return _train_and_record(config, store, progress, stop_at_step, should_stop)
+            return _train_and_record(config, store, progress, stop_at_step, should_stop, compile)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.warning("run %s interrupted: %r", config.run_id(), exc)
@@ -152,6 +155,7 @@ def _train_and_record(
     progress: bool,
     stop_at_step: int | None,
     should_stop: Callable[[], bool] | None,
+    compile: bool | str,
 ) -> RunOutcome:
     # Heavy imports here, so that importing this module (and the CLI) stays cheap.
     from rhmscale.pipeline.data import make_datasets
@@ -173,6 +177,7 @@ def _train_and_record(
                 progress=progress,
                 stop_at_step=stop_at_step,
                 should_stop=should_stop,
+                compile=compile,
             )
         except BaseException:
             # Closing W&B can itself fail (its service may already be gone after a SIGTERM);

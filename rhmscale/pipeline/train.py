@@ -64,9 +64,15 @@ def step_loader() -> DataLoader:
 
 
 class DiffusionLM(L.LightningModule):
-    def __init__(self, config: RunConfig, train_data: np.ndarray):
+    """compile: torch.compile the forward and loss (True, a torch.compile mode, or "auto": on
+    a GPU only). The random draws stay outside, so a compiled run draws what an eager one does.
+    """
+
+    def __init__(self, config: RunConfig, train_data: np.ndarray, compile: bool | str = False):
         super().__init__()
         self.config = config
+        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
+        self._forward_loss = self.forward_loss
         self.denoiser = build_denoiser(config.model, config.grammar)
         self.diffusion = MaskedDiffusion(
             config.grammar.v, config.diffusion.schedule, config.diffusion.antithetic
@@ -95,6 +101,14 @@ class DiffusionLM(L.LightningModule):
             self.noise_gen.set_state(self._restored_generators["noise"])
         loss_sum, self._loss_count = self._restored_loss
         self._loss_sum = torch.tensor(loss_sum, device=self.device)
+        compile = self.device.type == "cuda" if self.compile_mode == "auto" else self.compile_mode
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            self._forward_loss = torch.compile(self.forward_loss, mode=mode)
+
+    def forward_loss(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = self.denoiser(x_t, t)
+        return self.diffusion.loss_from_logits(logits, x0, x_t, t).mean()
 
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         assert self.train_data is not None
@@ -104,7 +118,11 @@ class DiffusionLM(L.LightningModule):
             device=self.device,
             generator=self.batch_gen,
         )
-        loss = self.diffusion.loss(self.denoiser, self.train_data[idx], generator=self.noise_gen)
+        x0 = self.train_data[idx]
+        # Drawn as MaskedDiffusion.loss draws them: times, then masks, from the noise stream.
+        t = self.diffusion.sample_times(len(x0), self.device, self.noise_gen)
+        x_t = self.diffusion.corrupt(x0, t, self.noise_gen)
+        loss = self._forward_loss(x0, x_t, t)
         self._loss_sum = self._loss_sum + loss.detach()
         self._loss_count += 1
         if self.logger is not None and self.global_step % 50 == 0:
@@ -214,13 +232,14 @@ def train(
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     callbacks: list[L.Callback] | None = None,
+    compile: bool | str = False,
 ) -> TrainOutcome:
     """Train (or resume from run_dir's last checkpoint) and evaluate at log-spaced steps."""
     quiet_lightning()
     device = resolve_device(config)
     precision = resolve_precision(config, device)
     L.seed_everything(config.seed, workers=False, verbose=False)
-    module = DiffusionLM(config, data.train)
+    module = DiffusionLM(config, data.train, compile=compile)
     evaluator = Evaluator(config, data, run_dir, samples_table)
     checkpoint = PeriodicCheckpoint(
         run_dir, config.train.checkpoint_every, stop_at_step, should_stop

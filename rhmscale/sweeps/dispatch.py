@@ -128,7 +128,13 @@ def run_one(item: dict[str, Any], should_stop: Callable[[], bool] | None) -> dic
     from rhmscale.pipeline.run import execute
 
     config = RunConfig.model_validate(item["config"])
-    outcome = execute(config, Path(item["run_dir"]), should_stop=should_stop)
+    compile = item.get("compile", "auto")
+    outcome = execute(
+        config,
+        Path(item["run_dir"]),
+        should_stop=should_stop,
+        compile=False if compile == "off" else compile,
+    )
     return {"run_id": item["run_id"], "state": outcome.state}
 
 
@@ -155,10 +161,10 @@ def run_pack(
 class SweepTask(submitit.helpers.Checkpointable):
     """One array task: runs its runs in sequence; requeued with the same arguments on USR2.
 
-    items: [{"run_id", "config" (RunConfig as JSON), "run_dir"}, plus "pack" and "compile"
-    when packed: consecutive items of one pack train together]. A run that raises leaves its
-    failed.json (execute writes it) and the task goes on with the next run; the task raises at
-    the end so the scheduler marks it failed.
+    items: [{"run_id", "config" (RunConfig as JSON), "run_dir", "compile" (executor.compile),
+    plus "pack" when packed: consecutive items of one pack train together}]. A run that
+    raises leaves its failed.json (execute writes it) and the task goes on with the next run;
+    the task raises at the end so the scheduler marks it failed.
     """
 
     def __call__(self, items: list[dict[str, Any]], threads: int = 1) -> list[dict[str, Any]]:
@@ -295,7 +301,6 @@ def group_packed_tasks(items: list[dict[str, Any]], ex: ExecutorSpec) -> list[li
     for number, pack in enumerate(packs):
         for item in pack:
             item["pack"] = number
-            item["compile"] = ex.compile
     if ex.kind == "slurm":
         return packs
     n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
@@ -326,6 +331,7 @@ def prepare(
                 "run_id": point.run_id,
                 "config": point.config.model_dump(mode="json"),
                 "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
+                "compile": ex.compile,
             }
         )
     return Prepared(

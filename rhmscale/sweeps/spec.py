@@ -114,7 +114,7 @@ class ExecutorSpec(BaseModel):
         description="train up to runs_per_task runs of one shape together on one device",
     )
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
-        "auto", description="packs: torch.compile mode of the training step (auto: on GPUs)"
+        "auto", description="torch.compile mode of the training step (auto: on GPUs only)"
     )
     max_num_timeout: int = Field(3, ge=0, description="requeues after time limits")
     workers: int | None = Field(
