@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -28,13 +27,14 @@ from pathlib import Path
 
 import torch
 from bench_train import StepTimer  # bench/ is on sys.path when run as a script
+from timing import write_report
 
 from rhmscale.config import RunConfig, build_config
 from rhmscale.models import MaskedDiffusion, build_denoiser, count_parameters
 from rhmscale.pipeline.data import make_datasets
 from rhmscale.pipeline.packed import Member, PackTrainer
 from rhmscale.pipeline.train import DiffusionLM, resolve_device, resolve_precision, train
-from rhmscale.tracking.store import RunDir, atomic_write_json
+from rhmscale.tracking.store import RunDir
 
 FULL = {
     "grammar": ["grammar.L=5", "grammar.s=2", "grammar.v=32", "grammar.m=8"],
@@ -267,20 +267,15 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
     device = resolve_device(make_config(sizes, args.archs[0], args))
     report = {
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor(),
         "precision": resolve_precision(make_config(sizes, args.archs[0], args), device),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
         "grammar": sizes["grammar"],
         "batch_size": sizes["batch"],
         "max_steps": args.max_steps,
         "timed_steps": args.steps,
         "rows": rows,
     }
-    if args.out:
-        atomic_write_json(args.out, report)
-    print(json.dumps(report, indent=1))
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor()
+    write_report(report, name, args.out)
 
 
 if __name__ == "__main__":

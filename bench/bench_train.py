@@ -15,8 +15,6 @@ For each architecture and batch size it measures
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import tempfile
 import threading
@@ -25,12 +23,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from timing import write_report  # bench/timing.py (the script's folder is on sys.path)
 
 from rhmscale.config import build_config
 from rhmscale.models import count_parameters
 from rhmscale.pipeline.data import make_datasets
 from rhmscale.pipeline.train import DiffusionLM, resolve_device, resolve_precision, train
-from rhmscale.tracking.store import RunDir, atomic_write_json
+from rhmscale.tracking.store import RunDir
 
 
 class StepTimer(L.Callback):
@@ -189,16 +188,7 @@ def main():
     device_name = (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     )
-    report = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    if args.out:
-        atomic_write_json(args.out, report)
-    print(json.dumps(report, indent=1))
+    write_report({"rows": rows}, device_name, args.out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Shared timing helper of the benchmark scripts (run as `python bench/<script>.py`)."""
+"""Shared helpers of the benchmark scripts (run as `python bench/<script>.py`)."""
 
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -14,3 +18,21 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def write_report(report: dict[str, Any], device_name: str, out: Path | None) -> None:
+    """Add where and when it ran; print it, and write it atomically to `out` if given."""
+    import torch
+
+    from rhmscale.tracking.store import atomic_write_json
+
+    report = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        **report,
+    }
+    if out:
+        atomic_write_json(out, report)
+    print(json.dumps(report, indent=1))

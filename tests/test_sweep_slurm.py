@@ -65,6 +65,19 @@ def scontrol(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def wait_for_requeue(job) -> None:
+    """Wait until SLURM has requeued the job, then let it start at once (no begin delay)."""
+
+    def requeued() -> bool:
+        info = scontrol("show", "job", str(job.job_id)).stdout
+        if "Restarts=1" in info or "Restarts=2" in info:
+            scontrol("update", f"JobId={job.job_id}", "StartTime=now")
+            return True
+        return False
+
+    wait_until(requeued, 60, f"job {job.job_id} to be requeued")
+
+
 def counts(path: Path, spec) -> dict[str, int]:
     return dict(sweep_status(path, spec).counts)
 
@@ -171,14 +184,7 @@ def test_requeue_resumes_from_the_checkpoint_with_the_same_result(slurm_cluster,
     )
     assert out.returncode == 0, out.stderr
 
-    def requeued() -> bool:
-        info = scontrol("show", "job", str(job.job_id)).stdout
-        if "Restarts=1" in info or "Restarts=2" in info:
-            scontrol("update", f"JobId={job.job_id}", "StartTime=now")
-            return True
-        return False
-
-    wait_until(requeued, 60, "the task to be requeued")
+    wait_for_requeue(job)
     assert not wait(submission)
     result = json.loads((run_dir / "result.json").read_text())
     logs = "".join(p.read_text() for p in (tmp_path / "requeue" / "submitit").glob("*_log.out"))
@@ -244,14 +250,7 @@ def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, t
     )
     assert out.returncode == 0, out.stderr
 
-    def requeued() -> bool:
-        info = scontrol("show", "job", str(job.job_id)).stdout
-        if "Restarts=1" in info or "Restarts=2" in info:
-            scontrol("update", f"JobId={job.job_id}", "StartTime=now")
-            return True
-        return False
-
-    wait_until(requeued, 60, "the pack's task to be requeued")
+    wait_for_requeue(job)
     assert not wait(submission)
     assert counts(tmp_path / "packreq", spec) == {"done": 3}
     import torch
