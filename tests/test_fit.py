@@ -164,3 +164,14 @@ def test_collect_then_fit_from_run_directories(tmp_path):
     assert result.stats["n_runs"] == frame["run_id"].nunique()
     assert result.stats["n_points"] + result.stats["n_censored"] == 12
     assert not result.exponents.empty
+
+
+def test_runs_missing_a_metric_leave_out_only_those_points():
+    frame = synthetic_frame(np.random.default_rng(8), noise=0.01)
+    older = frame["grammar.v"] == 32  # e.g. runs recorded before a metric existed
+    frame.loc[older, "gen/acc_l3"] = np.nan
+    result = fit(frame, FitOptions(**FINAL, n_boot=100))
+    points = result.crossings
+    assert len(points) == 18 - 2  # the two v=32 cells have no level-3 point
+    assert not ((points["grammar.v"] == 32) & (points["k"] == 3)).any()
+    assert result.exponents["estimate"].between(0.9, 1.1).all()
