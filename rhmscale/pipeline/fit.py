@@ -112,7 +112,10 @@ def rows_at(frame: pd.DataFrame, at: str) -> pd.DataFrame:
     if at == "final":
         return frame[frame["final"]]
     if at == "best":
-        return frame.loc[frame.groupby("run_id")["val/loss"].idxmin()]
+        scored = frame[frame["val/loss"].notna()] if "val/loss" in frame else frame.iloc[:0]
+        if scored.empty:
+            raise UserError("--at best needs val/loss, which these runs lack; use --at final")
+        return scored.loc[scored.groupby("run_id")["val/loss"].idxmin()]
     try:
         step = int(at)
     except ValueError:
