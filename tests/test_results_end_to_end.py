@@ -29,6 +29,20 @@ def test_quick_sweep_runs_to_tables_and_report(tmp_path):
         collection.frame["run_id"].unique()
     )
 
+    out = subprocess.run(
+        [RHMSCALE, "collect", "--from-wandb-offline", str(sweep), "-o", str(tmp_path / "w.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "6 runs" in out.stdout and (tmp_path / "w.csv").stat().st_size > 0
+    both = subprocess.run(
+        [RHMSCALE, "collect", str(sweep), "--from-wandb-offline", str(sweep)],
+        capture_output=True,
+        text=True,
+    )
+    assert both.returncode == 2 and "give one of" in both.stderr
+
     result = fit(collection.frame, FitOptions(n_boot=200))
     assert len(result.crossings) == 6  # 2 cells x 3 levels, measured or censored
     assert set(result.crossings["censored"]) <= {"", "below", "above"}
