@@ -255,7 +255,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
         ),
         *censored_handles(on_y=False),
     ]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
 
@@ -320,7 +320,7 @@ def collapse(data: Inputs) -> Figure:
     if prefactor is not None:
         label = f"measured P*/P_theory = {prefactor:.3g}\n(geometric mean)"
         handles.append(Line2D([], [], ls=":", color="k", label=label))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
 
@@ -449,7 +449,7 @@ def coherence_vs_p(data: Inputs) -> Figure:
     ax.set_xlabel(P_LABEL)
     ax.set_ylabel("coherence length s^depth (tokens), seed mean")
     ax.set_title(data.title(f"{title}, at {data.result.options.at}"))
-    fig.legend(loc="outside right upper", fontsize=8, title="seed min-max bars; line = fit")
+    fig.legend(loc="outside right center", fontsize=8, title="seed min-max bars; line = fit")
     return fig
 
 
@@ -548,7 +548,7 @@ def time_to_learn(data: Inputs) -> Figure:
         )
         for s, m in CENSORED_MARKER_Y.items()
     ]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
 
