@@ -77,13 +77,11 @@ def run(
     console = _console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
     from rhmscale.pipeline.run import execute
+    from rhmscale.sweeps.spec import COMPILE_SETTINGS
 
-    modes = ("auto", "off", "default", "reduce-overhead", "max-autotune")
-    if compile not in modes:
-        raise UserError(f"--compile {compile!r}: choose one of {', '.join(modes)}")
-    outcome = execute(
-        cfg, target, progress=progress, compile=False if compile == "off" else compile
-    )
+    if compile not in COMPILE_SETTINGS:
+        raise UserError(f"--compile {compile!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
+    outcome = execute(cfg, target, progress=progress, compile=compile)
     if outcome.state != "done":
         console.print(f"run stopped at a checkpoint in {target}; run again to resume")
         raise typer.Exit(3)

@@ -35,7 +35,7 @@ from rhmscale.pipeline.data import Datasets
 from rhmscale.pipeline.evaluate import eval_steps
 from rhmscale.pipeline.pack_checkpoint import FORMAT
 from rhmscale.pipeline.packing import check_packable
-from rhmscale.pipeline.train import lr_factor, resolve_device, resolve_precision
+from rhmscale.pipeline.train import compile_mode, lr_factor, resolve_device, resolve_precision
 from rhmscale.tracking.store import RunDir, atomic_write
 from rhmscale.tracking.wandb_mirror import wandb_folders
 
@@ -68,8 +68,8 @@ class PackTrainer:
     """Trains the members of one pack from their common step to max_steps.
 
     All members start at the same step: fresh, or resumed from checkpoints of that step.
-    compile: torch.compile the vmapped forward/loss and the clipping (True, or a torch.compile
-    mode such as "reduce-overhead"); the per-member random draws stay eager.
+    compile: torch.compile the vmapped forward/loss and the clipping (see train.compile_mode:
+    True, "off", "auto" or a torch.compile mode); the per-member random draws stay eager.
     on_step(step, losses (K,)) is called after every optimiser step (tests; a no-op default);
     on_member_error(k, exc) when member k's evaluation or checkpoint raised; it trains on with
     the others but is no longer recorded.
@@ -119,10 +119,8 @@ class PackTrainer:
         if self.step:
             self._restore()
         self._loss, self._clip = self._forward_loss, clip_per_member
-        if compile == "auto":  # worth its start-up on a GPU (3x faster steps), not on a CPU
-            compile = self.device.type == "cuda"
-        if compile:
-            mode = compile if isinstance(compile, str) else None
+        mode = compile_mode(compile, self.device)
+        if mode is not None:
             self._loss = torch.compile(self._forward_loss, mode=mode)
             self._clip = torch.compile(clip_per_member, mode=mode)
 

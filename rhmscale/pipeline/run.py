@@ -82,8 +82,7 @@ def execute(
     should_stop: asked after every training step; when it returns true (e.g. a preemption
     signal arrived) the run checkpoints and returns state "interrupted".
     stop_at_step: checkpoint and stop after that step, as a preemption would (for tests).
-    compile: torch.compile the training step's forward and loss (True, a mode, or "auto": on
-    a GPU only).
+    compile: torch.compile the training step's forward and loss (see train.compile_mode).
     """
     store = RunDir(Path(run_dir))
     store.path.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def execute_pack(
     was training fails so. should_stop is asked after every step: true checkpoints every member
     and returns "interrupted" for all that are not done. KeyboardInterrupt and SystemExit are
     raised after closing the W&B runs, as run.execute does. compile: torch.compile the
-    training step (True, a torch.compile mode, or "auto": on a GPU only).
+    training step (see train.compile_mode).
     """
     check_packable(configs)
     stores = [RunDir(Path(path)) for path in run_dirs]

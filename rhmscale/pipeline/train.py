@@ -41,6 +41,19 @@ def resolve_precision(config: RunConfig, device: str) -> str:
     return "bf16-mixed" if precision == "bf16" else "32-true"
 
 
+def compile_mode(setting: bool | str, device: torch.device) -> str | None:
+    """The torch.compile mode a training step uses, or None for eager.
+
+    setting: False/"off" (eager), True (torch's default mode), a mode name, or "auto": compile
+    on a GPU, where the start-up pays for itself, and stay eager on a CPU.
+    """
+    if setting == "auto":
+        setting = device.type == "cuda"
+    if setting is False or setting == "off":
+        return None
+    return "default" if setting is True else setting
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     """Linear warmup, then constant or cosine decay to zero at `total`."""
     if step < warmup:
@@ -64,14 +77,14 @@ def step_loader() -> DataLoader:
 
 
 class DiffusionLM(L.LightningModule):
-    """compile: torch.compile the forward and loss (True, a torch.compile mode, or "auto": on
-    a GPU only). The random draws stay outside, so a compiled run draws what an eager one does.
+    """compile: torch.compile the forward and loss (see compile_mode). The random draws stay
+    outside, so a compiled run draws what an eager one does.
     """
 
     def __init__(self, config: RunConfig, train_data: np.ndarray, compile: bool | str = False):
         super().__init__()
         self.config = config
-        self.compile_mode = compile  # not self.compile: that is nn.Module.compile()
+        self.compile_setting = compile  # not self.compile: that is nn.Module.compile()
         self._forward_loss = self.forward_loss
         self.denoiser = build_denoiser(config.model, config.grammar)
         self.diffusion = MaskedDiffusion(
@@ -101,9 +114,8 @@ class DiffusionLM(L.LightningModule):
             self.noise_gen.set_state(self._restored_generators["noise"])
         loss_sum, self._loss_count = self._restored_loss
         self._loss_sum = torch.tensor(loss_sum, device=self.device)
-        compile = self.device.type == "cuda" if self.compile_mode == "auto" else self.compile_mode
-        if compile:
-            mode = compile if isinstance(compile, str) else None
+        mode = compile_mode(self.compile_setting, self.device)
+        if mode is not None:
             self._forward_loss = torch.compile(self.forward_loss, mode=mode)
 
     def forward_loss(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -128,12 +128,8 @@ def run_one(item: dict[str, Any], should_stop: Callable[[], bool] | None) -> dic
     from rhmscale.pipeline.run import execute
 
     config = RunConfig.model_validate(item["config"])
-    compile = item.get("compile", "auto")
     outcome = execute(
-        config,
-        Path(item["run_dir"]),
-        should_stop=should_stop,
-        compile=False if compile == "off" else compile,
+        config, Path(item["run_dir"]), should_stop=should_stop, compile=item.get("compile", "auto")
     )
     return {"run_id": item["run_id"], "state": outcome.state}
 
@@ -145,12 +141,11 @@ def run_pack(
     from rhmscale.config import RunConfig
     from rhmscale.pipeline.run_pack import execute_pack
 
-    compile = unit[0].get("compile", "auto")
     outcomes = execute_pack(
         [RunConfig.model_validate(item["config"]) for item in unit],
         [Path(item["run_dir"]) for item in unit],
         should_stop=should_stop,
-        compile=False if compile == "off" else compile,
+        compile=unit[0].get("compile", "auto"),
     )
     return [
         {"run_id": item["run_id"], "state": o.state, **({"error": o.error} if o.error else {})}

@@ -91,6 +91,10 @@ KNOWN_SBATCH = frozenset(
 )
 
 
+# executor.compile and `rhmscale run --compile` (pipeline.train.compile_mode reads them).
+COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+
+
 class ExecutorSpec(BaseModel):
     """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set)."""
 
@@ -113,7 +117,7 @@ class ExecutorSpec(BaseModel):
         False,
         description="train up to runs_per_task runs of one shape together on one device",
     )
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
+    compile: Literal[COMPILE_SETTINGS] = Field(
         "auto", description="torch.compile mode of the training step (auto: on GPUs only)"
     )
     max_num_timeout: int = Field(3, ge=0, description="requeues after time limits")
