@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
-from rhmscale.pipeline.grammar import Grammar
+from rhmscale.rhm.grammar import Grammar
 
 
 def run(v: int, m: int, s: int, L: int, batch: int, repeats: int, seed: int) -> dict:

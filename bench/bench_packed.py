@@ -31,10 +31,10 @@ from timing import write_report
 
 from rhmscale.config import RunConfig, build_config
 from rhmscale.models import MaskedDiffusion, build_denoiser, count_parameters
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.packed import Member, PackTrainer
-from rhmscale.pipeline.train import DiffusionLM, resolve_device, resolve_precision, train
-from rhmscale.tracking.store import RunDir
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training.packed import Member, PackTrainer
+from rhmscale.training.train import DiffusionLM, resolve_device, resolve_precision, train
 
 FULL = {
     "grammar": ["grammar.L=5", "grammar.s=2", "grammar.v=32", "grammar.m=8"],

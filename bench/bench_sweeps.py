@@ -24,10 +24,11 @@ from pathlib import Path
 
 from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
+from rhmscale.store.atomic import atomic_write_json, atomic_write_text
+from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import SweepTask, prepare
 from rhmscale.sweeps.spec import expand_points, parse_spec, spec_to_yaml
-from rhmscale.sweeps.status import SweepDir, append_job_line, sweep_status
-from rhmscale.tracking.store import atomic_write_json, atomic_write_text
+from rhmscale.sweeps.status import sweep_status
 
 BASE = {
     "grammar": {"s": 2},
@@ -100,8 +101,8 @@ def fake_sweep(root: Path) -> tuple[Path, object]:
             run.checkpoints.mkdir(exist_ok=True)
             run.last_checkpoint.write_bytes(b"x")
         tasks.append({"job_id": f"999999_{i}", "run_ids": [point.run_id]})
-    append_job_line(
-        sweep, {"event": "submit", "kind": "slurm", "array_id": "999999", "tasks": tasks}
+    sweep.append_job_line(
+        {"event": "submit", "kind": "slurm", "array_id": "999999", "tasks": tasks}
     )
     return sweep.path, spec
 

@@ -27,9 +27,9 @@ from timing import write_report  # bench/timing.py (the script's folder is on sy
 
 from rhmscale.config import build_config
 from rhmscale.models import count_parameters
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.train import DiffusionLM, resolve_device, resolve_precision, train
-from rhmscale.tracking.store import RunDir
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training.train import DiffusionLM, resolve_device, resolve_precision, train
 
 
 class StepTimer(L.Callback):

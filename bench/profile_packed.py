@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from bench_packed import FULL, make_config  # bench/ is on sys.path when run as a script
 
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.packed import Member, PackTrainer
-from rhmscale.tracking.store import RunDir
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training.packed import Member, PackTrainer
 
 
 def main() -> None:

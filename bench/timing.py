@@ -24,7 +24,7 @@ def write_report(report: dict[str, Any], device_name: str, out: Path | None) -> 
     """Add where and when it ran; print it, and write it atomically to `out` if given."""
     import torch
 
-    from rhmscale.tracking.store import atomic_write_json
+    from rhmscale.store.atomic import atomic_write_json
 
     report = {
         "device": device_name,

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from rhmscale.config import build_config
-from rhmscale.pipeline.callbacks import write_history
-from rhmscale.tracking.store import RunDir, atomic_write_json
+from rhmscale.store.atomic import atomic_write_json
+from rhmscale.store.folders import RunDir
+from rhmscale.training.callbacks import write_history
 
 CELLS = [(8, 2), (16, 2), (32, 2), (8, 4), (16, 4), (32, 4)]
 BATCH = 64

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rhmscale.pipeline.collect_wandb import find_offline_logs, read_offline_log
+from rhmscale.results.collect_wandb import find_offline_logs, read_offline_log
 from tests.synthetic_sweep import synthetic_frame, write_run_dirs
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))

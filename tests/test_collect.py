@@ -9,9 +9,10 @@ import pytest
 
 from rhmscale.config import build_config
 from rhmscale.errors import UserError
-from rhmscale.pipeline.callbacks import write_history
-from rhmscale.pipeline.collect import collect
-from rhmscale.tracking.store import RunDir, atomic_write_json
+from rhmscale.results.collect import collect
+from rhmscale.store.atomic import atomic_write_json
+from rhmscale.store.folders import RunDir
+from rhmscale.training.callbacks import write_history
 
 
 def fake_run(root: Path, P: int, *, state: str = "done") -> str:
@@ -76,7 +77,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     import os
     import stat
 
-    from rhmscale.tracking import store
+    from rhmscale.store import atomic as store
 
     path = tmp_path / "shared.json"
     atomic_write_json(path, {"a": 1})

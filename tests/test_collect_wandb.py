@@ -10,8 +10,8 @@ import pytest
 
 from rhmscale.config import build_config
 from rhmscale.errors import UserError
-from rhmscale.pipeline.collect import collect
-from rhmscale.pipeline.collect_wandb import (
+from rhmscale.results.collect import collect
+from rhmscale.results.collect_wandb import (
     BLOCK,
     CorruptLog,
     collect_wandb_api,
@@ -22,7 +22,7 @@ from rhmscale.pipeline.collect_wandb import (
     merge_logs,
     read_offline_log,
 )
-from rhmscale.pipeline.run import execute
+from rhmscale.training.run import execute
 
 # v=4, m=2, s=2, L=2: 32 distinct sequences of length 4; a run takes about a second.
 TINY = [
@@ -185,7 +185,7 @@ def test_conversion_keeps_evaluations_and_drops_wandb_and_lightning_keys():
 
 
 def test_conversion_skips_runs_without_evaluations_or_short_of_max_steps():
-    from rhmscale.pipeline.collect_wandb import SkipRun
+    from rhmscale.results.collect_wandb import SkipRun
 
     with pytest.raises(SkipRun) as skip:
         frame_from_wandb_run("a", {"train.max_steps": 20}, [row(5, **{"train/loss": 1.0})])
@@ -199,7 +199,7 @@ def test_conversion_skips_runs_without_evaluations_or_short_of_max_steps():
 
 
 def test_resumed_logs_merge_with_later_rows_winning(tmp_path):
-    from rhmscale.pipeline.collect_wandb import OfflineLog
+    from rhmscale.results.collect_wandb import OfflineLog
 
     early = OfflineLog(
         tmp_path / "offline-run-20250101_000000-x" / "run-x.wandb",

@@ -9,10 +9,10 @@ import functools
 import pytest
 import torch
 
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.packed import Member, PackTrainer
-from rhmscale.pipeline.train import train
-from rhmscale.tracking.store import RunDir
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training.packed import Member, PackTrainer
+from rhmscale.training.train import train
 from tests.test_packed import LossRecorder, pack_configs
 
 

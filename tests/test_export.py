@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from rhmscale.errors import UserError
-from rhmscale.pipeline.export import render
-from rhmscale.pipeline.fit import FitOptions, fit
+from rhmscale.results.export import render
+from rhmscale.results.fit import FitOptions, fit
 from tests.synthetic_sweep import synthetic_frame, true_p_star
 
 

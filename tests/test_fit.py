@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from rhmscale.errors import UserError
-from rhmscale.pipeline.collect import collect
-from rhmscale.pipeline.crossing import crossings
-from rhmscale.pipeline.fit import FitOptions, fit
-from rhmscale.pipeline.theory import Theory, parse_regressors
+from rhmscale.results.collect import collect
+from rhmscale.results.crossing import crossings
+from rhmscale.results.fit import FitOptions, fit
+from rhmscale.results.theory import Theory, parse_regressors
 from tests.synthetic_sweep import synthetic_frame, true_p_star, write_run_dirs
 
 FINAL = {"at": "final"}

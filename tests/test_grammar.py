@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from rhmscale.config import GrammarConfig
 from rhmscale.errors import UserError
-from rhmscale.pipeline import grammar as grammar_module
-from rhmscale.pipeline.grammar import Grammar
+from rhmscale.rhm import grammar as grammar_module
+from rhmscale.rhm.grammar import Grammar
 
 
 @st.composite

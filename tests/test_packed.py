@@ -14,16 +14,16 @@ from rhmscale.config import build_config
 from rhmscale.errors import UserError
 from rhmscale.models import build_denoiser
 from rhmscale.models.stacked import stack_denoisers
-from rhmscale.pipeline import run_pack
-from rhmscale.pipeline.collect import collect
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.pack_checkpoint import read_member_checkpoint
-from rhmscale.pipeline.packed import Member, PackTrainer
-from rhmscale.pipeline.packing import pack_key
-from rhmscale.pipeline.run import execute
-from rhmscale.pipeline.run_pack import execute_pack
-from rhmscale.pipeline.train import train
-from rhmscale.tracking.store import RunDir
+from rhmscale.results.collect import collect
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training import run_pack
+from rhmscale.training.pack_checkpoint import read_member_checkpoint
+from rhmscale.training.packed import Member, PackTrainer
+from rhmscale.training.packing import pack_key
+from rhmscale.training.run import execute
+from rhmscale.training.run_pack import execute_pack
+from rhmscale.training.train import train
 
 # v=4, m=2, s=2, L=3: 512 distinct sequences of length 8.
 SMALL = [

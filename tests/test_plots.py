@@ -12,9 +12,9 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from rhmscale.pipeline import plots
-from rhmscale.pipeline.fit import FitOptions, fit
-from rhmscale.pipeline.plots import MAX_PANELS, prepare, write_figures
+from rhmscale.results import plots
+from rhmscale.results.fit import FitOptions, fit
+from rhmscale.results.plots import MAX_PANELS, prepare, write_figures
 from tests.synthetic_sweep import synthetic_frame
 
 STEPS = tuple(np.geomspace(10, 10000, 8).astype(int))
@@ -133,5 +133,5 @@ def test_panels_are_capped_and_the_title_says_so(sweep):
 
 
 def test_plots_leave_pyplot_alone():
-    code = "import sys, rhmscale.pipeline.plots; assert 'matplotlib.pyplot' not in sys.modules"
+    code = "import sys, rhmscale.results.plots; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rhmscale.pipeline.collect import collect
-from rhmscale.pipeline.collect_wandb import collect_wandb_offline
-from rhmscale.pipeline.fit import FitOptions, fit
+from rhmscale.results.collect import collect
+from rhmscale.results.collect_wandb import collect_wandb_offline
+from rhmscale.results.fit import FitOptions, fit
 from rhmscale.sweeps.dispatch import submit, wait
 from rhmscale.sweeps.spec import load_spec, parse_spec
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from rhmscale.config import build_config
-from rhmscale.pipeline.run import execute
-from rhmscale.tracking.store import RunDir
+from rhmscale.store.folders import RunDir
+from rhmscale.training.run import execute
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 
 
 def test_a_failing_run_leaves_failed_json_and_a_log(tmp_path, monkeypatch):
-    import rhmscale.pipeline.data as data
+    import rhmscale.rhm.data as data
 
     def broken(config):
         raise RuntimeError("disk on fire")

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from rhmscale.config import build_config
+from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import RETRYABLE, prepare, submit, wait
 from rhmscale.sweeps.spec import expand_points, parse_spec
-from rhmscale.sweeps.status import SweepDir, read_job_lines, sweep_status
+from rhmscale.sweeps.status import sweep_status
 
 pytestmark = pytest.mark.slurm
 
@@ -95,7 +96,7 @@ def test_a_six_run_array_completes_and_a_second_submit_submits_nothing(slurm_clu
     assert counts(sweep, spec) == {"done": 6}
     again = submit(spec, tmp_path)
     assert again.n_submitted == 0 and again.record is None
-    records = read_job_lines(SweepDir(sweep))
+    records = SweepDir(sweep).read_job_lines()
     assert len(records) == 1 and records[0]["array_id"] in array_ids
     assert (sweep / "sweep.yaml").exists()
     from typer.testing import CliRunner
@@ -129,7 +130,7 @@ def test_a_failing_run_shows_in_status_while_the_others_finish(slurm_cluster, tm
     retry = submit(spec, tmp_path, states=RETRYABLE)
     assert retry.prepared.run_ids == bad and len(retry.jobs) == 1
     assert len(wait(retry)) == 1
-    assert [len(r["tasks"]) for r in read_job_lines(SweepDir(sweep))] == [3, 1]
+    assert [len(r["tasks"]) for r in SweepDir(sweep).read_job_lines()] == [3, 1]
     assert sweep_status(sweep, spec).counts == {"done": 2, "failed": 1}
 
 
@@ -163,7 +164,7 @@ def test_cancel_shows_cancelled_runs_and_retry_takes_only_those(slurm_cluster, t
 
 
 def test_requeue_resumes_from_the_checkpoint_with_the_same_result(slurm_cluster, tmp_path):
-    from rhmscale.pipeline.run import execute
+    from rhmscale.training.run import execute
 
     longer = {
         **BASE,
@@ -231,7 +232,7 @@ def test_a_killed_task_shows_interrupted_and_the_next_submit_resumes_it(slurm_cl
 def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, tmp_path):
     """pack: true trains the three runs together in one task; USR2 checkpoints all of them,
     submitit requeues the task, and each member ends as an uninterrupted pack ends."""
-    from rhmscale.pipeline.run_pack import execute_pack
+    from rhmscale.training.run_pack import execute_pack
 
     longer = {
         **BASE,

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from rhmscale.cli import app
 from rhmscale.errors import UserError
+from rhmscale.store.atomic import atomic_write_json
+from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import group_tasks, prepare, slurm_parameters
 from rhmscale.sweeps.spec import (
     ExecutorSpec,
@@ -18,8 +20,7 @@ from rhmscale.sweeps.spec import (
     parse_spec,
     preset_names,
 )
-from rhmscale.sweeps.status import SweepDir, append_job_line, sweep_status
-from rhmscale.tracking.store import atomic_write_json
+from rhmscale.sweeps.status import sweep_status
 
 BASE = {
     "grammar": {"v": 4, "m": 2, "L": 3},
@@ -203,15 +204,14 @@ def test_prepare_skips_done_runs_and_status_reads_files(tmp_path):
     failed = [r for r in status.runs if r.state == "failed"][0]
     assert failed.message == "RuntimeError: disk on fire"
     # A cancelled submission shows its unfinished runs as cancelled.
-    append_job_line(
-        SweepDir(sweep),
+    SweepDir(sweep).append_job_line(
         {
             "event": "submit",
             "kind": "slurm",
             "tasks": [{"job_id": "999999_0", "run_ids": [points[3].run_id]}],
         },
     )
-    append_job_line(SweepDir(sweep), {"event": "cancel", "job_ids": ["999999"]})
+    SweepDir(sweep).append_job_line({"event": "cancel", "job_ids": ["999999"]})
     assert sweep_status(sweep, s, query_queue=False).counts["cancelled"] == 1
 
 
@@ -284,15 +284,13 @@ def test_local_executor_runs_a_sweep_end_to_end(tmp_path):
 
 def _append_many(path, worker, n):
     for i in range(n):
-        append_job_line(
-            SweepDir(path), {"event": "note", "worker": worker, "i": i, "pad": "x" * 500}
+        SweepDir(path).append_job_line(
+            {"event": "note", "worker": worker, "i": i, "pad": "x" * 500}
         )
 
 
 def test_jobs_log_appends_from_many_processes_do_not_interleave(tmp_path):
     import multiprocessing
-
-    from rhmscale.sweeps.status import read_job_lines
 
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_append_many, args=(tmp_path, w, 50)) for w in range(4)]
@@ -302,14 +300,13 @@ def test_jobs_log_appends_from_many_processes_do_not_interleave(tmp_path):
         p.join()
     lines = (tmp_path / "jobs.jsonl").read_text().splitlines()
     assert len(lines) == 200 and all(json.loads(line)["pad"] for line in lines)
-    assert len(read_job_lines(SweepDir(tmp_path))) == 200
+    assert len(SweepDir(tmp_path).read_job_lines()) == 200
 
 
 def test_a_submission_refuses_to_guess_when_squeue_cannot_answer(tmp_path, monkeypatch):
     s = spec({"seed": [0, 1]})
     rid = expand_points(s).points[0].run_id
-    append_job_line(
-        SweepDir(tmp_path / "t"),
+    SweepDir(tmp_path / "t").append_job_line(
         {"event": "submit", "kind": "slurm", "tasks": [{"job_id": "5_0", "run_ids": [rid]}]},
     )
     monkeypatch.setenv("PATH", str(tmp_path))  # no squeue

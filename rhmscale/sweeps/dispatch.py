@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from typing import Any
 import submitit
 
 from rhmscale.errors import UserError
+from rhmscale.store.atomic import atomic_write_text
+from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, expand_points, spec_to_yaml
-from rhmscale.sweeps.status import SweepDir, append_job_line, run_states
-from rhmscale.tracking.store import RunDir, atomic_write_text
+from rhmscale.sweeps.status import load_sweep_spec, run_states
 
 log = logging.getLogger("rhmscale.sweeps")
 
@@ -125,7 +125,7 @@ def unit_ids(unit: list[dict[str, Any]]) -> str:
 
 def run_one(item: dict[str, Any], should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     from rhmscale.config import RunConfig
-    from rhmscale.pipeline.run import execute
+    from rhmscale.training.run import execute
 
     config = RunConfig.model_validate(item["config"])
     outcome = execute(
@@ -139,7 +139,7 @@ def run_pack(
 ) -> list[dict[str, Any]]:
     """The runs of one pack trained together; a member's own failure is in its failed.json."""
     from rhmscale.config import RunConfig
-    from rhmscale.pipeline.run_pack import execute_pack
+    from rhmscale.training.run_pack import execute_pack
 
     outcomes = execute_pack(
         [RunConfig.model_validate(item["config"]) for item in unit],
@@ -278,7 +278,7 @@ def make_packs(items: list[dict[str, Any]], size: int) -> list[list[dict[str, An
     lone straggler that keeps its GPU as long as a full one for a fraction of the work.
     """
     from rhmscale.config import RunConfig
-    from rhmscale.pipeline.packing import pack_key
+    from rhmscale.training.packing import pack_key
 
     shapes: dict[str, list[dict[str, Any]]] = {}
     for item in items:
@@ -450,7 +450,7 @@ def submit_prepared(prepared: Prepared) -> Submission:
         "python": sys.executable,
     }
     atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))  # after sbatch accepted it
-    append_job_line(sweep, record)
+    sweep.append_job_line(record)
     return Submission(prepared, jobs, record)
 
 
@@ -483,19 +483,8 @@ def submit(
     second sees the first's runs as queued and does not submit them again.
     """
     sweep = SweepDir((Path(root) / spec.name).resolve())
-    with submit_lock(sweep):
+    with sweep.lock():
         return submit_prepared(prepare(spec, root, executor=executor, states=states, only=only))
-
-
-@contextlib.contextmanager
-def submit_lock(sweep: SweepDir) -> Iterator[None]:
-    sweep.path.mkdir(parents=True, exist_ok=True)
-    with open(sweep.path / ".submit.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def wait(submission: Submission) -> list[str]:
@@ -517,12 +506,12 @@ def cancel(path: Path) -> tuple[list[str], str]:
     """
     import signal
 
-    from rhmscale.sweeps.status import active_states, latest_jobs, read_job_lines
+    from rhmscale.sweeps.status import active_states, latest_jobs
 
     sweep = SweepDir(Path(path))
     if not sweep.spec_file.exists():
-        sweep.load_spec()  # raises the "not a sweep folder" error
-    latest, _ = latest_jobs(read_job_lines(sweep))
+        load_sweep_spec(sweep)  # raises the "not a sweep folder" error
+    latest, _ = latest_jobs(sweep.read_job_lines())
     active = active_states(latest, strict=True)
     slurm_ids = sorted({latest[r].array_id for r in active if latest[r].kind == "slurm"})
     local_ids = sorted({latest[r].job_id for r in active if latest[r].kind == "local"})
@@ -544,5 +533,5 @@ def cancel(path: Path) -> tuple[list[str], str]:
             os.kill(int(pid), signal.SIGTERM)
     cancelled = slurm_ids + local_ids
     if cancelled:
-        append_job_line(sweep, {"event": "cancel", "time": now(), "job_ids": cancelled})
+        sweep.append_job_line({"event": "cancel", "time": now(), "job_ids": cancelled})
     return cancelled, complaints

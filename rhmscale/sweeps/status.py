@@ -14,99 +14,35 @@ Submissions and cancellations are read from <sweep>/jobs.jsonl, one JSON object 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
-import json
 import os
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rhmscale.errors import UserError
+from rhmscale.store.atomic import read_json
+from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.sweeps.spec import Point, SweepSpec, cell_key, expand_points, parse_spec
-from rhmscale.tracking.store import RunDir, read_json
 
 STATES = ("done", "running", "queued", "failed", "cancelled", "interrupted", "pending")
-QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 ENDED = {"COMPLETING"}  # the job's processes are gone; SLURM is cleaning up
 
 
-# --- the sweep folder ---------------------------------------------------------------------
+def load_sweep_spec(sweep: SweepDir) -> SweepSpec:
+    """The resolved spec a sweep folder was submitted with."""
+    if not sweep.spec_file.exists():
+        raise UserError(
+            f"{sweep.path} is not a sweep folder (no sweep.yaml); submit a sweep first or give "
+            "<root>/<sweep name>"
+        )
+    import yaml
 
-
-@dataclass(frozen=True)
-class SweepDir:
-    path: Path
-
-    @property
-    def spec_file(self) -> Path:
-        return self.path / "sweep.yaml"
-
-    @property
-    def jobs(self) -> Path:
-        return self.path / "jobs.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.path / ".jobs.lock"
-
-    @property
-    def runs(self) -> Path:
-        return self.path / "runs"
-
-    @property
-    def submitit(self) -> Path:
-        return self.path / "submitit"
-
-    def run_dir(self, run_id: str) -> RunDir:
-        return RunDir(self.runs / run_id)
-
-    def load_spec(self) -> SweepSpec:
-        if not self.spec_file.exists():
-            raise UserError(
-                f"{self.path} is not a sweep folder (no sweep.yaml); submit a sweep first or give "
-                "<root>/<sweep name>"
-            )
-        import yaml
-
-        return parse_spec(yaml.safe_load(self.spec_file.read_text()) or {}, str(self.spec_file))
-
-
-@contextlib.contextmanager
-def jobs_lock(sweep: SweepDir) -> Iterator[None]:
-    """An exclusive fcntl lock on the sweep's jobs log (works across processes and hosts
-    on file systems with POSIX locks)."""
-    sweep.path.mkdir(parents=True, exist_ok=True)
-    with open(sweep.lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def append_job_line(sweep: SweepDir, record: dict[str, Any]) -> None:
-    line = json.dumps(record, sort_keys=True, default=str) + "\n"
-    with jobs_lock(sweep), open(sweep.jobs, "a") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_job_lines(sweep: SweepDir) -> list[dict[str, Any]]:
-    if not sweep.jobs.exists():
-        return []
-    records = []
-    for line in sweep.jobs.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a torn last line is skipped
-            records.append(json.loads(line))
-    return records
+    return parse_spec(yaml.safe_load(sweep.spec_file.read_text()) or {}, str(sweep.spec_file))
 
 
 # --- queue --------------------------------------------------------------------------------
@@ -253,33 +189,6 @@ class SweepStatus:
         }
 
 
-def file_state(store: RunDir, existing: set[str] | None = None) -> str:
-    """RunDir.state(), with one listdir instead of up to three stats (fast for big sweeps).
-
-    existing: names of the run folders that exist (from one scandir); others are pending.
-    """
-    if existing is not None and store.path.name not in existing:
-        return "pending"
-    try:
-        names = set(os.listdir(store.path))
-    except FileNotFoundError:
-        return "pending"
-    if store.result.name in names:
-        return "done"
-    if store.failed.name in names:
-        return "failed"
-    if store.checkpoints.name in names and store.last_checkpoint.exists():
-        return "interrupted"
-    return "pending"
-
-
-def existing_runs(sweep: SweepDir) -> set[str]:
-    try:
-        return {entry.name for entry in os.scandir(sweep.runs)}
-    except FileNotFoundError:
-        return set()
-
-
 def failure_message(store: RunDir, log_lines: int = 5) -> str:
     """failed.json's error and message, else the tail of the run's log."""
     try:
@@ -297,15 +206,15 @@ def failure_message(store: RunDir, log_lines: int = 5) -> str:
 def run_states(
     sweep: SweepDir, points: list[Point], *, query_queue: bool = True, strict: bool = False
 ) -> list[RunStatus]:
-    records = read_job_lines(sweep)
+    records = sweep.read_job_lines()
     latest, cancelled = latest_jobs(records)
     active = active_states(latest, strict) if query_queue else {}
-    existing = existing_runs(sweep)
+    files = sweep.run_states([p.run_id for p in points])
     statuses = []
     for point in points:
         rid = point.run_id
         store = sweep.run_dir(rid)
-        state = file_state(store, existing)
+        state = files[rid]
         job = latest.get(rid)
         message = None
         if state != "done":
@@ -335,7 +244,7 @@ def sweep_status(
     path: Path, spec: SweepSpec | None = None, *, query_queue: bool = True
 ) -> SweepStatus:
     sweep = SweepDir(Path(path))
-    spec = spec or sweep.load_spec()
+    spec = spec or load_sweep_spec(sweep)
     expansion = expand_points(spec)
     runs = run_states(sweep, expansion.points, query_queue=query_queue)
     return SweepStatus(
@@ -409,7 +318,7 @@ def runs_table(status: SweepStatus):
     """One row per finished run: its grid values and final per-level accuracy (result.json)."""
     from rich.table import Table
 
-    from rhmscale.tracking.store import read_json
+    from rhmscale.store.atomic import read_json
 
     done = [r for r in status.runs if r.state == "done"]
     finals = {r.run_id: read_json(status.path / "runs" / r.run_id / "result.json") for r in done}

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rhmscale.cli_sweep import make_console
+from rhmscale.cli.sweep import make_console
 from rhmscale.errors import UserError
 
 if TYPE_CHECKING:
-    from rhmscale.pipeline.collect import Collection
-    from rhmscale.pipeline.fit import FitResult
+    from rhmscale.results.collect import Collection
+    from rhmscale.results.fit import FitResult
 
 SweepArg = Annotated[
     Path, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")
@@ -47,8 +47,8 @@ def fit_sweep(
     path, threshold, at, metric, regressors, theory, n_boot
 ) -> tuple[Collection, FitResult]:
     """Collect, say what was skipped, fit."""
-    from rhmscale.pipeline.collect import collect
-    from rhmscale.pipeline.fit import FitOptions, fit
+    from rhmscale.results.collect import collect
+    from rhmscale.results.fit import FitOptions, fit
 
     collection = collect(path)
     console = make_console(stderr=True)
@@ -86,7 +86,7 @@ def fit_command(
     console.print(p_star_table(result))
     require_exponents(result)
     console.print(exponent_table(result))
-    from rhmscale.pipeline.export import fit_summary
+    from rhmscale.results.export import fit_summary
 
     console.print(fit_summary(result))
 
@@ -108,7 +108,7 @@ def export_command(
     n_boot: Boot = 1000,
 ) -> None:
     """The P*_k and exponent tables as Markdown, CSV, LaTeX (booktabs) or JSON."""
-    from rhmscale.pipeline.export import TABLES, check_format, render
+    from rhmscale.results.export import TABLES, check_format, render
 
     tables = tuple(table or TABLES)
     check_format(fmt, tables)
@@ -120,7 +120,7 @@ def export_command(
         for name, text in texts.items():
             typer.echo((f"# {name}\n" if name else "") + text)
         return
-    from rhmscale.tracking.store import atomic_write_text
+    from rhmscale.store.atomic import atomic_write_text
 
     for name, text in texts.items():
         target = output.with_name(f"{output.stem}-{name}{output.suffix}") if name else output
@@ -141,7 +141,7 @@ def plot_command(
     n_boot: Boot = 1000,
 ) -> None:
     """PNG figures: accuracy per level against P, the collapse, P*_k against theory, coherence."""
-    from rhmscale.pipeline.plots import write_figures
+    from rhmscale.results.plots import write_figures
 
     collection, result = fit_sweep(path, threshold, at, metric, regressors, theory, n_boot)
     for figure in write_figures(collection.frame, result, output):
@@ -163,7 +163,7 @@ def report_command(
     n_boot: Boot = 1000,
 ) -> None:
     """One folder: report.md with tables, figures, the sweep spec, code version, run counts."""
-    from rhmscale.pipeline.report import write_report
+    from rhmscale.results.report import write_report
 
     collection, result = fit_sweep(path, threshold, at, metric, regressors, theory, n_boot)
     title, counts, spec_text, tracking = sweep_context(path, collection)
@@ -185,15 +185,16 @@ def report_command(
 def sweep_context(path: Path, collection) -> tuple[str, dict[str, int], str | None, dict]:
     """Title, run counts by state, spec text and tracking settings of a sweep folder; for a
     plain folder of runs, the counts come from the collection."""
+    from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps.spec import base_tree
-    from rhmscale.sweeps.status import SweepDir, sweep_status
+    from rhmscale.sweeps.status import load_sweep_spec, sweep_status
 
     sweep = SweepDir(path)
     if not sweep.spec_file.exists():
         counts = {"done": int(collection.frame["run_id"].nunique())}
         counts.update({state: len(ids) for state, ids in collection.skipped.items()})
         return path.name, counts, None, {}
-    spec = sweep.load_spec()
+    spec = load_sweep_spec(sweep)
     status = sweep_status(path, spec)
     tracking = base_tree(spec)["tracking"]
     return f"Sweep {spec.name}", dict(status.counts), sweep.spec_file.read_text(), tracking
@@ -205,7 +206,7 @@ def sweep_context(path: Path, collection) -> tuple[str, dict[str, int], str | No
 def p_star_table(result: FitResult):
     from rich.table import Table
 
-    from rhmscale.pipeline.export import number, p_star_frame, p_star_text, size
+    from rhmscale.results.export import number, p_star_frame, p_star_text, size
 
     table = Table(
         title=f"P*_k: {result.options.metric} crosses {result.options.threshold} "
@@ -226,7 +227,7 @@ def p_star_table(result: FitResult):
 def exponent_table(result: FitResult):
     from rich.table import Table
 
-    from rhmscale.pipeline.export import exponent_frame, number
+    from rhmscale.results.export import exponent_frame, number
 
     table = Table(title="exponents of log P*_k")
     for name in ("term", "estimate", f"{result.options.ci:.0%} interval", "theory", "off by"):

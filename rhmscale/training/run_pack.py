@@ -19,19 +19,20 @@ from typing import Any
 
 from rhmscale.config import RunConfig
 from rhmscale.errors import UserError
-from rhmscale.pipeline.data import make_datasets
-from rhmscale.pipeline.pack_checkpoint import read_member_checkpoint
-from rhmscale.pipeline.packed import Member, PackTrainer
-from rhmscale.pipeline.packing import check_packable
-from rhmscale.pipeline.run import (
+from rhmscale.rhm.data import make_datasets
+from rhmscale.store import wandb_mirror
+from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_json
+from rhmscale.store.folders import RunDir
+from rhmscale.training.pack_checkpoint import read_member_checkpoint
+from rhmscale.training.packed import Member, PackTrainer
+from rhmscale.training.packing import check_packable
+from rhmscale.training.run import (
     RunOutcome,
     check_same_run,
     result_record,
     write_config,
     write_failed,
 )
-from rhmscale.tracking import wandb_mirror
-from rhmscale.tracking.store import RunDir, atomic_write_json, atomic_write_text, read_json
 
 
 def execute_pack(

@@ -28,7 +28,7 @@ import pandas as pd
 
 from rhmscale.config import flatten
 from rhmscale.errors import UserError
-from rhmscale.pipeline.collect import Collection
+from rhmscale.results.collect import Collection
 
 # Metrics first in this order (as metrics.parquet has them), then the rest in natural order.
 LEADING_METRICS = ["step", "samples_seen", "epoch", "wall_s", "train/loss", "val/loss"]

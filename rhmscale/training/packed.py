@@ -30,14 +30,15 @@ import torch
 from rhmscale.config import RunConfig
 from rhmscale.models import MaskedDiffusion
 from rhmscale.models.stacked import stack_denoisers
-from rhmscale.pipeline.callbacks import EvalRecorder, hash_seed, sample_and_score
-from rhmscale.pipeline.data import Datasets
-from rhmscale.pipeline.evaluate import eval_steps
-from rhmscale.pipeline.pack_checkpoint import FORMAT
-from rhmscale.pipeline.packing import check_packable
-from rhmscale.pipeline.train import compile_mode, lr_factor, resolve_device, resolve_precision
-from rhmscale.tracking.store import RunDir, atomic_write
-from rhmscale.tracking.wandb_mirror import wandb_folders
+from rhmscale.rhm.data import Datasets
+from rhmscale.rhm.metrics import eval_steps
+from rhmscale.store.atomic import atomic_write
+from rhmscale.store.folders import RunDir
+from rhmscale.store.wandb_mirror import wandb_folders
+from rhmscale.training.callbacks import EvalRecorder, hash_seed, sample_and_score
+from rhmscale.training.pack_checkpoint import FORMAT
+from rhmscale.training.packing import check_packable
+from rhmscale.training.train import compile_mode, lr_factor, resolve_device, resolve_precision
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rhmscale.config import RunConfig
-from rhmscale.pipeline.grammar import Grammar
+from rhmscale.rhm.grammar import Grammar
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from typing import Any
 from rhmscale import __version__
 from rhmscale.config import RunConfig, validate_config
 from rhmscale.errors import UserError
-from rhmscale.tracking.store import RunDir, atomic_write_json, atomic_write_text, read_json
+from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_json
+from rhmscale.store.folders import RunDir
 
 log = logging.getLogger("rhmscale.run")
 
@@ -157,9 +158,9 @@ def _train_and_record(
     compile: bool | str,
 ) -> RunOutcome:
     # Heavy imports here, so that importing this module (and the CLI) stays cheap.
-    from rhmscale.pipeline.data import make_datasets
-    from rhmscale.pipeline.train import train
-    from rhmscale.tracking import wandb_mirror
+    from rhmscale.rhm.data import make_datasets
+    from rhmscale.store import wandb_mirror
+    from rhmscale.training.train import train
 
     started = time.perf_counter()
     data = make_datasets(config)

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from rhmscale.cli_results import register as register_results
-from rhmscale.cli_sweep import make_console as _console
-from rhmscale.cli_sweep import sweep_app
+from rhmscale.cli.results import register as register_results
+from rhmscale.cli.sweep import make_console as _console
+from rhmscale.cli.sweep import sweep_app
 from rhmscale.errors import UserError
 
 app = typer.Typer(
@@ -76,8 +76,8 @@ def run(
     target = run_dir or root / sweep / "runs" / cfg.run_id()
     console = _console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
-    from rhmscale.pipeline.run import execute
     from rhmscale.sweeps.spec import COMPILE_SETTINGS
+    from rhmscale.training.run import execute
 
     if compile not in COMPILE_SETTINGS:
         raise UserError(f"--compile {compile!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
@@ -141,15 +141,15 @@ def collect(
     if len(sources) != 1:
         raise UserError("give one of: PATH, --from-wandb-offline DIR, --from-wandb entity/project")
     if from_wandb_offline is not None:
-        from rhmscale.pipeline.collect_wandb import collect_wandb_offline
+        from rhmscale.results.collect_wandb import collect_wandb_offline
 
         collection = collect_wandb_offline(from_wandb_offline)
     elif from_wandb is not None:
-        from rhmscale.pipeline.collect_wandb import collect_wandb_api
+        from rhmscale.results.collect_wandb import collect_wandb_api
 
         collection = collect_wandb_api(from_wandb, group=group)
     else:
-        from rhmscale.pipeline.collect import collect as collect_runs
+        from rhmscale.results.collect import collect as collect_runs
 
         collection = collect_runs(path)
     console = _console()
@@ -158,7 +158,7 @@ def collect(
         console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
     if output is None:
         return
-    from rhmscale.tracking.store import atomic_write
+    from rhmscale.store.atomic import atomic_write
 
     frame = collection.frame
     if output.suffix == ".csv":
@@ -181,8 +181,8 @@ def grammar_show(
     import numpy as np
     from rich.table import Table
 
-    from rhmscale.pipeline.evaluate import format_sequence
-    from rhmscale.pipeline.grammar import Grammar
+    from rhmscale.rhm.grammar import Grammar
+    from rhmscale.rhm.metrics import format_sequence
 
     cfg = load_run_config(config, overrides, grammar_only=True)
     grammar = Grammar.from_config(cfg)

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from rhmscale.errors import UserError
-from rhmscale.pipeline.fit import FitResult
+from rhmscale.results.fit import FitResult
 
 FORMATS = ("md", "csv", "tex", "json")
 TABLES = ("exponents", "p_star")

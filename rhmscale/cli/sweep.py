@@ -220,10 +220,11 @@ def sweep_retry(
     wait: WaitOpt = None,
 ) -> None:
     """Resubmit failed, interrupted and cancelled runs only."""
+    from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps.dispatch import RETRYABLE
-    from rhmscale.sweeps.status import SweepDir
+    from rhmscale.sweeps.status import load_sweep_spec
 
-    sweep = SweepDir(path).load_spec()
+    sweep = load_sweep_spec(SweepDir(path))
     if path.resolve().name != sweep.name:
         raise UserError(f"{path} holds sweep '{sweep.name}': its folder must be named so")
     overrides = _executor_overrides(

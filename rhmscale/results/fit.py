@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from rhmscale.errors import UserError
-from rhmscale.pipeline.crossing import bootstrap_crossing
-from rhmscale.pipeline.regression import weighted_least_squares
-from rhmscale.pipeline.theory import (
+from rhmscale.results.crossing import bootstrap_crossing
+from rhmscale.results.regression import weighted_least_squares
+from rhmscale.results.theory import (
     DEFAULT_REGRESSORS,
     DEFAULT_THEORY,
     Theory,

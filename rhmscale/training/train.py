@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from rhmscale.config import RunConfig
 from rhmscale.models import MaskedDiffusion, build_denoiser
-from rhmscale.pipeline.callbacks import Evaluator, PeriodicCheckpoint, StepProgress
-from rhmscale.pipeline.data import Datasets
-from rhmscale.pipeline.pack_checkpoint import refuse_pack_checkpoint
-from rhmscale.tracking.store import RunDir
+from rhmscale.rhm.data import Datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.training.callbacks import Evaluator, PeriodicCheckpoint, StepProgress
+from rhmscale.training.pack_checkpoint import refuse_pack_checkpoint
 
 
 def resolve_device(config: RunConfig) -> str:

@@ -33,9 +33,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter
 
-from rhmscale.pipeline.fit import GRAMMAR, SIZE, FitResult, rows_at, variables, with_cells
-from rhmscale.pipeline.theory import Theory, design_matrix
-from rhmscale.tracking.store import atomic_write
+from rhmscale.results.fit import GRAMMAR, SIZE, FitResult, rows_at, variables, with_cells
+from rhmscale.results.theory import Theory, design_matrix
+from rhmscale.store.atomic import atomic_write
 
 DPI = 120
 MAX_PANELS = 16  # cells per figure; the title says when some were left out

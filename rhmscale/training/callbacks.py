@@ -14,17 +14,18 @@ import torch
 
 from rhmscale.config import RunConfig
 from rhmscale.models import MaskedDiffusion
-from rhmscale.pipeline.data import Datasets
-from rhmscale.pipeline.evaluate import (
+from rhmscale.rhm.data import Datasets
+from rhmscale.rhm.metrics import (
     TrainingSetIndex,
     eval_steps,
     format_sequence,
     generation_metrics,
 )
-from rhmscale.tracking.store import RunDir, atomic_write
+from rhmscale.store.atomic import atomic_write
+from rhmscale.store.folders import RunDir
 
 if TYPE_CHECKING:
-    from rhmscale.pipeline.train import DiffusionLM
+    from rhmscale.training.train import DiffusionLM
 
 
 class Evaluator(L.Callback):

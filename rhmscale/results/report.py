@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 
 from rhmscale import __version__
-from rhmscale.pipeline.collect import Collection
-from rhmscale.pipeline.export import fit_summary, markdown, number, render, size
-from rhmscale.pipeline.fit import FitResult
-from rhmscale.tracking.store import atomic_write_text
+from rhmscale.results.collect import Collection
+from rhmscale.results.export import fit_summary, markdown, number, render, size
+from rhmscale.results.fit import FitResult
+from rhmscale.store.atomic import atomic_write_text
 
 
 @dataclass
@@ -116,7 +116,7 @@ def write_report(
     wandb: dict[str, Any] | None = None,
 ) -> Written:
     """wandb: None for no W&B run, else {"mode", "project", "entity", "group"}."""
-    from rhmscale.pipeline.plots import write_figures
+    from rhmscale.results.plots import write_figures
 
     folder = Path(folder)
     figures = write_figures(collection.frame, result, folder / "figures")
@@ -141,7 +141,7 @@ def log_to_wandb(
     result: FitResult, figures: list[Path], folder: Path, title: str, settings: dict[str, Any]
 ) -> str | None:
     """The tables and figures as one W&B run (job_type "report") in the sweep's group."""
-    from rhmscale.tracking.wandb_mirror import resolve_mode
+    from rhmscale.store.wandb_mirror import resolve_mode
 
     mode = resolve_mode(settings.get("mode", "auto"))
     if mode == "disabled":

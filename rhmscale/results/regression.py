@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rhmscale.pipeline.crossing import robust_variance
+from rhmscale.results.crossing import robust_variance
 
 
 @dataclass

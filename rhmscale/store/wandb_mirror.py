@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rhmscale.config import RunConfig
-from rhmscale.tracking.store import RunDir
+from rhmscale.store.folders import RunDir
 
 SAMPLE_COLUMNS = ["step", "sample", "coherence_depth", "grammatical", "memorized"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rhmscale.pipeline.grammar import Grammar
+from rhmscale.rhm.grammar import Grammar
 
 
 class TrainingSetIndex:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from rhmscale.config import flatten
 from rhmscale.errors import UserError
-from rhmscale.tracking.store import RunDir, read_json
+from rhmscale.store.atomic import read_json
+from rhmscale.store.folders import RunDir, iter_run_dirs
 
 
 @dataclass
@@ -32,10 +33,9 @@ class Collection:
 def run_dirs(path: Path) -> list[RunDir]:
     """The run folders of a sweep folder (<sweep>/runs/*) or of a folder of runs."""
     path = Path(path)
-    base = path / "runs" if (path / "runs").is_dir() else path
-    if not base.is_dir():
+    if not path.is_dir():
         raise UserError(f"{path} is not a folder")
-    found = [RunDir(p) for p in sorted(base.iterdir()) if (p / "config.json").exists()]
+    found = list(iter_run_dirs(path))
     if not found:
         raise UserError(f"no runs in {path} (expected <sweep>/runs/<run_id>/config.json)")
     return found
