@@ -29,7 +29,8 @@ import torch
 from bench_train import StepTimer  # bench/ is on sys.path when run as a script
 from timing import write_report
 
-from rhmscale.config import RunConfig, build_config
+from rhmscale.config import RunConfig
+from rhmscale.config_io import build_config
 from rhmscale.models import MaskedDiffusion, build_denoiser, count_parameters
 from rhmscale.rhm.data import make_datasets
 from rhmscale.store.folders import RunDir

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from timing import write_report  # bench/timing.py (the script's folder is on sys.path)
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.models import count_parameters
 from rhmscale.rhm.data import make_datasets
 from rhmscale.store.folders import RunDir

@@ -1,21 +1,53 @@
-"""Configuration of one run: pydantic models, dotted overrides, YAML loading and run ids.
+"""Configuration of one run: pydantic models, the role of every key, dotted overrides, YAML.
 
 A RunConfig fully determines a run. Every model forbids unknown keys, so a typo is an error
 that names the nearest valid key instead of a silently ignored setting.
+
+Every leaf field declares its role once (`setting(default, ROLE, ...)`); whatever sorts keys
+derives from it (key_roles):
+  science      changes the result: in the run id and in the cell (the fit's grouping);
+  seed         in the run id, not in the cell: runs that differ only in seeds are replicates;
+  size         data.P, in the run id; the fit's x axis;
+  bookkeeping  in neither: where and how a run executes (device, precision, compilation,
+               checkpointing, evaluation batch size, W&B), not what it computes.
+`per_member=True` marks what the members of one pack may differ in (pack_key); the rest they
+share, because the stacked parameters need one shape and the step loop one schedule.
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
 import hashlib
 import json
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rhmscale.errors import UserError
+SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
+ROLES = (SCIENCE, SEED, SIZE, BOOKKEEPING)
+# train.compile (and `rhmscale run --compile`): auto = compiled with CUDA graphs on a GPU and
+# eager on a CPU; off = eager; or a torch.compile mode (training.compiled says what each does).
+COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+
+
+def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = False, **kw) -> Any:
+    """A pydantic Field that declares its role (see the module docstring)."""
+    extra = {"role": role, "per_member": per_member}
+    if "default_factory" in kw:
+        return Field(json_schema_extra=extra, **kw)
+    return Field(default, json_schema_extra=extra, **kw)
+
+
+def n_internal_nodes(s: int, L: int) -> int:
+    """Symbols with a production choice in a depth-L, branching-s tree: levels 1..L."""
+    return (s**L - 1) // (s - 1)
+
+
+def n_sequences(v: int, m: int, s: int, L: int) -> int:
+    """Exact number of distinct sequences: v roots times m choices at every internal node
+    (the rules are unambiguous, so every sequence has exactly one derivation)."""
+    return v * m ** n_internal_nodes(s, L)
 
 
 class _Strict(BaseModel):
@@ -25,11 +57,13 @@ class _Strict(BaseModel):
 class GrammarConfig(_Strict):
     """Random Hierarchy Model: v symbols a level, m productions a symbol, branching s, depth L."""
 
-    v: int = Field(16, gt=0, description="vocabulary size (symbols at every level)")
-    m: int = Field(4, gt=0, description="synonymous productions per symbol")
-    s: int = Field(2, ge=2, description="branching factor (tuple length)")
-    L: int = Field(3, gt=0, description="depth; sequences have length s**L")
-    seed: int = Field(0, ge=0, description="seed of the grammar's rules")
+    v: int = setting(16, SCIENCE, gt=0, description="vocabulary size (symbols at every level)")
+    m: int = setting(
+        4, SCIENCE, per_member=True, gt=0, description="synonymous productions per symbol"
+    )
+    s: int = setting(2, SCIENCE, ge=2, description="branching factor (tuple length)")
+    L: int = setting(3, SCIENCE, gt=0, description="depth; sequences have length s**L")
+    seed: int = setting(0, SEED, per_member=True, ge=0, description="seed of the grammar's rules")
 
     @model_validator(mode="after")
     def _unambiguous_rules_possible(self) -> GrammarConfig:
@@ -46,22 +80,24 @@ class GrammarConfig(_Strict):
 
     @property
     def n_sequences(self) -> int:
-        """Exact number of distinct sequences: v roots times m choices at every internal node."""
-        internal_nodes = (self.s**self.L - 1) // (self.s - 1)
-        return self.v * self.m**internal_nodes
+        return n_sequences(self.v, self.m, self.s, self.L)
 
 
 class DataConfig(_Strict):
-    P: int = Field(4096, gt=0, description="number of distinct training sequences")
-    n_test: int = Field(1024, gt=0, description="held-out sequences (disjoint from training)")
+    P: int = setting(
+        4096, SIZE, per_member=True, gt=0, description="number of distinct training sequences"
+    )
+    n_test: int = setting(
+        1024, SCIENCE, gt=0, description="held-out sequences (disjoint from training)"
+    )
 
 
 class ModelConfig(_Strict):
-    arch: Literal["transformer", "tree_unet"] = "transformer"
-    width: int = Field(256, gt=0, description="embedding width / channels")
-    depth: int = Field(4, gt=0, description="transformer layers (ignored by tree_unet)")
-    heads: int = Field(4, gt=0, description="attention heads (transformer)")
-    time_cond: bool = Field(False, description="condition the denoiser on t")
+    arch: Literal["transformer", "tree_unet"] = setting("transformer", SCIENCE)
+    width: int = setting(256, SCIENCE, gt=0, description="embedding width / channels")
+    depth: int = setting(4, SCIENCE, gt=0, description="transformer layers (ignored by tree_unet)")
+    heads: int = setting(4, SCIENCE, gt=0, description="attention heads (transformer)")
+    time_cond: bool = setting(False, SCIENCE, description="condition the denoiser on t")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -73,43 +109,59 @@ class ModelConfig(_Strict):
 
 
 class DiffusionConfig(_Strict):
-    schedule: Literal["linear", "cosine"] = "linear"
-    antithetic: bool = Field(True, description="antithetic (stratified) time sampling")
-    sampling_steps: int = Field(
-        0, ge=0, description="sampler steps on a uniform time grid; 0: exact, one token per step"
+    schedule: Literal["linear", "cosine"] = setting("linear", SCIENCE)
+    antithetic: bool = setting(True, SCIENCE, description="antithetic (stratified) time sampling")
+    sampling_steps: int = setting(
+        0,
+        SCIENCE,
+        ge=0,
+        description="sampler steps on a uniform time grid; 0: exact, one token per step",
     )
 
 
 class TrainConfig(_Strict):
-    max_steps: int = Field(2000, gt=0)
-    batch_size: int = Field(256, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
+    max_steps: int = setting(2000, SCIENCE, gt=0)
+    batch_size: int = setting(256, SCIENCE, gt=0)
+    lr: float = setting(1e-3, SCIENCE, gt=0)
+    weight_decay: float = setting(0.0, SCIENCE, ge=0)
+    warmup_steps: int = setting(100, SCIENCE, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = setting("constant", SCIENCE)
+    grad_clip: float = setting(
+        1.0, SCIENCE, per_member=True, ge=0, description="max gradient norm; 0 disables clipping"
     )
-    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", BOOKKEEPING)
+    precision: Literal["auto", "32", "bf16"] = setting(
+        "auto", BOOKKEEPING, description="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
+    compile: Literal[COMPILE_SETTINGS] = setting(
+        "auto", BOOKKEEPING, description="torch.compile of the training step (see COMPILE_SETTINGS)"
+    )
+    checkpoint_every: int = setting(500, BOOKKEEPING, gt=0, description="steps between checkpoints")
 
 
 class EvalConfig(_Strict):
-    n_samples: int = Field(512, gt=0, description="generated sequences per evaluation")
-    n_evals: int = Field(8, ge=1, description="log-spaced evaluations, the last at max_steps")
-    batch_size: int = Field(1024, gt=0, description="batch size for generation and val/loss")
+    n_samples: int = setting(512, SCIENCE, gt=0, description="generated sequences per evaluation")
+    n_evals: int = setting(
+        8, SCIENCE, ge=1, description="log-spaced evaluations, the last at max_steps"
+    )
+    batch_size: int = setting(
+        1024, BOOKKEEPING, gt=0, description="batch size for generation and val/loss"
+    )
 
 
 class TrackingConfig(_Strict):
-    """How a run is mirrored to W&B. Not part of the run id: it does not change the science."""
+    """How a run is mirrored to W&B: bookkeeping, it does not change what a run computes."""
 
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "rhmscale"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    n_table_samples: int = Field(8, ge=0, description="generated samples logged as a table")
+    wandb: Literal["auto", "online", "offline", "disabled"] = setting(
+        "auto", BOOKKEEPING, per_member=True
+    )
+    project: str = setting("rhmscale", BOOKKEEPING, per_member=True)
+    entity: str | None = setting(None, BOOKKEEPING, per_member=True)
+    group: str | None = setting(None, BOOKKEEPING, per_member=True)
+    tags: list[str] = setting(role=BOOKKEEPING, per_member=True, default_factory=list)
+    n_table_samples: int = setting(
+        8, BOOKKEEPING, per_member=True, ge=0, description="generated samples logged as a table"
+    )
 
 
 class RunConfig(_Strict):
@@ -120,7 +172,13 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    seed: int = Field(0, ge=0, description="seed of data sampling, initialisation and training")
+    seed: int = setting(
+        0,
+        SEED,
+        per_member=True,
+        ge=0,
+        description="seed of data sampling, initialisation, training",
+    )
 
     @model_validator(mode="after")
     def _enough_distinct_sequences(self) -> RunConfig:
@@ -133,22 +191,87 @@ class RunConfig(_Strict):
             )
         return self
 
-    def science_dict(self) -> dict[str, Any]:
-        """Everything that changes the result; tracking is left out."""
-        return self.model_dump(mode="json", exclude={"tracking"})
-
     def run_id(self) -> str:
         return run_id(self)
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values, for W&B config and table columns."""
-        return flatten(self.model_dump(mode="json"))
+        return config_flat(self)
 
 
-def run_id(config: RunConfig) -> str:
-    """Short stable hash of the canonical JSON of what changes the science."""
-    canonical = json.dumps(config.science_dict(), sort_keys=True, separators=(",", ":"))
+# --- what each key is for, derived from the roles the fields declare ---------------------------
+
+
+@dataclass(frozen=True)
+class KeyRole:
+    role: str
+    per_member: bool
+
+
+@functools.cache
+def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
+    """Every dotted leaf key of a config model, in order, and the role its field declares."""
+    roles: dict[str, KeyRole] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            roles.update({f"{name}.{k}": r for k, r in key_roles(ann).items()})
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("role") not in ROLES:
+            raise TypeError(f"config field {model.__name__}.{name} declares no role (setting())")
+        roles[name] = KeyRole(extra["role"], bool(extra["per_member"]))
+    return roles
+
+
+def keys_with(config: BaseModel, *roles: str) -> dict[str, Any]:
+    """The config's dotted keys whose role is one of `roles`, with their values."""
+    kinds = key_roles(type(config))
+    return {k: v for k, v in config_flat(config).items() if kinds[k].role in roles}
+
+
+def run_id(config: BaseModel) -> str:
+    """Short stable hash of what changes the result: every key but the bookkeeping."""
+    identity = keys_with(config, SCIENCE, SEED, SIZE)
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def cell_of(config: BaseModel) -> dict[str, Any]:
+    """The cell a run belongs to: its science keys (runs of one cell differ in P and seeds)."""
+    return keys_with(config, SCIENCE)
+
+
+def cell_columns(columns: list[str], model: type[BaseModel] = RunConfig) -> list[str]:
+    """Of a table's columns (flattened config keys among others), those that define a cell."""
+    roles = key_roles(model)
+    return [c for c in columns if c in roles and roles[c].role == SCIENCE]
+
+
+def pack_settings(config: BaseModel) -> dict[str, Any]:
+    """What the members of one pack must share: every key not marked per_member."""
+    kinds = key_roles(type(config))
+    return {k: v for k, v in config_flat(config).items() if not kinds[k].per_member}
+
+
+def pack_key(config: BaseModel) -> str:
+    """Runs with equal keys can share a pack (a canonical JSON string, usable as a dict key)."""
+    return json.dumps(pack_settings(config), sort_keys=True, separators=(",", ":"))
+
+
+def member_keys(model: type[BaseModel] = RunConfig) -> list[str]:
+    """The keys the members of one pack may differ in."""
+    return [key for key, role in key_roles(model).items() if role.per_member]
+
+
+def config_flat(config: BaseModel) -> dict[str, Any]:
+    """Dotted keys -> values of any config model."""
+    return flatten(config.model_dump(mode="json"))
+
+
+def valid_keys() -> list[str]:
+    """All dotted leaf keys of a RunConfig."""
+    return list(key_roles())
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -160,122 +283,3 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
-    """All dotted leaf keys of a config model."""
-    keys: list[str] = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(valid_keys(ann, f"{prefix}{name}."))
-        else:
-            keys.append(f"{prefix}{name}")
-    return keys
-
-
-def _nearest(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.0)
-    return close[0] if close else choices[0]
-
-
-def check_keys(tree: dict[str, Any], where: str = "config") -> None:
-    """Raise UserError naming the nearest valid key for any unknown dotted key in tree."""
-    keys = valid_keys()
-    sections = {k.split(".")[0] for k in keys}
-    for key in flatten(tree):
-        if key in keys:
-            continue
-        # A section given a scalar ("grammar: 3") or a leaf given a mapping is also wrong.
-        if key in sections:
-            raise UserError(f"{where}: '{key}' is a section; give its fields, e.g. '{key}.…'")
-        raise UserError(
-            f"{where}: unknown key '{key}'; did you mean '{_nearest(key, keys)}'? "
-            f"(valid keys: {', '.join(keys)})"
-        )
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'grammar.v=32' -> ('grammar.v', 32); the value is parsed as YAML (numbers, bools, lists)."""
-    if "=" not in text:
-        raise UserError(f"override '{text}' is not of the form key=value (e.g. grammar.v=32)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise UserError(f"override '{text}': value is not valid YAML ({exc})") from None
-    return key, value
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"cannot set '{key}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
-    return data
-
-
-def merge_overrides(base: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
-    """A copy of a partial config tree with dotted overrides applied."""
-    tree: dict[str, Any] = json.loads(json.dumps(base or {}))  # deep copy
-    for text in overrides or []:
-        key, value = parse_override(text)
-        set_dotted(tree, key, value)
-    return tree
-
-
-def build_config(
-    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
-) -> RunConfig:
-    """Merge a partial config tree with dotted overrides and validate it into a RunConfig."""
-    tree = merge_overrides(base, overrides)
-    check_keys(tree, where)
-    return validate_config(tree, where)
-
-
-def build_grammar_config(
-    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
-) -> GrammarConfig:
-    """Only the grammar section (for commands that need no data or model)."""
-    tree = merge_overrides(base, overrides)
-    check_keys(tree, where)
-    try:
-        return GrammarConfig.model_validate(tree.get("grammar", {}))
-    except ValidationError as exc:
-        raise UserError(f"{where}: grammar.{format_validation_error(exc)}") from None
-
-
-def validate_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise UserError(f"{where}: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)

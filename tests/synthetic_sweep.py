@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir
 from rhmscale.training.callbacks import write_history

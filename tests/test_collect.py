@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
 from rhmscale.results.collect import collect
 from rhmscale.store.atomic import atomic_write_json

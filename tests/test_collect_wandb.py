@@ -8,7 +8,7 @@ import zlib
 import pandas as pd
 import pytest
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
 from rhmscale.results.collect import collect
 from rhmscale.results.collect_wandb import (

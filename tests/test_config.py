@@ -1,6 +1,7 @@
 import pytest
 
-from rhmscale.config import build_config, check_keys, parse_override, valid_keys
+from rhmscale.config import valid_keys
+from rhmscale.config_io import build_config, check_keys, parse_override
 from rhmscale.errors import UserError
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
 from rhmscale.models import build_denoiser
 from rhmscale.models.stacked import stack_denoisers

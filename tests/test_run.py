@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.store.folders import RunDir
 from rhmscale.training.run import execute
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rhmscale.config import build_config
+from rhmscale.config_io import build_config
 from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import RETRYABLE, prepare, submit, wait
 from rhmscale.sweeps.spec import expand_points, parse_spec

@@ -39,7 +39,7 @@ OverrideOpt = Annotated[
 
 
 def load_run_config(config: Path | None, overrides: list[str] | None, grammar_only: bool = False):
-    from rhmscale.config import build_config, build_grammar_config, load_yaml
+    from rhmscale.config_io import build_config, build_grammar_config, load_yaml
 
     base = load_yaml(config) if config else {}
     build = build_grammar_config if grammar_only else build_config
@@ -60,28 +60,31 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     compile: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="torch.compile the training step: auto (on a GPU), off, or a mode "
-            "(default, reduce-overhead, max-autotune)."
+            help="torch.compile the training step (train.compile): auto (compiled with CUDA "
+            "graphs on a GPU), off, or a mode (default, reduce-overhead, max-autotune)."
         ),
-    ] = "auto",
+    ] = None,
 ) -> None:
     """Train and evaluate one run; resumes from its checkpoint, skips it if already done."""
     if wandb is not None:
         overrides = [*(overrides or []), f"tracking.wandb={wandb}"]
+    if compile is not None:
+        overrides = [*(overrides or []), f"train.compile={compile}"]
     cfg = load_run_config(config, overrides)
     if cfg.tracking.group is None:
         cfg.tracking.group = sweep
     target = run_dir or root / sweep / "runs" / cfg.run_id()
     console = _console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
-    from rhmscale.sweeps.spec import COMPILE_SETTINGS
-    from rhmscale.training.run import execute
+    from rhmscale.training import execute
 
-    if compile not in COMPILE_SETTINGS:
-        raise UserError(f"--compile {compile!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
-    outcome = execute(cfg, target, progress=progress, compile=compile)
+    (outcome,) = execute([cfg], [target], progress=progress)
+    if outcome.state == "failed":
+        console.print(f"[red]run failed[/]: {outcome.error}")
+        console.print(f"details: {target / 'failed.json'}, {target / 'run.log'}", markup=False)
+        raise typer.Exit(1)
     if outcome.state != "done":
         console.print(f"run stopped at a checkpoint in {target}; run again to resume")
         raise typer.Exit(3)

@@ -123,29 +123,18 @@ def unit_ids(unit: list[dict[str, Any]]) -> str:
     return ", ".join(item["run_id"] for item in unit)
 
 
-def run_one(item: dict[str, Any], should_stop: Callable[[], bool] | None) -> dict[str, Any]:
-    from rhmscale.config import RunConfig
-    from rhmscale.training.run import execute
-
-    config = RunConfig.model_validate(item["config"])
-    outcome = execute(
-        config, Path(item["run_dir"]), should_stop=should_stop, compile=item.get("compile", "auto")
-    )
-    return {"run_id": item["run_id"], "state": outcome.state}
-
-
-def run_pack(
+def run_unit(
     unit: list[dict[str, Any]], should_stop: Callable[[], bool] | None
 ) -> list[dict[str, Any]]:
-    """The runs of one pack trained together; a member's own failure is in its failed.json."""
+    """A lone run, or the runs of one pack trained together; a run's own failure is in its
+    failed.json and its outcome, the others go on."""
     from rhmscale.config import RunConfig
-    from rhmscale.training.run_pack import execute_pack
+    from rhmscale.training import execute
 
-    outcomes = execute_pack(
+    outcomes = execute(
         [RunConfig.model_validate(item["config"]) for item in unit],
         [Path(item["run_dir"]) for item in unit],
         should_stop=should_stop,
-        compile=unit[0].get("compile", "auto"),
     )
     return [
         {"run_id": item["run_id"], "state": o.state, **({"error": o.error} if o.error else {})}
@@ -156,7 +145,7 @@ def run_pack(
 class SweepTask(submitit.helpers.Checkpointable):
     """One array task: runs its runs in sequence; requeued with the same arguments on USR2.
 
-    items: [{"run_id", "config" (RunConfig as JSON), "run_dir", "compile" (executor.compile),
+    items: [{"run_id", "config" (RunConfig as JSON), "run_dir",
     plus "pack" when packed: consecutive items of one pack train together}]. A run that
     raises leaves its failed.json (execute writes it) and the task goes on with the next run;
     the task raises at the end so the scheduler marks it failed.
@@ -171,10 +160,7 @@ class SweepTask(submitit.helpers.Checkpointable):
             if requeue and requeue_requested():
                 requeue()
             try:
-                if unit[0].get("pack") is None:
-                    outcomes.append(run_one(unit[0], should_stop))
-                else:
-                    outcomes += run_pack(unit, should_stop)
+                outcomes += run_unit(unit, should_stop)
             except Exception as exc:  # noqa: BLE001 - recorded in failed.json by execute
                 if requeue_requested():
                     # Not a failure: the task is being requeued; the runs resume later.
@@ -227,7 +213,7 @@ def apply_executor_overrides(spec: ExecutorSpec, overrides: dict[str, Any] | Non
     except Exception as exc:  # pydantic ValidationError
         from pydantic import ValidationError
 
-        from rhmscale.config import format_validation_error
+        from rhmscale.config_io import format_validation_error
 
         if isinstance(exc, ValidationError):
             raise UserError(f"executor: {format_validation_error(exc)}") from None
@@ -277,8 +263,7 @@ def make_packs(items: list[dict[str, Any]], size: int) -> list[list[dict[str, An
     Packs of one shape are filled evenly (sizes differ by at most one), so that no pack is a
     lone straggler that keeps its GPU as long as a full one for a fraction of the work.
     """
-    from rhmscale.config import RunConfig
-    from rhmscale.training.packing import pack_key
+    from rhmscale.config import RunConfig, pack_key
 
     shapes: dict[str, list[dict[str, Any]]] = {}
     for item in items:
@@ -326,7 +311,6 @@ def prepare(
                 "run_id": point.run_id,
                 "config": point.config.model_dump(mode="json"),
                 "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
-                "compile": ex.compile,
             }
         )
     return Prepared(

@@ -26,9 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rhmscale.config import (
-    RunConfig,
-    TrackingConfig,
+from rhmscale.config import RunConfig, TrackingConfig
+from rhmscale.config_io import (
     check_keys,
     format_validation_error,
     load_yaml,
@@ -91,10 +90,6 @@ KNOWN_SBATCH = frozenset(
 )
 
 
-# executor.compile and `rhmscale run --compile` (pipeline.train.compile_mode reads them).
-COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead", "max-autotune")
-
-
 class ExecutorSpec(BaseModel):
     """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set)."""
 
@@ -116,9 +111,6 @@ class ExecutorSpec(BaseModel):
     pack: bool = Field(
         False,
         description="train up to runs_per_task runs of one shape together on one device",
-    )
-    compile: Literal[COMPILE_SETTINGS] = Field(
-        "auto", description="torch.compile mode of the training step (auto: on GPUs only)"
     )
     max_num_timeout: int = Field(3, ge=0, description="requeues after time limits")
     workers: int | None = Field(

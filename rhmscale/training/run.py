@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rhmscale import __version__
-from rhmscale.config import RunConfig, validate_config
+from rhmscale.config import RunConfig
+from rhmscale.config_io import validate_config
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_json
 from rhmscale.store.folders import RunDir

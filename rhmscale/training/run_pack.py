@@ -35,14 +35,13 @@ from rhmscale.training.run import (
 )
 
 
-def execute_pack(
+def execute(
     configs: Sequence[RunConfig],
     run_dirs: Sequence[Path],
     *,
     progress: bool = False,
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
-    compile: bool | str = False,
 ) -> list[RunOutcome]:
     """Run (or resume, or skip if done) runs of one shape together; one outcome per run.
 
@@ -71,7 +70,7 @@ def execute_pack(
             todo.append(i)
     pack = _Pack([configs[i] for i in todo], [stores[i] for i in todo])
     with pack.logs():
-        done = pack.run(progress, stop_at_step, should_stop, compile)
+        done = pack.run(progress, stop_at_step, should_stop, configs[0].train.compile)
     outcomes.update(zip(todo, done, strict=True))
     return [outcomes[i] for i in range(len(configs))]
 

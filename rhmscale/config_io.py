@@ -1,0 +1,122 @@
+"""Reading run configs: YAML files, dotted overrides (`-o grammar.v=32`) and validation, with
+errors that say what to change (an unknown key names the nearest valid one)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from rhmscale.config import GrammarConfig, RunConfig, flatten, valid_keys
+from rhmscale.errors import UserError
+
+
+def did_you_mean(key: str, choices: list[str]) -> str:
+    """ "; did you mean 'x'?" when a choice is close to `key`, else ''."""
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def check_keys(tree: dict[str, Any], where: str = "config") -> None:
+    """Raise UserError naming the nearest valid key for any unknown dotted key in tree."""
+    keys = valid_keys()
+    sections = {k.split(".")[0] for k in keys}
+    for key in flatten(tree):
+        if key in keys:
+            continue
+        # A section given a scalar ("grammar: 3") or a leaf given a mapping is also wrong.
+        if key in sections:
+            raise UserError(f"{where}: '{key}' is a section; give its fields, e.g. '{key}.…'")
+        raise UserError(
+            f"{where}: unknown key '{key}'{did_you_mean(key, keys)} (valid keys: {', '.join(keys)})"
+        )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'grammar.v=32' -> ('grammar.v', 32); the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value (e.g. grammar.v=32)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"cannot set '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+    return data
+
+
+def merge_overrides(base: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of a partial config tree with dotted overrides applied."""
+    tree: dict[str, Any] = json.loads(json.dumps(base or {}))  # deep copy
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    return tree
+
+
+def build_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
+) -> RunConfig:
+    """Merge a partial config tree with dotted overrides and validate it into a RunConfig."""
+    tree = merge_overrides(base, overrides)
+    check_keys(tree, where)
+    return validate_config(tree, where)
+
+
+def build_grammar_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | None = None, where: str = "config"
+) -> GrammarConfig:
+    """Only the grammar section (for commands that need no data or model)."""
+    tree = merge_overrides(base, overrides)
+    check_keys(tree, where)
+    try:
+        return GrammarConfig.model_validate(tree.get("grammar", {}))
+    except ValidationError as exc:
+        raise UserError(f"{where}: grammar.{format_validation_error(exc)}") from None
+
+
+def validate_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
