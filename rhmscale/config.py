@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
 ROLES = (SCIENCE, SEED, SIZE, BOOKKEEPING)
@@ -137,6 +137,15 @@ class TrainConfig(_Strict):
         "auto", BOOKKEEPING, description="torch.compile of the training step (see COMPILE_SETTINGS)"
     )
     checkpoint_every: int = setting(500, BOOKKEEPING, gt=0, description="steps between checkpoints")
+
+    @field_validator("precision", "compile", mode="before")
+    @classmethod
+    def _as_yaml_wrote_it(cls, value: Any) -> Any:
+        """`-o train.precision=32` reaches us as the int 32 and `train.compile=off` as False
+        (YAML 1.1 booleans): take them as the strings they mean."""
+        if value is False:
+            return "off"
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class EvalConfig(_Strict):

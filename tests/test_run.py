@@ -11,7 +11,7 @@ import pytest
 
 from rhmscale.config_io import build_config
 from rhmscale.store.folders import RunDir
-from rhmscale.training.run import execute
+from rhmscale.training import execute
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,12 @@ def small(*overrides):
     return build_config({}, [*SMALL, *overrides])
 
 
+def run_one(config, path, **kw):
+    """A lone run: a pack of one."""
+    (outcome,) = execute([config], [path], **kw)
+    return outcome
+
+
 def test_learns_the_grammar_from_all_sequences(tmp_path):
     # The tree U-Net mirrors the grammar and learns it within a CPU minute; the transformer
     # needs several times more steps for the top level.
@@ -47,7 +53,7 @@ def test_learns_the_grammar_from_all_sequences(tmp_path):
         "train.lr_schedule=cosine",
         "eval.n_evals=3",
     )
-    outcome = execute(cfg, tmp_path / "run")
+    outcome = run_one(cfg, tmp_path / "run")
     final = outcome.result["final"]
     assert outcome.state == "done"
     assert final["gen/acc_l3"] >= 0.9, final
@@ -66,19 +72,19 @@ def test_few_sequences_are_memorised(tmp_path):
         "train.lr=2e-3",
         "eval.n_evals=1",
     )
-    final = execute(cfg, tmp_path / "run").result["final"]
+    final = run_one(cfg, tmp_path / "run").result["final"]
     assert final["gen/memorized_frac"] >= 0.8, final
     assert final["gen/novel_frac"] <= 0.2
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     cfg = small("data.P=64", "train.max_steps=60", "train.checkpoint_every=20", "eval.n_evals=4")
-    whole = execute(cfg, tmp_path / "whole")
-    first = execute(cfg, tmp_path / "split", stop_at_step=30)
+    whole = run_one(cfg, tmp_path / "whole")
+    first = run_one(cfg, tmp_path / "split", stop_at_step=30)
     assert first.state == "interrupted"
     store = RunDir(tmp_path / "split")
     assert store.state() == "interrupted" and not store.result.exists()
-    second = execute(cfg, tmp_path / "split")
+    second = run_one(cfg, tmp_path / "split")
     assert second.state == "done"
 
     def strip(rows):
@@ -91,7 +97,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     final_b = {k: v for k, v in second.result["final"].items() if k != "wall_s"}
     assert final_a == final_b
     # A finished run is skipped, not retrained.
-    assert execute(cfg, tmp_path / "split").result == second.result
+    assert run_one(cfg, tmp_path / "split").result == second.result
 
 
 def test_a_failing_run_leaves_failed_json_and_a_log(tmp_path, monkeypatch):
@@ -101,8 +107,8 @@ def test_a_failing_run_leaves_failed_json_and_a_log(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(data, "make_datasets", broken)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        execute(small("data.P=64", "train.max_steps=5"), tmp_path / "run")
+    outcome = run_one(small("data.P=64", "train.max_steps=5"), tmp_path / "run")
+    assert outcome.state == "failed" and "disk on fire" in outcome.error
     store = RunDir(tmp_path / "run")
     failed = json.loads(store.failed.read_text())
     assert store.state() == "failed"
@@ -118,7 +124,7 @@ def test_wandb_offline_run_reads_back(tmp_path):
         "tracking.wandb=offline",
         "tracking.group=testgroup",
     )
-    result = execute(cfg, tmp_path / "run").result
+    result = run_one(cfg, tmp_path / "run").result
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
     assert offline[0].name.endswith(cfg.run_id())

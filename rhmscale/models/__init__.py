@@ -34,15 +34,13 @@ def build_denoiser(model: ModelConfig, grammar: GrammarConfig) -> nn.Module:
             heads=model.heads,
             time_cond=model.time_cond,
         )
-    if model.arch == "tree_unet":
-        return TreeUNet(
-            vocab_size=grammar.v,
-            s=grammar.s,
-            L=grammar.L,
-            width=model.width,
-            time_cond=model.time_cond,
-        )
-    raise ValueError(f"unknown model.arch '{model.arch}'; choose transformer or tree_unet")
+    return TreeUNet(  # model.arch == "tree_unet" (the config allows no other)
+        vocab_size=grammar.v,
+        s=grammar.s,
+        L=grammar.L,
+        width=model.width,
+        time_cond=model.time_cond,
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,7 +1,7 @@
 """Masked (absorbing-state) discrete diffusion, MD4/MDLM style.
 
 Forward process: each token of a clean sequence x0 is independently replaced by MASK
-(id ``vocab_size``) with probability ``1 - alpha(t)``; alpha(0) = 1 (clean), alpha(1) = 0
+(models.tokens.mask_id) with probability ``1 - alpha(t)``; alpha(0) = 1 (clean), alpha(1) = 0
 (all masked). The continuous-time ELBO is
 
     -log p(x0) <= E_t [ -alpha'(t) / (1 - alpha(t)) * sum_{i masked} -log p(x0_i | x_t) ]
@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from rhmscale.models.tokens import mask_id
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -43,15 +45,12 @@ def _rand(shape: tuple[int, ...], device, generator: Generators) -> torch.Tensor
     return torch.rand(shape, device=device, generator=generator)
 
 
-SCHEDULES = ("linear", "cosine")
-
-
 class Schedule:
-    """Noise schedule alpha(t): probability that a token is still clean at time t."""
+    """Noise schedule alpha(t): probability that a token is still clean at time t.
+
+    name: "linear" or "cosine" (config.DiffusionConfig.schedule, validated there)."""
 
     def __init__(self, name: str = "linear") -> None:
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}")
         self.name = name
 
     def __repr__(self) -> str:
@@ -89,7 +88,7 @@ class Schedule:
 
 
 class MaskedDiffusion:
-    """Absorbing-state diffusion over ``vocab_size`` tokens; MASK has id ``vocab_size``.
+    """Absorbing-state diffusion over ``vocab_size`` tokens and MASK (models.tokens).
 
     Stateless apart from its settings: every method takes the denoiser and an optional
     ``torch.Generator`` (on the same device as the data) for all of its random draws.
@@ -102,12 +101,10 @@ class MaskedDiffusion:
         antithetic: bool = True,
         t_min: float = 1e-4,
     ) -> None:
-        if vocab_size < 1:
-            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         if not 0.0 < t_min < 1.0:
             raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
         self.vocab_size = vocab_size
-        self.mask_id = vocab_size
+        self.mask_id = mask_id(vocab_size)
         self.schedule = Schedule(schedule)
         self.antithetic = antithetic
         self.t_min = t_min
@@ -120,28 +117,44 @@ class MaskedDiffusion:
 
     # ------------------------------------------------------------------ forward process
 
+    # Each random step is split into its draw (uniforms from the generator) and a pure function
+    # of the draw, so a training step can draw eagerly and run the rest as one CUDA graph.
+
+    def time_noise_shape(self, batch: int) -> tuple[int, ...]:
+        """Uniforms that sample_times draws: one (antithetic) or one per sequence."""
+        return (1,) if self.antithetic else (batch,)
+
+    def times_from_noise(self, r: torch.Tensor, batch: int) -> torch.Tensor:
+        """Times in [t_min, 1], float32 (..., batch), from the uniforms r (..., time_noise_shape).
+
+        Antithetic: t_i = (r + i/B) mod 1, rescaled."""
+        if self.antithetic:
+            offsets = torch.arange(batch, device=r.device, dtype=torch.float32) / batch
+            r = torch.remainder(r + offsets, 1.0)
+        return self.t_min + (1.0 - self.t_min) * r
+
     def sample_times(
         self,
         batch: int,
         device: torch.device | str | None = None,
         generator: Generators = None,
     ) -> torch.Tensor:
-        """Times in [t_min, 1], float32 (batch,). Antithetic: t_i = (u + i/B) mod 1, rescaled."""
-        if self.antithetic:
-            u = _rand((1,), device, generator)
-            offsets = torch.arange(batch, device=device, dtype=torch.float32) / batch
-            r = torch.remainder(u + offsets, 1.0)
-        else:
-            r = _rand((batch,), device, generator)
-        return self.t_min + (1.0 - self.t_min) * r
+        """Times in [t_min, 1], float32 (batch,) ((K, batch) for K generators)."""
+        return self.times_from_noise(_rand(self.time_noise_shape(batch), device, generator), batch)
+
+    def corrupt_with_noise(
+        self, x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask token i of x0 (..., B, n) where its uniform u[..., i] < 1 - alpha(t_b)."""
+        p = self.schedule.mask_prob(t.float()).unsqueeze(-1)  # (..., B, 1)
+        return torch.where(u < p, torch.full_like(x0, self.mask_id), x0)
 
     def corrupt(
         self, x0: torch.Tensor, t: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """Mask each token of x0 (B, n) independently with probability 1 - alpha(t_b)."""
-        p = self.schedule.mask_prob(t.float()).unsqueeze(-1)  # (B, 1)
         u = _rand(tuple(x0.shape[-2:]), x0.device, generator)
-        return torch.where(u < p, torch.full_like(x0, self.mask_id), x0)
+        return self.corrupt_with_noise(x0, t, u)
 
     # ------------------------------------------------------------------ ELBO
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rhmscale.models.tokens import n_input_ids
+
 
 def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """(B,) times in [0, 1] -> (B, dim) sin/cos features (t scaled by 1000, as in DDPM)."""
@@ -94,8 +96,9 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Encoder-only denoiser: forward(x_t (B, n) long, t (B,) float) -> logits (B, n, vocab_size).
 
-    Token ids are 0..vocab_size-1 plus MASK = vocab_size. With ``time_cond`` an embedding of t
-    is added to every position; otherwise t is ignored.
+    Token ids are the vocab_size symbols and MASK (models.tokens). With ``time_cond`` an
+    embedding of t is added to every position; otherwise t is ignored. width must be divisible
+    by heads (config.ModelConfig checks it).
     """
 
     def __init__(
@@ -108,12 +111,10 @@ class Transformer(nn.Module):
         time_cond: bool = False,
     ) -> None:
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width={width} must be divisible by heads={heads}")
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.time_cond = time_cond
-        self.tok_emb = nn.Embedding(vocab_size + 1, width)
+        self.tok_emb = nn.Embedding(n_input_ids(vocab_size), width)
         self.pos_emb = nn.Parameter(torch.empty(seq_len, width))
         self.time_emb = TimeEmbedding(width) if time_cond else None
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))

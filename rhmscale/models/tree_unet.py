@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rhmscale.models.tokens import n_input_ids
 from rhmscale.models.transformer import TimeEmbedding
 
 
@@ -92,14 +93,12 @@ class TreeUNet(nn.Module):
         self, vocab_size: int, s: int, L: int, width: int, time_cond: bool = False
     ) -> None:
         super().__init__()
-        if s < 2 or L < 1:
-            raise ValueError(f"TreeUNet needs s >= 2 and L >= 1, got s={s}, L={L}")
         self.vocab_size = vocab_size
         self.s = s
         self.L = L
         self.seq_len = s**L
         self.time_cond = time_cond
-        self.tok_emb = nn.Embedding(vocab_size + 1, width)
+        self.tok_emb = nn.Embedding(n_input_ids(vocab_size), width)
         self.time_emb = TimeEmbedding(width) if time_cond else None
         self.down = nn.ModuleList(Down(width, s) for _ in range(L))
         self.up = nn.ModuleList(Up(width, s) for _ in range(L))

@@ -49,13 +49,6 @@ def generation_metrics(
     return metrics
 
 
-def eval_steps(max_steps: int, n_evals: int) -> list[int]:
-    """Log-spaced evaluation steps from about max_steps/100 to max_steps (always included)."""
-    first = max(1.0, max_steps / 100)
-    steps = np.unique(np.round(np.geomspace(first, max_steps, n_evals)).astype(int))
-    return [int(s) for s in steps]
-
-
 def format_sequence(seq: np.ndarray, s: int) -> str:
     """Tokens grouped by level-1 tuples: '3 1 | 0 7 | ...' (readable in tables)."""
     return " | ".join(" ".join(str(int(t)) for t in seq[i : i + s]) for i in range(0, len(seq), s))

@@ -2,7 +2,12 @@
 
 W&B run id = run_id, so a requeued run resumes the same W&B run; group = sweep name; the config
 is flattened so W&B's grouping and parallel-coordinates views work. W&B's own folders are kept
-inside the run directory.
+inside the run directory. Every member of a pack has its own W&B run, open at the same time in
+one process (wandb's reinit="create_new"), which is why this talks to wandb directly rather than
+through a logger that logs the same metrics everywhere.
+
+Metrics are logged with our training step as the column `step` (W&B's x axis for them), not as
+W&B's internal step: a resumed run logs some steps again, which W&B's step would drop.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def resolve_mode(mode: str) -> str:
 
 @contextlib.contextmanager
 def wandb_folders(run_dir: RunDir) -> Iterator[None]:
-    """Point W&B's cache/data/artifact folders into the run directory for the run's duration."""
+    """Point W&B's cache/data/artifact folders into the run directory while W&B is called."""
     names = {
         "WANDB_DIR": run_dir.path,
         "WANDB_CACHE_DIR": run_dir.wandb / "cache",
@@ -58,52 +63,55 @@ def wandb_folders(run_dir: RunDir) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def make_logger(config: RunConfig, run_dir: RunDir, concurrent: bool = False) -> Any:
-    """A Lightning WandbLogger for this run, or None when tracking is disabled.
+class MirrorRun:
+    """One run's open W&B run; each call runs inside the run folder's W&B folders."""
 
-    concurrent: one of several W&B runs open in this process at once (the members of a pack).
-    Without it a second WandbLogger would attach to the first run (wandb.run).
-    """
-    mode = resolve_mode(config.tracking.wandb)
-    if mode == "disabled":
-        return None
-    from lightning.pytorch.loggers import WandbLogger
+    def __init__(self, run: Any, run_dir: RunDir) -> None:
+        self.run = run
+        self.run_dir = run_dir
 
-    tracking = config.tracking
-    return WandbLogger(
-        id=config.run_id(),
-        name=config.run_id(),
-        project=tracking.project,
-        entity=tracking.entity,
-        group=tracking.group,
-        tags=tracking.tags or None,
-        save_dir=str(run_dir.path),
-        mode=mode,
-        resume="allow",
-        config=config.flat() | {"run_id": config.run_id()},
-        settings={"silent": True, "console": "off"} if mode == "offline" else None,
-        **({"reinit": "create_new"} if concurrent else {}),
-    )
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        with wandb_folders(self.run_dir):
+            self.run.log({**metrics, "step": step})
 
-
-def samples_table_writer(logger: Any):
-    """A callable(step, rows) that logs generated samples as a W&B table, or None."""
-    if logger is None:
-        return None
-
-    def write(step: int, rows: list[list[Any]]) -> None:
+    def log_samples(self, step: int, rows: list[list[Any]]) -> None:
+        """Generated samples as a W&B table (rows: sample, depth, grammatical, memorized)."""
         import wandb
 
         table = wandb.Table(columns=SAMPLE_COLUMNS, data=[[step, *row] for row in rows])
-        logger.experiment.log({"gen/samples": table}, step=step)
+        with wandb_folders(self.run_dir):
+            self.run.log({"gen/samples": table, "step": step})
 
-    return write
+    def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
+        with wandb_folders(self.run_dir):
+            if summary:
+                self.run.summary.update(summary)
+            self.run.finish(exit_code=exit_code)
 
 
-def finish(logger: Any, summary: dict[str, Any] | None, exit_code: int = 0) -> None:
-    if logger is None:
-        return
-    run = logger.experiment
-    if summary:
-        run.summary.update(summary)
-    run.finish(exit_code=exit_code)
+def open_run(config: RunConfig, run_dir: RunDir) -> MirrorRun | None:
+    """Start (or resume) the run's W&B run; None when tracking is disabled."""
+    mode = resolve_mode(config.tracking.wandb)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    tracking = config.tracking
+    with wandb_folders(run_dir):
+        run = wandb.init(
+            id=config.run_id(),
+            name=config.run_id(),
+            project=tracking.project,
+            entity=tracking.entity,
+            group=tracking.group,
+            tags=tracking.tags or None,
+            dir=str(run_dir.path),
+            mode=mode,
+            resume="allow",
+            config=config.flat() | {"run_id": config.run_id()},
+            settings=wandb.Settings(silent=True, console="off") if mode == "offline" else None,
+            reinit="create_new",  # the members of a pack each have a run, open at once
+        )
+        run.define_metric("step")
+        run.define_metric("*", step_metric="step")
+    return MirrorRun(run, run_dir)

@@ -1,29 +1,24 @@
-"""Packed training on CPU: a member of a pack is its lone run, step for step and on disk."""
+"""The one trainer on CPU: a member of a pack is its lone run (a pack of one), step for step and
+on disk; checkpoints move a run between lone and packed training; compiled steps follow eager."""
 
+import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import pytest
 import torch
 
+import rhmscale.rhm.data as rhm_data
+from rhmscale.config import pack_key
 from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
-from rhmscale.models import build_denoiser
 from rhmscale.models.stacked import stack_denoisers
 from rhmscale.results.collect import collect
-from rhmscale.rhm.data import make_datasets
 from rhmscale.store.folders import RunDir
-from rhmscale.training import run_pack
-from rhmscale.training.pack_checkpoint import read_member_checkpoint
-from rhmscale.training.packed import Member, PackTrainer
-from rhmscale.training.packing import pack_key
-from rhmscale.training.run import execute
-from rhmscale.training.run_pack import execute_pack
-from rhmscale.training.train import train
+from rhmscale.training import execute
 
 # v=4, m=2, s=2, L=3: 512 distinct sequences of length 8.
 SMALL = [
@@ -67,6 +62,10 @@ def without_wall(rows):
     return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
 
 
+def history(path):
+    return pd.read_parquet(RunDir(path).metrics).to_dict("records")
+
+
 def assert_rows_close(a, b):
     """Metrics rows equal up to float noise (gen/* are counts over 64 samples)."""
     assert [row["step"] for row in a] == [row["step"] for row in b]
@@ -77,14 +76,20 @@ def assert_rows_close(a, b):
                 assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=2 / 64), key
 
 
+def losses_of(configs, paths, **kw):
+    """Per-step losses (steps, K) of one execute call, and its outcomes."""
+    steps = []
+    outcomes = execute(configs, paths, on_step=lambda _, losses: steps.append(losses), **kw)
+    return torch.stack(steps), outcomes
+
+
 def test_members_start_from_their_lone_runs_weights():
     cfg = small("model.arch=tree_unet", "data.P=64")
     stack = stack_denoisers(cfg.model, cfg.grammar, [0, 5])
     for k, seed in enumerate([0, 5]):
-        L.seed_everything(seed, verbose=False)
-        lone = build_denoiser(cfg.model, cfg.grammar)
-        for name, p in lone.named_parameters():
-            assert torch.equal(stack.params[name][k], p), name
+        lone = stack_denoisers(cfg.model, cfg.grammar, [seed])
+        for name, p in lone.params.items():
+            assert torch.equal(stack.params[name][k], p[0]), name
 
 
 def test_pack_key_ignores_what_members_may_differ_in():
@@ -93,44 +98,27 @@ def test_pack_key_ignores_what_members_may_differ_in():
     assert pack_key(a) != pack_key(small(*MEMBERS[0], "train.max_steps=61"))
 
 
-class LossRecorder(L.Callback):
-    def __init__(self):
-        self.losses = []
-
-    def on_train_batch_end(self, trainer, module, outputs, *args):
-        self.losses.append(outputs["loss"].detach())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["transformer", "tree_unet"])
 def test_member_follows_its_lone_run_step_for_step(tmp_path, arch):
     configs = pack_configs(f"model.arch={arch}", "train.checkpoint_every=1000")
-    lone = []
-    for i, cfg in enumerate(configs):
-        recorder = LossRecorder()
-        out = train(cfg, make_datasets(cfg), RunDir(tmp_path / f"lone{i}"), callbacks=[recorder])
-        lone.append((torch.stack(recorder.losses), out.history))
-    packed = []
-    members = [
-        Member(cfg, make_datasets(cfg), RunDir(tmp_path / f"member{i}"))
-        for i, cfg in enumerate(configs)
-    ]
-    trainer = PackTrainer(members, on_step=lambda step, losses: packed.append(losses))
-    assert trainer.fit()
-    packed = torch.stack(packed)
+    packed, _ = losses_of(configs, dirs(tmp_path / "pack", configs))
     assert packed.shape == (60, len(configs))
-    for k, (losses, history) in enumerate(lone):
-        torch.testing.assert_close(packed[:, k], losses, rtol=0, atol=1e-5)
-        assert_rows_close(members[k].history, history)
+    for k, cfg in enumerate(configs):
+        (path,) = dirs(tmp_path / "lone", [cfg])
+        lone, (outcome,) = losses_of([cfg], [path])
+        assert outcome.state == "done"
+        torch.testing.assert_close(packed[:, k], lone[:, 0], rtol=0, atol=1e-5)
+        assert_rows_close(history(dirs(tmp_path / "pack", configs)[k]), history(path))
 
 
 @pytest.mark.slow
 def test_pack_run_dirs_look_like_lone_runs(tmp_path):
     configs = pack_configs(n=2)
-    outcomes = execute_pack(configs, dirs(tmp_path / "pack", configs))
+    outcomes = execute(configs, dirs(tmp_path / "pack", configs))
     assert [o.state for o in outcomes] == ["done", "done"]
     for cfg, outcome in zip(configs, outcomes, strict=True):
-        lone = execute(cfg, tmp_path / "lone" / "runs" / cfg.run_id())
+        (lone,) = execute([cfg], dirs(tmp_path / "lone", [cfg]))
         packed_dir, lone_dir = outcome.run_dir, lone.run_dir
         assert sorted(p.name for p in packed_dir.iterdir()) == sorted(
             p.name for p in lone_dir.iterdir()
@@ -138,8 +126,10 @@ def test_pack_run_dirs_look_like_lone_runs(tmp_path):
         assert outcome.result.keys() == lone.result.keys()
         assert outcome.result["run_id"] == cfg.run_id()
         assert_rows_close([outcome.result["final"]], [lone.result["final"]])
-        a = pd.read_parquet(RunDir(packed_dir).metrics)
-        b = pd.read_parquet(RunDir(lone_dir).metrics)
+        a, b = (
+            pd.read_parquet(RunDir(packed_dir).metrics),
+            pd.read_parquet(RunDir(lone_dir).metrics),
+        )
         assert list(a.columns) == list(b.columns)
         assert_rows_close(a.to_dict("records"), b.to_dict("records"))
         assert json.loads(RunDir(packed_dir).grammar.read_text()) == json.loads(
@@ -149,14 +139,14 @@ def test_pack_run_dirs_look_like_lone_runs(tmp_path):
     assert list(packed.frame.columns) == list(lone.frame.columns)
     assert len(packed.frame) == len(lone.frame) and not packed.skipped
     # Done runs are skipped, not retrained.
-    again = execute_pack(configs, dirs(tmp_path / "pack", configs))
+    again = execute(configs, dirs(tmp_path / "pack", configs))
     assert [o.result for o in again] == [o.result for o in outcomes]
 
 
 @pytest.mark.slow
 def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path):
     configs = pack_configs()
-    whole = execute_pack(configs, dirs(tmp_path / "whole", configs))
+    whole = execute(configs, dirs(tmp_path / "whole", configs))
     calls = []
 
     def should_stop():  # asked before training, then after every step; a signal in step 30
@@ -164,45 +154,38 @@ def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path):
         return len(calls) > 30
 
     split = dirs(tmp_path / "split", configs)
-    first = execute_pack(configs, split, should_stop=should_stop)
+    first = execute(configs, split, should_stop=should_stop)
     assert [o.state for o in first] == ["interrupted"] * 3
     for cfg, path in zip(configs, split, strict=True):
         store = RunDir(path)
         assert store.state() == "interrupted"
-        state = read_member_checkpoint(store.last_checkpoint)
+        state = torch.load(store.last_checkpoint, weights_only=True)
         assert state["step"] == 30 and state["run_id"] == cfg.run_id()
-    second = execute_pack(configs, split)
+    second = execute(configs, split)
     assert [o.state for o in second] == ["done"] * 3
     for a, b in zip(whole, second, strict=True):
-        assert without_wall(pd.read_parquet(RunDir(a.run_dir).metrics).to_dict("records")) == (
-            without_wall(pd.read_parquet(RunDir(b.run_dir).metrics).to_dict("records"))
-        )
+        assert without_wall(history(a.run_dir)) == without_wall(history(b.run_dir))
         assert without_wall([a.result["final"]]) == without_wall([b.result["final"]])
 
 
 @pytest.mark.slow
-def test_members_at_different_steps_resume_in_sub_packs(tmp_path):
-    # A lone run's Lightning checkpoint at step 30 is resumed in a pack beside a fresh run.
+def test_a_run_moves_between_lone_and_packed_training(tmp_path):
     configs = pack_configs(n=2)
-    lone_whole = execute(configs[0], tmp_path / "lone")
-    paths = dirs(tmp_path / "pack", configs)
-    assert execute(configs[0], paths[0], stop_at_step=30).state == "interrupted"
-    outcomes = execute_pack(configs, paths)
-    assert [o.state for o in outcomes] == ["done", "done"]
-    assert_rows_close(
-        pd.read_parquet(RunDir(paths[0]).metrics).to_dict("records"),
-        pd.read_parquet(RunDir(lone_whole.run_dir).metrics).to_dict("records"),
-    )
+    whole = execute(configs, dirs(tmp_path / "whole", configs))
+    # Lone, interrupted at step 30, then resumed in a pack beside a fresh run (two sub-packs).
+    paths = dirs(tmp_path / "lone-then-pack", configs)
+    (first,) = execute(configs[:1], paths[:1], stop_at_step=30)
+    assert first.state == "interrupted"
+    assert [o.state for o in execute(configs, paths)] == ["done", "done"]
     assert "from step 30" in RunDir(paths[0]).log.read_text()
-
-
-@pytest.mark.slow
-def test_a_lone_run_refuses_a_pack_checkpoint(tmp_path):
-    configs = pack_configs(n=2)
-    paths = dirs(tmp_path, configs)
-    execute_pack(configs, paths, stop_at_step=20)
-    with pytest.raises(UserError, match="packed training"):
-        execute(configs[0], paths[0])
+    # Packed, interrupted at step 20, then each run resumed alone.
+    paths2 = dirs(tmp_path / "pack-then-lone", configs)
+    assert [o.state for o in execute(configs, paths2, stop_at_step=20)] == ["interrupted"] * 2
+    for cfg, path in zip(configs, paths2, strict=True):
+        assert execute([cfg], [path])[0].state == "done"
+    for a, b, c in zip(whole, paths, paths2, strict=True):
+        assert_rows_close(history(b), history(a.run_dir))
+        assert_rows_close(history(c), history(a.run_dir))
 
 
 def test_mismatched_shapes_are_refused_naming_the_key(tmp_path):
@@ -213,24 +196,24 @@ def test_mismatched_shapes_are_refused_naming_the_key(tmp_path):
     ]:
         configs = [small(*MEMBERS[0]), small(*MEMBERS[1], override)]
         with pytest.raises(UserError, match=f"share '{key}'"):
-            execute_pack(configs, dirs(tmp_path, configs))
+            execute(configs, dirs(tmp_path, configs))
     with pytest.raises(UserError, match="twice"):
-        execute_pack([small(*MEMBERS[0]), small(*MEMBERS[0])], [tmp_path / "a", tmp_path / "b"])
+        execute([small(*MEMBERS[0]), small(*MEMBERS[0])], [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
 @pytest.mark.slow
 def test_a_failing_member_fails_alone(tmp_path, monkeypatch):
-    real = run_pack.make_datasets
+    real = rhm_data.make_datasets
 
     def broken_for_seed_3(config):
         if config.seed == 3:
             raise RuntimeError("bad data")
         return real(config)
 
-    monkeypatch.setattr(run_pack, "make_datasets", broken_for_seed_3)
+    monkeypatch.setattr(rhm_data, "make_datasets", broken_for_seed_3)
     configs = pack_configs()
-    outcomes = execute_pack(configs, dirs(tmp_path, configs))
+    outcomes = execute(configs, dirs(tmp_path, configs))
     assert [o.state for o in outcomes] == ["done", "failed", "done"]
     assert "bad data" in outcomes[1].error
     failed = RunDir(outcomes[1].run_dir)
@@ -241,7 +224,7 @@ def test_a_failing_member_fails_alone(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_each_member_has_its_own_wandb_run(tmp_path):
     configs = pack_configs("tracking.wandb=offline", "train.max_steps=20", n=2)
-    outcomes = execute_pack(configs, dirs(tmp_path, configs))
+    outcomes = execute(configs, dirs(tmp_path, configs))
     wandb_cli = Path(sys.executable).with_name("wandb")
     for cfg, outcome in zip(configs, outcomes, strict=True):
         offline = list((outcome.run_dir / "wandb").glob("offline-run-*"))
@@ -254,3 +237,31 @@ def test_each_member_has_its_own_wandb_run(tmp_path):
         )
         summary = json.dumps(json.loads(out.stdout))
         assert cfg.run_id() in summary and "final/gen/acc_l3" in summary
+
+
+# --- compiled steps (what runs do on GPUs) follow the eager ones ------------------------------
+# Inductor needs a C++ compiler and minutes on a CPU, so torch.compile is pointed at the
+# aot_eager backend here: Dynamo still traces our step (vmap, functional_call, the per-member
+# clipping) and AOTAutograd still builds its backward, which is where tracing goes wrong.
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(compile_, backend="aot_eager"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "n"), [("transformer", 1), ("transformer", 3), ("tree_unet", 3)])
+def test_a_compiled_step_follows_the_eager_one(tmp_path, aot_eager, arch, n):
+    trajectories = []
+    for mode in ("off", "default"):
+        configs = pack_configs(
+            f"model.arch={arch}", "train.max_steps=20", f"train.compile={mode}", n=n
+        )
+        losses, _ = losses_of(configs, dirs(tmp_path / mode, configs))
+        trajectories.append(losses)
+    torch.testing.assert_close(trajectories[1], trajectories[0], rtol=0, atol=1e-5)

@@ -1,0 +1,186 @@
+"""One optimiser step of every member of a pack: eager, compiled, or compiled and replayed as one
+CUDA graph.
+
+Why a graph: at the batch sizes the science uses (256) a small model's step is a few hundred
+short kernels, and launching them takes longer than running them (the GPU was busy 13-16% of
+the wall time). Captured once, the whole step (minibatch gather, corruption, forward, loss,
+backward, per-member clipping, fused AdamW, the running loss sum) is one launch.
+
+What stays outside the graph is each member's random draws, from its own generators: that is
+what makes a member's trajectory its lone run's whatever pack it is in. The draws are written
+into static buffers the step reads, so eager, compiled and graphed steps compute the same thing.
+
+train.compile (config.COMPILE_SETTINGS) -> how the step runs (StepPlan):
+  auto             GPU: compiled (inductor) and graphed; CPU: eager
+  off              eager
+  default          compiled
+  max-autotune     compiled in that mode (inductor's own CUDA graphs included)
+  reduce-overhead  compiled and graphed on a GPU (the whole step; torch's own mode of that name
+                   graphs only the forward and backward)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rhmscale.models import MaskedDiffusion
+from rhmscale.models.stacked import StackedDenoiser
+
+# Eager steps before capture: compilation, autotuning and lazy CUDA initialisation happen
+# there (they cannot happen inside a capture). They are real training steps.
+WARMUP_STEPS = 3
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    compile_mode: str | None  # torch.compile mode, None for eager
+    graphed: bool  # capture the whole step as one CUDA graph
+
+    @classmethod
+    def of(cls, setting: str, device: torch.device) -> StepPlan:
+        gpu = device.type == "cuda"
+        if setting == "off" or (setting == "auto" and not gpu):
+            return cls(None, False)
+        if setting in ("auto", "reduce-overhead"):
+            return cls("default", gpu)
+        return cls(setting, False)
+
+
+def clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> None:
+    """clip_grad_norm_ for each member's slice of stacked gradients; max_norm (K,), 0 = off."""
+    k = max_norm.shape[0]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
+    total = torch.linalg.vector_norm(norms, dim=0)
+    coef = torch.where(max_norm > 0, (max_norm / (total + 1e-6)).clamp(max=1.0), 1.0)
+    for g in grads:
+        g.mul_(coef.view(k, *[1] * (g.dim() - 1)))
+
+
+def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float, plan: StepPlan):
+    """AdamW over the stacked tensors: elementwise, so each member is updated as if alone.
+
+    Graphed, it must be capturable and take its learning rate from a device tensor that is
+    refilled before each replay (a Python float would be baked into the graph)."""
+    gpu = params[0].is_cuda
+    if plan.graphed:
+        lr_tensor = torch.tensor(lr, device=params[0].device)
+        return torch.optim.AdamW(
+            params, lr=lr_tensor, weight_decay=weight_decay, fused=True, capturable=True
+        )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=gpu)
+
+
+class TrainStep:
+    """Callable: one step of every member at a learning rate; returns the losses (K,).
+
+    Before each call the trainer draws into `batch_index`, `time_noise` and `mask_noise`
+    (draw()). The returned tensor is overwritten by the next step: clone it to keep it.
+    """
+
+    def __init__(
+        self,
+        stack: StackedDenoiser,
+        diffusion: MaskedDiffusion,
+        optimizer: torch.optim.Optimizer,
+        data: tuple[torch.Tensor, torch.Tensor],
+        batch_size: int,
+        max_norm: torch.Tensor | None,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        plan: StepPlan,
+    ) -> None:
+        self.stack, self.diffusion, self.optimizer = stack, diffusion, optimizer
+        self.train_data, self.offsets = data  # all members' rows; member k's from offsets[k]
+        self.max_norm, self.autocast, self.plan = max_norm, autocast, plan
+        k, device, n = stack.k, self.train_data.device, self.train_data.shape[-1]
+        b = batch_size
+        self.batch_index = torch.zeros((k, b), dtype=torch.long, device=device)
+        self.time_noise = torch.zeros((k, *diffusion.time_noise_shape(b)), device=device)
+        self.mask_noise = torch.zeros((k, b, n), device=device)
+        self.loss_sum = torch.zeros(k, device=device)
+        self.loss, self.clip = self._forward_loss, clip_per_member
+        if plan.compile_mode is not None:
+            # dynamic=False: one graph per shape; vmap's batched tensors cannot take the
+            # symbolic sizes that automatic dynamic shapes would give a second pack shape.
+            self.loss = torch.compile(self._forward_loss, mode=plan.compile_mode, dynamic=False)
+            self.clip = torch.compile(clip_per_member, mode=plan.compile_mode, dynamic=False)
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_losses: torch.Tensor | None = None
+
+    def draw(self, sizes: list[int], batch_gens: list, noise_gens: list) -> None:
+        """Each member's minibatch indices and diffusion noise, from its own generators, in the
+        order a lone run draws them."""
+        for k, (size, bg, ng) in enumerate(zip(sizes, batch_gens, noise_gens, strict=True)):
+            torch.randint(size, self.batch_index[k].shape, generator=bg, out=self.batch_index[k])
+            torch.rand(self.time_noise[k].shape, generator=ng, out=self.time_noise[k])
+            torch.rand(self.mask_noise[k].shape, generator=ng, out=self.mask_noise[k])
+
+    def __call__(self, lr: float) -> torch.Tensor:
+        self.calls += 1
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        if not self.plan.graphed:
+            return self._step()
+        if self.graph is None:
+            if self.calls <= WARMUP_STEPS:
+                return self._on_side_stream()
+            self._capture()
+        self.graph.replay()
+        return self.graph_losses
+
+    def _forward_loss(self, params, x0, x_t, t) -> torch.Tensor:
+        logits = self.stack(x_t, t, params)
+        return self.diffusion.loss_from_logits(logits, x0, x_t, t).mean(dim=-1)
+
+    def _step(self) -> torch.Tensor:
+        x0 = self.train_data[self.batch_index + self.offsets]  # (K, B, n)
+        t = self.diffusion.times_from_noise(self.time_noise, x0.shape[-2])
+        x_t = self.diffusion.corrupt_with_noise(x0, t, self.mask_noise)
+        with self.autocast():
+            losses = self.loss(self.stack.params, x0, x_t, t)
+        losses.sum().backward()  # member k's gradient is that of its own loss only
+        if self.max_norm is not None:
+            self.clip([p.grad for p in self.stack.parameters()], self.max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = losses.detach()
+        self.loss_sum += losses
+        return losses
+
+    def _on_side_stream(self) -> torch.Tensor:
+        """A warm-up step, run as CUDA's graph docs ask: on a side stream before capture."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            losses = self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        return losses
+
+    def _capture(self) -> None:
+        """Record one step (nothing runs); replay() then runs it with the current buffers."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.graph_losses = self._step()
+
+    def pop_mean_losses(self, count: int) -> list[float]:
+        """Mean training loss of each member over the last `count` steps (one device sync)."""
+        if not count:
+            return [float("nan")] * self.stack.k
+        means = [total / count for total in self.loss_sum.tolist()]
+        self.loss_sum.zero_()
+        return means
+
+    def state(self) -> dict[str, Any]:
+        """Per-parameter AdamW moments (stacked), for checkpoints."""
+        return {
+            moment: [self.optimizer.state[p][moment] for p in self.stack.parameters()]
+            for moment in ("exp_avg", "exp_avg_sq")
+        }

@@ -1,0 +1,329 @@
+"""The one trainer: K >= 1 runs of one shape trained together on one device, each as if alone.
+A lone run is a pack of one.
+
+Lightning Fabric owns the device, the precision (bf16 autocast on GPUs), checkpoint IO and the
+SLURM environment (its auto-requeue off: submitit requeues); the loop is ours, short enough to
+read top to bottom, so its step can be compiled and captured as a CUDA graph (training.step).
+A Trainer with manual optimisation would put its hooks around every step: measured on an H100
+(bench/bench_trainer.py) that costs the speed the graph gains at the batch sizes we train.
+
+Why member k's trajectory equals its lone run's (tests/test_training.py checks it to 1e-5):
+- initial weights: stack_denoisers seeds each member with its own seed;
+- minibatches and diffusion noise: per-member generators seeded seed*2+1 and seed*2+2, drawn
+  in the same order whatever the pack;
+- one AdamW over the stacked tensors is elementwise, hence per member; learning rate and weight
+  decay are shared by a pack (config: per_member); gradients are clipped by each member's norm;
+- evaluation at the same steps, with a generator seeded by (seed, step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rhmscale.config import RunConfig
+from rhmscale.errors import UserError
+from rhmscale.models import MaskedDiffusion
+from rhmscale.models.stacked import stack_denoisers
+from rhmscale.rhm.data import Datasets
+from rhmscale.store.folders import RunDir
+from rhmscale.store.wandb_mirror import MirrorRun
+from rhmscale.training import checkpoint
+from rhmscale.training.evaluation import EvalRecorder, eval_generators, sample_and_score
+from rhmscale.training.schedule import eval_steps, lr_factor
+from rhmscale.training.step import StepPlan, TrainStep, make_optimizer
+
+
+@dataclass
+class Member:
+    """One run of a pack."""
+
+    config: RunConfig
+    data: Datasets
+    run_dir: RunDir
+    mirror: MirrorRun | None = None  # its W&B run
+    state: dict[str, Any] | None = None  # its checkpoint, to resume from
+    history: list[dict[str, Any]] = field(default_factory=list)
+    error: BaseException | None = None  # its own evaluation or checkpoint failed
+
+
+def make_fabric(config: RunConfig) -> Any:
+    """Fabric on one device: train.device (auto: a GPU if there is one), train.precision (auto:
+    bf16 autocast on a GPU, fp32 on a CPU)."""
+    import lightning as L
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    quiet_lightning()
+    train = config.train
+    if train.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no GPU is visible here; use train.device=auto")
+    gpu = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
+    precision = train.precision if train.precision != "auto" else ("bf16" if gpu else "32")
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    return L.Fabric(
+        accelerator="cuda" if gpu else "cpu",
+        devices=1,
+        precision="bf16-mixed" if precision == "bf16" else "32-true",
+        plugins=plugins,
+    )
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter that says nothing about a run."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+
+
+class Trainer:
+    """Trains the members of one pack from their common step to max_steps.
+
+    All members start at the same step: fresh, or resumed from checkpoints of that step.
+    fabric: make_fabric(config) of the pack's (shared) device and precision.
+    on_step(step, losses (K,)) is called after every optimiser step (tests); on_member_error(k,
+    exc) when member k's evaluation or checkpoint raised: it trains on with the others but is
+    no longer recorded.
+    """
+
+    def __init__(
+        self,
+        members: list[Member],
+        fabric: Any,
+        *,
+        on_step: Callable[[int, torch.Tensor], None] | None = None,
+        on_member_error: Callable[[int, BaseException], None] | None = None,
+    ) -> None:
+        steps = {m.state["step"] if m.state else 0 for m in members}
+        if len(steps) != 1:
+            raise ValueError(f"members of one pack must resume from one step, got {steps}")
+        self.members = members
+        self.config = cfg = members[0].config
+        self.step = steps.pop()
+        self.on_step, self.on_member_error = on_step, on_member_error
+        self.fabric, self.device = fabric, fabric.device
+        self.eval_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals))
+        self.diffusion = MaskedDiffusion(
+            cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic
+        )
+        self.stack = stack_denoisers(cfg.model, cfg.grammar, [m.config.seed for m in members])
+        self.stack.to(self.device)
+        self.recorders = [EvalRecorder(m.config, m.data, m.run_dir, m.mirror) for m in members]
+        self.batch_gens = [self.generator(m.config.seed * 2 + 1) for m in members]
+        self.noise_gens = [self.generator(m.config.seed * 2 + 2) for m in members]
+        self.wall_offset = np.zeros(len(members))
+        self.loss_count = 0
+        plan = StepPlan.of(cfg.train.compile, self.device)
+        optimizer = make_optimizer(
+            self.stack.parameters(), cfg.train.lr, cfg.train.weight_decay, plan
+        )
+        clips = [m.config.train.grad_clip for m in members]
+        self.train_step = TrainStep(
+            self.stack,
+            self.diffusion,
+            optimizer,
+            self.place_data(),
+            cfg.train.batch_size,
+            torch.tensor(clips, device=self.device) if any(clips) else None,
+            self.fabric.autocast,
+            plan,
+        )
+        if self.step:
+            self.restore(optimizer)
+
+    # --- set-up -----------------------------------------------------------------------------
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def place_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All training sets in one device tensor (member k's rows from offsets[k]); the
+        held-out sets stacked (K, n_test, n)."""
+        train = [torch.as_tensor(m.data.train, dtype=torch.long) for m in self.members]
+        self.sizes = [len(t) for t in train]
+        starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        offsets = torch.as_tensor(starts, device=self.device).view(-1, 1)
+        test = [torch.as_tensor(m.data.test, dtype=torch.long) for m in self.members]
+        self.test_data = torch.stack(test).to(self.device)
+        return torch.cat(train).to(self.device), offsets
+
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        states = [m.state for m in self.members]
+        for k, state in enumerate(states):
+            self.stack.load_member(k, state["params"])
+            self.batch_gens[k].set_state(state["batch_gen"])
+            self.noise_gens[k].set_state(state["noise_gen"])
+            self.members[k].history = list(state["history"])
+            self.wall_offset[k] = float(state["wall_s"])
+            self.train_step.loss_sum[k] = state["loss_since_eval"][0]
+        self.loss_count = states[0]["loss_since_eval"][1]
+        adam = optimizer.state_dict()
+        adam["state"] = {
+            i: {
+                "step": torch.tensor(float(self.step)),
+                **{
+                    moment: torch.stack([state[moment][name] for state in states])
+                    for moment in ("exp_avg", "exp_avg_sq")
+                },
+            }
+            for i, name in enumerate(self.stack.params)
+        }
+        optimizer.load_state_dict(adam)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def fit(
+        self,
+        *,
+        stop_at_step: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = False,
+    ) -> bool:
+        """Train to max_steps (True), or checkpoint and return False when asked to stop.
+
+        should_stop() is asked after every step (a preemption signal arrived); stop_at_step
+        stops the same way at a given step (tests)."""
+        train = self.config.train
+        self.started = time.perf_counter()
+        with progress_bar(progress, train.max_steps, self.step) as bar:
+            while self.step < train.max_steps and not self.all_failed():
+                lr = train.lr * lr_factor(
+                    self.step, train.warmup_steps, train.max_steps, train.lr_schedule
+                )
+                self.train_step.draw(self.sizes, self.batch_gens, self.noise_gens)
+                losses = self.train_step(lr)
+                self.step += 1
+                self.loss_count += 1
+                if self.on_step is not None:
+                    self.on_step(self.step, losses.clone())
+                if self.step % 50 == 0:
+                    self.log_train_loss(losses)
+                if self.step in self.eval_at:
+                    self.evaluate()
+                    bar.set_postfix(self.postfix(), refresh=False)
+                saved = self.step % train.checkpoint_every == 0 or self.step == train.max_steps
+                if saved:
+                    self.save()
+                bar.update(1)
+                stop = (stop_at_step is not None and self.step >= stop_at_step) or (
+                    should_stop is not None and should_stop()
+                )
+                if stop and self.step < train.max_steps:
+                    if not saved:
+                        self.save()
+                    return False
+        self.evaluate()  # the final evaluation, if a resume at max_steps skipped the loop
+        return True
+
+    def all_failed(self) -> bool:
+        return all(m.error is not None for m in self.members)
+
+    def active(self) -> Iterator[tuple[int, Member]]:
+        return ((k, m) for k, m in enumerate(self.members) if m.error is None)
+
+    def fail(self, k: int, exc: BaseException) -> None:
+        self.members[k].error = exc
+        if self.on_member_error is not None:
+            self.on_member_error(k, exc)
+
+    def log_train_loss(self, losses: torch.Tensor) -> None:
+        """train/loss_step to each member's W&B run every 50 steps (one device sync)."""
+        if not any(m.mirror is not None for _, m in self.active()):
+            return
+        values = losses.tolist()
+        for k, m in self.active():
+            if m.mirror is not None:
+                try:
+                    m.mirror.log({"train/loss_step": values[k]}, self.step)
+                except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
+                    self.fail(k, exc)
+
+    def postfix(self) -> dict[str, str]:
+        """The progress bar's latest metrics: the run's, or the pack's mean."""
+        rows = [m.history[-1] for _, m in self.active() if m.history]
+        if not rows:
+            return {}
+        top = f"gen/acc_l{self.config.grammar.L}"
+        return {
+            "val_loss": f"{np.mean([r['val/loss'] for r in rows]):.3f}",
+            "acc_top": f"{np.mean([r[top] for r in rows]):.2f}",
+        }
+
+    # --- evaluation and checkpoints -------------------------------------------------------
+    def wall_s(self) -> np.ndarray:
+        return self.wall_offset + (time.perf_counter() - self.started)
+
+    def evaluate(self) -> None:
+        """Evaluate all members at once; record the rows of those without one at this step."""
+        step = self.step
+        todo = [k for k, m in self.active() if not (m.history and m.history[-1]["step"] == step)]
+        if not todo:
+            return
+        gens = eval_generators([m.config for m in self.members], step, self.device)
+        with self.fabric.autocast():
+            samples, val_loss = sample_and_score(
+                self.diffusion, self.stack, self.config, self.test_data, gens
+            )
+        samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
+        train_loss = self.train_step.pop_mean_losses(self.loss_count)
+        self.loss_count = 0
+        wall = self.wall_s()
+        for k in todo:
+            try:
+                self.recorders[k].record(
+                    self.members[k].history,
+                    step,
+                    samples[k],
+                    val_loss=val_loss[k],
+                    train_loss=train_loss[k],
+                    wall_s=float(wall[k]),
+                )
+            except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
+                self.fail(k, exc)
+
+    def save(self) -> None:
+        """Each member's slice to its own checkpoints/last.ckpt."""
+        names = list(self.stack.params)
+        host = {
+            "params": [p.detach().cpu() for p in self.stack.parameters()],
+            **{key: [t.cpu() for t in ts] for key, ts in self.train_step.state().items()},
+        }
+        sums, wall = self.train_step.loss_sum.tolist(), self.wall_s()
+        for k, m in self.active():
+            state = {
+                "run_id": m.config.run_id(),
+                "step": self.step,
+                **{
+                    key: {n: t[k].clone() for n, t in zip(names, tensors, strict=True)}
+                    for key, tensors in host.items()
+                },
+                "batch_gen": self.batch_gens[k].get_state(),
+                "noise_gen": self.noise_gens[k].get_state(),
+                "history": m.history,
+                "wall_s": float(wall[k]),
+                "loss_since_eval": (sums[k], self.loss_count),
+            }
+            try:
+                checkpoint.save(self.fabric, m.run_dir.last_checkpoint, state)
+            except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
+                self.fail(k, exc)
+
+
+def progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    """A tqdm bar over the pack's steps (disabled: updates are no-ops)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not enabled,
+        mininterval=0.2 if sys.stderr.isatty() else 30,  # log files get a line every 30 s
+    )
