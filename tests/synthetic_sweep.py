@@ -16,7 +16,6 @@ import pandas as pd
 from rhmscale.config_io import build_config
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir
-from rhmscale.training.callbacks import write_history
 
 CELLS = [(8, 2), (16, 2), (32, 2), (8, 4), (16, 4), (32, 4)]
 BATCH = 64
@@ -107,7 +106,7 @@ def write_run_dirs(frame: pd.DataFrame, root: Path) -> list[str]:
             store.config, {"run_id": config.run_id(), "config": config.model_dump(mode="json")}
         )
         metrics = [c for c in run.columns if "/" in c or c in ("step", "samples_seen")]
-        write_history(store, run[metrics].to_dict("records"))
+        store.write_metrics(run[metrics].to_dict("records"))
         atomic_write_json(store.result, {"final": run[metrics].iloc[-1].to_dict()})
         ids.append(config.run_id())
     return ids

@@ -12,7 +12,6 @@ from rhmscale.errors import UserError
 from rhmscale.results.collect import collect
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir
-from rhmscale.training.callbacks import write_history
 
 
 def fake_run(root: Path, P: int, *, state: str = "done") -> str:
@@ -23,7 +22,7 @@ def fake_run(root: Path, P: int, *, state: str = "done") -> str:
         store.config, {"run_id": config.run_id(), "config": config.model_dump(mode="json")}
     )
     rows = [{"step": s, "gen/acc_l1": s / 100, "val/loss": 1.0} for s in (10, 100)]
-    write_history(store, rows)
+    store.write_metrics(rows)
     if state == "done":
         atomic_write_json(store.result, {"final": rows[-1]})
     elif state == "failed":

@@ -12,17 +12,21 @@ from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
 from rhmscale.results.collect import collect
 from rhmscale.results.collect_wandb import (
-    BLOCK,
-    CorruptLog,
+    SkipRun,
     collect_wandb_api,
     collect_wandb_offline,
-    find_offline_logs,
     frame_from_wandb_run,
-    log_records,
     merge_logs,
+)
+from rhmscale.results.wandb_log import (
+    BLOCK,
+    CorruptLog,
+    OfflineLog,
+    find_offline_logs,
+    log_records,
     read_offline_log,
 )
-from rhmscale.training.run import execute
+from rhmscale.training import execute
 
 # v=4, m=2, s=2, L=2: 32 distinct sequences of length 4; a run takes about a second.
 TINY = [
@@ -61,13 +65,14 @@ def sweep(tmp_path_factory):
         )
         stopped = tiny("data.P=8", "train.max_steps=8", "eval.n_evals=3")
 
-        def folder(cfg):
-            return root / "runs" / cfg.run_id()
+        def state(cfg, **kw) -> str:
+            (outcome,) = execute([cfg], [root / "runs" / cfg.run_id()], **kw)
+            return outcome.state
 
-        assert execute(done, folder(done)).state == "done"
-        assert execute(resumed, folder(resumed), stop_at_step=4).state == "interrupted"
-        assert execute(resumed, folder(resumed)).state == "done"
-        assert execute(stopped, folder(stopped), stop_at_step=5).state == "interrupted"
+        assert state(done) == "done"
+        assert state(resumed, stop_at_step=4) == "interrupted"
+        assert state(resumed) == "done"
+        assert state(stopped, stop_at_step=5) == "interrupted"
     ids = {"done": done.run_id(), "resumed": resumed.run_id(), "stopped": stopped.run_id()}
     return root, ids
 
@@ -185,8 +190,6 @@ def test_conversion_keeps_evaluations_and_drops_wandb_and_lightning_keys():
 
 
 def test_conversion_skips_runs_without_evaluations_or_short_of_max_steps():
-    from rhmscale.results.collect_wandb import SkipRun
-
     with pytest.raises(SkipRun) as skip:
         frame_from_wandb_run("a", {"train.max_steps": 20}, [row(5, **{"train/loss": 1.0})])
     assert skip.value.reason == "unfinished"
@@ -199,8 +202,6 @@ def test_conversion_skips_runs_without_evaluations_or_short_of_max_steps():
 
 
 def test_resumed_logs_merge_with_later_rows_winning(tmp_path):
-    from rhmscale.results.collect_wandb import OfflineLog
-
     early = OfflineLog(
         tmp_path / "offline-run-20250101_000000-x" / "run-x.wandb",
         "x",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rhmscale.errors import UserError
+from rhmscale.results.cells import with_cells
 from rhmscale.results.collect import collect
 from rhmscale.results.crossing import crossings
 from rhmscale.results.fit import FitOptions, fit
@@ -22,6 +23,22 @@ def test_crossing_interpolates_and_censors():
     assert value[0] == pytest.approx(np.log(100.0))
     # Symmetric in logit around the threshold: halfway in log x.
     assert value[3] == pytest.approx(np.log(np.sqrt(10 * 100)))
+
+
+def test_cells_are_the_science_keys_of_the_config():
+    """Runs that differ in bookkeeping (device, precision, W&B) or seeds share a cell; a
+    science key that differs splits cells and names itself in their labels."""
+    frame = synthetic_frame(np.random.default_rng(9), cells=[(8, 2)], seeds=2)
+    odd = frame["seed"] == 1
+    frame["train.precision"] = np.where(odd, "bf16", "32")
+    frame["tracking.project"] = np.where(odd, "a", "b")
+    frame["eval.batch_size"] = np.where(odd, 64, 128)
+    assert set(with_cells(frame)["cell"]) == {"v=8 m=2 s=2 L=3"}
+    frame["model.width"] = np.where(odd, 32, 64)
+    assert set(with_cells(frame)["cell"]) == {
+        "v=8 m=2 s=2 L=3 width=32",
+        "v=8 m=2 s=2 L=3 width=64",
+    }
 
 
 def test_fit_recovers_the_law_of_a_quiet_sweep():

@@ -10,8 +10,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rhmscale.config import GrammarConfig
+from rhmscale.config_io import build_grammar_config
 from rhmscale.errors import UserError
-from rhmscale.rhm import grammar as grammar_module
+from rhmscale.rhm import parse as parse_module
+from rhmscale.rhm import radix
 from rhmscale.rhm.grammar import Grammar
 
 
@@ -29,8 +31,8 @@ def with_lookup(g: Grammar, mode: str) -> Grammar:
     """The same grammar whose tuple lookup uses `mode` (table, search or lex)."""
     limits = {"table": (2**24, 2**63), "search": (0, 2**63), "lex": (0, 0)}[mode]
     with (
-        mock.patch.object(grammar_module, "_TABLE_MAX", limits[0]),
-        mock.patch.object(grammar_module, "_SEARCH_MAX", limits[1]),
+        mock.patch.object(parse_module, "TABLE_MAX", limits[0]),
+        mock.patch.object(parse_module, "SEARCH_MAX", limits[1]),
     ):
         other = Grammar(g.v, g.m, g.s, g.L, g.rules, g.seed)
     assert all(index.mode == mode for index in other._index)
@@ -81,14 +83,20 @@ def test_random_is_deterministic_in_seed_and_matches_config():
 
 
 def test_impossible_sizes_are_user_errors():
+    # Checked where sizes enter: the config (and a grammar file, below), once.
+    def sizes(**kw):
+        return build_grammar_config({}, [f"grammar.{k}={v}" for k, v in kw.items()])
+
     with pytest.raises(UserError, match=r"m=4 is larger than v\*\*\(s-1\)=3.*grammar.m"):
-        Grammar.random(3, 4, 2, 2, seed=0)
+        sizes(v=3, m=4, s=2, L=2)
     with pytest.raises(UserError, match="grammar.s"):
-        Grammar.random(3, 1, 1, 2, seed=0)
+        sizes(v=3, m=1, s=1, L=2)
     for bad in ({"v": 0}, {"m": 0}, {"L": 0}, {"m": -1}):
-        sizes = {"v": 3, "m": 2, "s": 2, "L": 2} | bad
-        with pytest.raises(UserError, match="positive"):
-            Grammar.random(**sizes, seed=0)
+        with pytest.raises(UserError, match="greater than 0"):
+            sizes(**({"v": 3, "m": 2, "s": 2, "L": 2} | bad))
+    text = json.loads(Grammar.random(3, 2, 2, 2, seed=0).to_json())
+    with pytest.raises(UserError, match=r"grammar file: m=4 is larger than v\*\*\(s-1\)"):
+        Grammar.from_json(json.dumps(text | {"m": 4}))
     # m == v**(s-1): every tuple is a production, still allowed.
     g = Grammar.random(3, 3, 2, 2, seed=0)
     assert g.parse(g.sample(10, np.random.default_rng(0))).valid.all()
@@ -302,8 +310,8 @@ def test_empty_batches():
 def test_distinct_draws_skip_repeats():
     """The rejection path when repeats are frequent (exact de-duplication fallback)."""
     rng = np.random.default_rng(0)
-    draws = grammar_module._distinct_below(100_000, 20_000, rng)
+    draws = radix.distinct_below(100_000, 20_000, rng)
     assert len(np.unique(draws)) == 20_000 and draws.min() >= 0 and draws.max() < 100_000
     assert not np.array_equal(draws, np.sort(draws))  # random order, not sorted
-    rows = grammar_module._distinct_rows([3, 4], 12, rng)
+    rows = radix.distinct_rows([3, 4], 12, rng)
     assert sorted(map(tuple, rows.tolist())) == list(itertools.product(range(3), range(4)))

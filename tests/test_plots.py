@@ -1,6 +1,7 @@
 """plots: every figure is written, atomically, as a PNG that is not blank, also from sweeps
 where a fit failed, a cell has one dataset size, there is one level or no training curve."""
 
+import ast
 import dataclasses
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+import rhmscale.results
 from rhmscale.results import plots
 from rhmscale.results.fit import FitOptions, fit
-from rhmscale.results.plots import MAX_PANELS, prepare, write_figures
+from rhmscale.results.plot_kit import MAX_PANELS, prepare
+from rhmscale.results.plots import write_figures
 from tests.synthetic_sweep import synthetic_frame
 
 STEPS = tuple(np.geomspace(10, 10000, 8).astype(int))
@@ -135,3 +138,32 @@ def test_panels_are_capped_and_the_title_says_so(sweep):
 def test_plots_leave_pyplot_alone():
     code = "import sys, rhmscale.results.plots; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Absolute imports of a module, also those inside functions ("rhmscale.x" for `from
+    rhmscale import x`)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "rhmscale":
+            names += [f"rhmscale.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_results_imports_flow_one_way():
+    """results/ reads run folders and W&B logs: it never imports training, sweeps, the CLI,
+    torch or Lightning, so it works wherever the runs' files are."""
+    allowed = ("config", "config_io", "errors", "store", "results", "__version__")
+    folder = Path(rhmscale.results.__path__[0])
+    modules = sorted(folder.glob("*.py"))
+    assert len(modules) > 10
+    for path in modules:
+        for name in imported_modules(path):
+            top, _, rest = name.partition(".")
+            assert top not in ("torch", "lightning"), f"{path.name} imports {name}"
+            if top == "rhmscale":
+                assert rest.split(".")[0] in allowed, f"{path.name} imports {name}"

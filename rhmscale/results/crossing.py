@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 BELOW, ABOVE = "below", "above"
 
@@ -46,6 +47,17 @@ def crossings(
     value = log_x[left] + frac * (log_x[right] - log_x[left])
     value = np.where(code == -1, log_x[0], np.where(code == 1, log_x[-1], value))
     return value, code
+
+
+def values_by(keys: pd.Series, values: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Distinct keys (sorted) and, for each, its non-missing values (the seeds measured there):
+    the x and per_seed of bootstrap_crossing."""
+    keys_np, values_np = keys.to_numpy(dtype=float), values.to_numpy(dtype=float)
+    keep = ~np.isnan(values_np)
+    keys_np, values_np = keys_np[keep], values_np[keep]
+    order = np.argsort(keys_np, kind="stable")
+    distinct, starts = np.unique(keys_np[order], return_index=True)
+    return distinct, np.split(values_np[order], starts[1:])
 
 
 @dataclass

@@ -12,6 +12,7 @@ import math
 import pandas as pd
 
 from rhmscale.errors import UserError
+from rhmscale.results.cells import GRAMMAR
 from rhmscale.results.fit import FitResult
 
 FORMATS = ("md", "csv", "tex", "json")
@@ -69,8 +70,8 @@ def exponent_frame(result: FitResult) -> pd.DataFrame:
 
 
 def p_star_frame(result: FitResult) -> pd.DataFrame:
-    columns = ["cell", "grammar.v", "grammar.m", "grammar.s", "grammar.L", "k", "P_star",
-               "P_lo", "P_hi", "censored", "n_sizes", "n_seeds", "P_theory", "ratio"]  # fmt: skip
+    columns = ["cell", *GRAMMAR.values(), "k", "P_star", "P_lo", "P_hi", "censored",
+               "n_sizes", "n_seeds", "P_theory", "ratio"]  # fmt: skip
     return result.crossings[columns] if len(result.crossings) else pd.DataFrame(columns=columns)
 
 

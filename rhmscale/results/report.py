@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from rhmscale import __version__
+from rhmscale.results.cells import SIZE
 from rhmscale.results.collect import Collection
 from rhmscale.results.export import fit_summary, markdown, number, render, size
 from rhmscale.results.fit import FitResult
@@ -22,7 +23,6 @@ from rhmscale.store.atomic import atomic_write_text
 
 @dataclass
 class Written:
-    folder: Path
     markdown: Path
     figures: list[Path]
     wandb_run: str | None  # the summary run's folder (offline) or URL (online)
@@ -67,7 +67,7 @@ def time_markdown(result: FitResult) -> str:
     for _, row in times.iterrows():
         bound = {"below": "≤ ", "above": "> "}.get(row["censored"], "")
         shown = bound + size(row["samples_star"])
-        lines.append(f"| {row['cell']} | {row['data.P']} | {row['k']} | {shown} |")
+        lines.append(f"| {row['cell']} | {row[SIZE]} | {row['k']} | {shown} |")
     return "\n".join(lines)
 
 
@@ -134,7 +134,7 @@ def write_report(
         report, report_markdown(title, collection, result, figures, counts, spec_text)
     )
     run = log_to_wandb(result, figures, folder, title, wandb) if wandb else None
-    return Written(folder, report, figures, run)
+    return Written(report, figures, run)
 
 
 def log_to_wandb(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rhmscale.store.atomic import atomic_write
 from rhmscale.store.lock import file_lock
 
 RunState = Literal["done", "failed", "interrupted", "pending"]
@@ -65,6 +66,13 @@ class RunDir:
     @property
     def wandb(self) -> Path:
         return self.path / "wandb"
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.parquet: one row per evaluation, written atomically."""
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        atomic_write(self.metrics, lambda handle: frame.to_parquet(handle, index=False))
 
     def state(self) -> RunState:
         """From one listdir of the folder (cheap enough for sweeps of thousands of runs)."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from rhmscale.config import RunConfig
 from rhmscale.models import MaskedDiffusion
 from rhmscale.rhm.data import Datasets
 from rhmscale.rhm.metrics import TrainingSetIndex, format_sequence, generation_metrics
-from rhmscale.store.atomic import atomic_write
 from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 
@@ -96,7 +94,7 @@ class EvalRecorder:
             **metrics,
         }
         history.append(row)
-        write_history(self.run_dir, history)
+        self.run_dir.write_metrics(history)
         if self.mirror is not None:
             self.mirror.log({k: v for k, v in row.items() if k != "step"}, step)
             if cfg.tracking.n_table_samples:
@@ -113,8 +111,3 @@ class EvalRecorder:
             [format_sequence(seq, grammar.s), int(d), bool(ok), bool(mem)]
             for seq, d, ok, mem in zip(shown, parse.depth, parse.valid, memorized, strict=True)
         ]
-
-
-def write_history(run_dir: RunDir, history: list[dict[str, Any]]) -> None:
-    frame = pd.DataFrame(history)
-    atomic_write(run_dir.metrics, lambda handle: frame.to_parquet(handle, index=False))

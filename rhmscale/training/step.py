@@ -61,18 +61,18 @@ def clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> None:
         g.mul_(coef.view(k, *[1] * (g.dim() - 1)))
 
 
-def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float, plan: StepPlan):
+def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float):
     """AdamW over the stacked tensors: elementwise, so each member is updated as if alone.
 
-    Graphed, it must be capturable and take its learning rate from a device tensor that is
-    refilled before each replay (a Python float would be baked into the graph)."""
-    gpu = params[0].is_cuda
-    if plan.graphed:
-        lr_tensor = torch.tensor(lr, device=params[0].device)
-        return torch.optim.AdamW(
-            params, lr=lr_tensor, weight_decay=weight_decay, fused=True, capturable=True
-        )
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=gpu)
+    On a GPU: fused and capturable, its learning rate a device tensor refilled before each step
+    (a Python float would be baked into a CUDA graph); the same whether the step is graphed or
+    not, so graphed and ungraphed steps compute the same thing."""
+    if not params[0].is_cuda:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    lr_tensor = torch.tensor(lr, device=params[0].device)
+    return torch.optim.AdamW(
+        params, lr=lr_tensor, weight_decay=weight_decay, fused=True, capturable=True
+    )
 
 
 class TrainStep:

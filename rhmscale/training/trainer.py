@@ -3,9 +3,14 @@ A lone run is a pack of one.
 
 Lightning Fabric owns the device, the precision (bf16 autocast on GPUs), checkpoint IO and the
 SLURM environment (its auto-requeue off: submitit requeues); the loop is ours, short enough to
-read top to bottom, so its step can be compiled and captured as a CUDA graph (training.step).
-A Trainer with manual optimisation would put its hooks around every step: measured on an H100
-(bench/bench_trainer.py) that costs the speed the graph gains at the batch sizes we train.
+read top to bottom, and its step is compiled and captured as one CUDA graph (training.step).
+Why Fabric rather than Lightning's Trainer with manual optimisation: speed does not decide it
+(driving the same graphed step, the Trainer ran 539 steps/s against our loop's 537 for the
+transformer, 1,013 against 1,016 for the tree U-Net, H200, bench/results/one_trainer_h200.json);
+fit does. A pack is K runs, each with its own evaluation, checkpoint file, W&B run and failure,
+stopped mid-loop by a signal; the Trainer models one run (one logger, one checkpoint with its
+loop state, global_step advanced only through its own optimiser wrappers), which is what made
+the old lone-run checkpoints a format of their own that packs could read and lone runs could not.
 
 Why member k's trajectory equals its lone run's (tests/test_training.py checks it to 1e-5):
 - initial weights: stack_denoisers seeds each member with its own seed;
@@ -120,9 +125,7 @@ class Trainer:
         self.wall_offset = np.zeros(len(members))
         self.loss_count = 0
         plan = StepPlan.of(cfg.train.compile, self.device)
-        optimizer = make_optimizer(
-            self.stack.parameters(), cfg.train.lr, cfg.train.weight_decay, plan
-        )
+        optimizer = make_optimizer(self.stack.parameters(), cfg.train.lr, cfg.train.weight_decay)
         clips = [m.config.train.grad_clip for m in members]
         self.train_step = TrainStep(
             self.stack,
@@ -191,13 +194,7 @@ class Trainer:
         self.started = time.perf_counter()
         with progress_bar(progress, train.max_steps, self.step) as bar:
             while self.step < train.max_steps and not self.all_failed():
-                lr = train.lr * lr_factor(
-                    self.step, train.warmup_steps, train.max_steps, train.lr_schedule
-                )
-                self.train_step.draw(self.sizes, self.batch_gens, self.noise_gens)
-                losses = self.train_step(lr)
-                self.step += 1
-                self.loss_count += 1
+                losses = self.advance()
                 if self.on_step is not None:
                     self.on_step(self.step, losses.clone())
                 if self.step % 50 == 0:
@@ -218,6 +215,16 @@ class Trainer:
                     return False
         self.evaluate()  # the final evaluation, if a resume at max_steps skipped the loop
         return True
+
+    def advance(self) -> torch.Tensor:
+        """One optimiser step of every member; its losses (K,), overwritten by the next step."""
+        train = self.config.train
+        lr = train.lr * lr_factor(self.step, train.warmup_steps, train.max_steps, train.lr_schedule)
+        self.train_step.draw(self.sizes, self.batch_gens, self.noise_gens)
+        losses = self.train_step(lr)
+        self.step += 1
+        self.loss_count += 1
+        return losses
 
     def all_failed(self) -> bool:
         return all(m.error is not None for m in self.members)

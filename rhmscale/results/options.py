@@ -1,0 +1,52 @@
+"""The fit's settings (FitOptions) and their check against the collected table.
+
+One dataclass carries every choice a user makes on the command line (threshold, evaluation,
+metric, regressors, theory, bootstrap), so each stage of the fit reads the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from rhmscale.errors import UserError
+from rhmscale.results.theory import DEFAULT_REGRESSORS, DEFAULT_THEORY
+
+
+@dataclass
+class FitOptions:
+    threshold: float = 0.5
+    # Which evaluation of each run: "best" (lowest val/loss: early stopping, before the model
+    # memorises its training set, whose copies would count as grammatical), "final", or a
+    # training step (each run's last evaluation at or before it).
+    at: str = "best"
+    metric: str = "gen/acc_l{k}"
+    regressors: str = DEFAULT_REGRESSORS
+    theory: str = DEFAULT_THEORY
+    n_boot: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+
+def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
+    """Bad settings, or a metric the runs did not record, as UserErrors that say what to do."""
+    if not 0 < options.threshold < 1:
+        raise UserError(f"--threshold {options.threshold}: choose a value between 0 and 1")
+    if "{k}" not in options.metric:
+        raise UserError(
+            f"--metric {options.metric!r} needs '{{k}}' for the level, e.g. gen/acc_l{{k}}"
+        )
+    if frame.empty:
+        raise UserError("no finished runs to fit")
+    if options.metric.format(k=1) not in frame.columns:
+        levelled = sorted(
+            {
+                c.rsplit("_l", 1)[0] + "_l{k}"
+                for c in frame.columns
+                if c[-1:].isdigit() and "_l" in c
+            }
+        )
+        raise UserError(
+            f"metric {options.metric!r} is not recorded; choose from: {', '.join(levelled)}"
+        )

@@ -1,0 +1,104 @@
+"""Figures of the coherence length s**depth (how far generated sequences stay valid).
+
+- coherence_vs_p: coherence length against P, with its power-law fit per cell (coherence.py);
+- coherence_vs_time: coherence length along training, one line per P, one panel per cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from rhmscale.results.cells import SIZE
+from rhmscale.results.coherence import COHERENCE
+from rhmscale.results.plot_kit import (
+    CELL_MARKERS,
+    DPI,
+    P_LABEL,
+    SAMPLES_LABEL,
+    Inputs,
+    compact_ticks,
+    error_bars,
+    message_figure,
+    panels,
+    scale_log,
+    seed_summary,
+)
+
+
+def coherence_vs_p(data: Inputs) -> Figure:
+    """Seed-mean coherence length against P per cell (seed min-max bars), power-law fits."""
+    title = "Coherence length against dataset size"
+    if COHERENCE not in data.rows:
+        return message_figure(title, f"{COHERENCE} was not recorded")
+    fits = data.result.coherence
+    fits = fits.set_index("cell") if not fits.empty else fits
+    colors = colormaps["tab10" if len(data.cells) <= 10 else "tab20"].colors
+    fig = Figure(figsize=(8.6, 5.2), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for index, cell in enumerate(data.cells):
+        color = colors[index % len(colors)]
+        summary = seed_summary(data.rows[data.rows["cell"] == cell], SIZE, COHERENCE)
+        if summary.empty:
+            continue
+        x = summary.index.to_numpy(float)
+        yerr = error_bars(summary["mean"], summary["min"], summary["max"])
+        label = f"{cell}: no fit (needs 2 sizes)"
+        if cell in fits.index and np.isfinite(fits.loc[cell, "exponent"]):
+            fit = fits.loc[cell]
+            ax.plot(x, fit["prefactor"] * x ** fit["exponent"], "-", color=color, lw=1, alpha=0.7)
+            label = f"{cell}: ∝ P^{fit['exponent']:.2f} (R² {fit['r2']:.2f})"
+        ax.errorbar(
+            x,
+            summary["mean"],
+            yerr=yerr,
+            fmt=CELL_MARKERS[index % len(CELL_MARKERS)],
+            ms=4,
+            color=color,
+            capsize=2,
+            label=label,
+        )
+    scale_log(ax, y=True)
+    ax.set_xlabel(P_LABEL)
+    ax.set_ylabel("coherence length s^depth (tokens), seed mean")
+    ax.set_title(data.title(f"{title}, at {data.result.options.at}"))
+    fig.legend(loc="outside right center", fontsize=8, title="seed min-max bars; line = fit")
+    return fig
+
+
+def coherence_vs_time(data: Inputs) -> Figure:
+    """Coherence length along training, one line per P coloured by log P, a panel per cell."""
+    title = "Coherence length along training"
+    if COHERENCE not in data.frame:
+        return message_figure(title, f"{COHERENCE} was not recorded")
+    frame = data.frame[data.frame["cell"].isin(data.cells) & (data.frame["samples_seen"] > 0)]
+    if frame.empty:
+        return message_figure(title, "no evaluation after the start of training")
+    sizes = frame[SIZE].to_numpy(float)
+    lo, hi = sizes.min(), sizes.max()
+    norm = LogNorm(lo / 2, hi * 2) if lo == hi else LogNorm(lo, hi)
+    cmap = colormaps["viridis"]
+    fig, axes = panels(data, f"{title} (seed mean)", sharey=True)
+    for ax, cell in zip(axes, data.cells, strict=False):
+        group = frame[frame["cell"] == cell]
+        for P, curve in group.groupby(SIZE):
+            summary = seed_summary(curve, "samples_seen", COHERENCE)
+            ax.plot(
+                summary.index,
+                summary["mean"],
+                "-",
+                marker="o",
+                ms=3,
+                lw=1.2,
+                color=cmap(norm(float(P))),
+            )
+        scale_log(ax, y=True)
+        ax.set_title(cell, fontsize=9)
+    fig.supxlabel(SAMPLES_LABEL)
+    fig.supylabel("coherence length s^depth (tokens)")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=P_LABEL)
+    compact_ticks(bar.ax.yaxis)
+    return fig

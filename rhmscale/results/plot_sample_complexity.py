@@ -1,0 +1,253 @@
+"""Figures of the sample complexity: the accuracy curves it is read from, their collapse on
+the theory, and the measured P*_k against the theory's P_k with the fitted law.
+
+- accuracy_vs_p: accuracy of each level against dataset size P, one panel per cell;
+- collapse: the same curves against P / P_k(theory), every cell overlaid;
+- p_star_vs_theory: measured P*_k against the theory's P_k, with the fitted law.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from rhmscale.results.cells import SIZE, variables
+from rhmscale.results.fit import FitResult
+from rhmscale.results.plot_kit import (
+    CELL_MARKERS,
+    CENSORED_MARKER_X,
+    CENSORED_MARKER_Y,
+    DPI,
+    P_LABEL,
+    Inputs,
+    censored_handles,
+    error_bars,
+    level_color,
+    level_handles,
+    message_figure,
+    panels,
+    scale_log,
+    seed_summary,
+)
+from rhmscale.results.theory import Theory, design_matrix
+
+
+def accuracy_vs_p(data: Inputs) -> Figure:
+    """Seed-mean accuracy of each level against P per cell, seed min-max band, P*_k marked."""
+    options = data.result.options
+    fig, axes = panels(data, f"{options.metric} against dataset size", sharey=True)
+    threshold = options.threshold
+    for ax, cell in zip(axes, data.cells, strict=False):
+        group = data.rows[data.rows["cell"] == cell]
+        for k in data.levels(cell):
+            color = level_color(k)
+            summary = seed_summary(group, SIZE, data.metric(k))
+            x = summary.index.to_numpy(float)
+            ax.plot(x, summary["mean"], "o-", color=color, ms=3, lw=1.4)
+            ax.fill_between(x, summary["min"], summary["max"], color=color, alpha=0.2, lw=0)
+            if len(x) == 1:  # no band to fill: the spread as a bar
+                ax.vlines(x, summary["min"], summary["max"], color=color, alpha=0.4, lw=4)
+            point = data.crossing(cell, k)
+            if point is None:
+                continue
+            if point["censored"]:
+                # At the bound it is censored at; levels set apart vertically, as several are
+                # often censored at the same bound.
+                marker = CENSORED_MARKER_X[point["censored"]]
+                y = np.clip(threshold + 0.06 * (k - 1), 0.03, 0.97)
+                ax.plot(point["P_star"], y, marker, mfc="white", mec=color, mew=1.5, ms=9)
+            else:
+                xerr = error_bars(*(pd.Series([point[c]]) for c in ("P_star", "P_lo", "P_hi")))
+                ax.errorbar(
+                    point["P_star"],
+                    threshold,
+                    xerr=xerr,
+                    fmt="o",
+                    mfc="white",
+                    mec=color,
+                    mew=1.5,
+                    ms=7,
+                    color=color,
+                    capsize=3,
+                    zorder=5,
+                )
+        ax.axhline(threshold, ls="--", color="0.4", lw=1)
+        scale_log(ax)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(cell, fontsize=9)
+    fig.supxlabel(P_LABEL)
+    fig.supylabel(f"{options.metric} (fraction), at {options.at}")
+    handles = level_handles(data.all_levels()) + [
+        Patch(color="0.6", alpha=0.4, label="band: seed min-max"),
+        Line2D([], [], ls="--", color="0.4", label=f"threshold {threshold:g}"),
+        Line2D(
+            [],
+            [],
+            ls="-",
+            marker="o",
+            mfc="white",
+            mec="0.3",
+            color="0.3",
+            label=f"P*_k, {options.ci:.0%} bootstrap CI",
+        ),
+        *censored_handles(on_y=False),
+    ]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    return fig
+
+
+def theory_of(data: Inputs, group: pd.DataFrame, k: int) -> np.ndarray:
+    """P_k(theory) of each row of `group`."""
+    return Theory(data.result.options.theory)(variables(group.assign(k=k)))
+
+
+def theory_prefactor(result: FitResult) -> float | None:
+    """The theory's best prefactor: the geometric mean of P*_k / P_k(theory) over the measured
+    points, i.e. the least-squares prefactor of the theory with its own exponents. (The fit's
+    prefactor belongs to the fitted exponents, not the theory's, and is shown beside them.)
+    None when no P*_k was measured: censored bounds say nothing about it."""
+    points = result.crossings
+    if points.empty:
+        return None
+    ratios = points.loc[points["censored"] == "", "ratio"].to_numpy(float)
+    ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
+    return float(np.exp(np.mean(np.log(ratios)))) if len(ratios) else None
+
+
+def collapse(data: Inputs) -> Figure:
+    """The accuracy curves of every cell against P / P_k(theory): one curve if the law holds."""
+    options = data.result.options
+    fig = Figure(figsize=(8.6, 5.2), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for index, cell in enumerate(data.cells):
+        group = data.rows[data.rows["cell"] == cell]
+        marker = CELL_MARKERS[index % len(CELL_MARKERS)]
+        for k in data.levels(cell):
+            column = data.metric(k)
+            scaled = group.assign(x=group[SIZE].to_numpy(float) / theory_of(data, group, k))
+            summary = seed_summary(scaled, "x", column)
+            ax.plot(
+                summary.index,
+                summary["mean"],
+                ls="-",
+                lw=0.8,
+                alpha=0.8,
+                marker=marker,
+                ms=4,
+                color=level_color(k),
+            )
+    prefactor = theory_prefactor(data.result)
+    ax.axhline(options.threshold, ls="--", color="0.4", lw=1)
+    if prefactor is not None:
+        ax.axvline(prefactor, ls=":", color="k", lw=1.2)
+    scale_log(ax)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"P / P_k(theory),  P_k(theory) = {options.theory}")
+    ax.set_ylabel(f"{options.metric} (fraction, seed mean), at {options.at}")
+    ax.set_title(data.title("Collapse on the theory's sample complexity"))
+    handles = level_handles(data.all_levels()) + [
+        Line2D(
+            [], [], ls="none", marker=CELL_MARKERS[i % len(CELL_MARKERS)], color="0.3", label=cell
+        )
+        for i, cell in enumerate(data.cells)
+    ]
+    handles.append(Line2D([], [], ls="--", color="0.4", label=f"threshold {options.threshold:g}"))
+    if prefactor is not None:
+        label = f"measured P*/P_theory = {prefactor:.3g}\n(geometric mean)"
+        handles.append(Line2D([], [], ls=":", color="k", label=label))
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    return fig
+
+
+def exponent_table(result: FitResult) -> str:
+    """The annotation of p_star_vs_theory: the exponents beside the theory, R^2, counts."""
+    stats, exps = result.stats, result.exponents
+    if exps.empty:
+        reason = stats.get("fit_error", "no exponents")
+        return "no exponent fit:\n" + textwrap.fill(reason, 48)
+    ci = f"[{result.options.ci:.0%} CI]"
+    width = max(len("exponent"), *(len(t) for t in exps["term"]))
+    lines = [f"{'exponent':<{width}}  estimate {ci:<15} theory"]
+    for row in exps.itertuples():
+        interval = f"[{row.lo:.3f}, {row.hi:.3f}]"
+        lines.append(f"{row.term:<{width}}  {row.estimate:<8.3f} {interval:<15} {row.theory:g}")
+    lines.append(f"R² = {stats['r2']:.3f}   prefactor = {stats['prefactor']:.3g}")
+    lines.append(f"{stats['n_points']} points, {stats['n_censored']} censored (open triangles)")
+    return "\n".join(lines)
+
+
+def p_star_vs_theory(data: Inputs) -> Figure:
+    """Measured P*_k (bootstrap interval) against P_k(theory), the theory line, the fitted law."""
+    result, options = data.result, data.result.options
+    title = "Measured sample complexity against the theory"
+    points = result.crossings
+    if points.empty:
+        return message_figure(title, "no P*_k: no cell has a measured level")
+    points = points[points["P_theory"] > 0]
+    fig = Figure(figsize=(7.6, 6.2), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for k, group in points.groupby("k"):
+        color = level_color(int(k))
+        measured = group[group["censored"] == ""]
+        yerr = error_bars(measured["P_star"], measured["P_lo"], measured["P_hi"])
+        ax.errorbar(
+            measured["P_theory"],
+            measured["P_star"],
+            yerr=yerr,
+            fmt="o",
+            ms=5,
+            color=color,
+            capsize=2,
+            label=f"level {k}",
+        )
+        for side, marker in CENSORED_MARKER_Y.items():
+            censored = group[group["censored"] == side]
+            ax.plot(
+                censored["P_theory"],
+                censored["P_star"],
+                marker,
+                mfc="none",
+                mec=color,
+                ms=8,
+                mew=1.5,
+            )
+    span = points["P_theory"].to_numpy(float)
+    x = np.geomspace(span.min() / 1.5, span.max() * 1.5, 50)
+    prefactor = theory_prefactor(result)
+    label = f"theory {options.theory} × {prefactor:.3g}" if prefactor else "P* = P_theory"
+    ax.plot(x, (prefactor or 1.0) * x, "--", color="k", lw=1.2, label=label)
+    if not result.exponents.empty:
+        design = design_matrix(list(result.exponents["term"]), variables(points))
+        coef = np.concatenate([[np.log(result.stats["prefactor"])], result.exponents["estimate"]])
+        ax.plot(
+            points["P_theory"],
+            np.exp(design @ coef),
+            "x",
+            color="0.2",
+            ms=6,
+            mew=1.2,
+            label="fitted law",
+        )
+    scale_log(ax, y=True)
+    ax.set_xlabel(f"P_k(theory) = {options.theory}")
+    ax.set_ylabel(f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
+    ax.set_title(f"{title}\n(threshold {options.threshold:g} on {options.metric}, at {options.at})")
+    ax.text(
+        0.02,
+        0.98,
+        exponent_table(result),
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7.5,
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+    )
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + censored_handles(on_y=True), loc="lower right", fontsize=8)
+    return fig

@@ -1,0 +1,59 @@
+"""Sample complexity P*_k: for each cell and level k, the dataset size at which the seed mean of
+the level's metric crosses the threshold, with its seed-bootstrap interval (crossing.py), beside
+the theory's P_k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rhmscale.results.cells import GRAMMAR, SIZE, by_cell, grammar_of
+from rhmscale.results.crossing import bootstrap_crossing, values_by
+from rhmscale.results.options import FitOptions
+from rhmscale.results.theory import Theory
+
+
+def sample_complexity(
+    rows: pd.DataFrame, options: FitOptions, theory: Theory, rng: np.random.Generator
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """P*_k per cell and level, and each point's seed-bootstrap replicates of log P*_k.
+
+    rows: one evaluation per run (cells.rows_at), with a "cell" column (cells.with_cells).
+    Censored points (the curve is above the threshold at the smallest P, or below it at the
+    largest) are kept, at the bound, with censored = "below" or "above".
+    """
+    records, replicates = [], []
+    for cell, group in by_cell(rows):
+        g = grammar_of(group)
+        for k in range(1, g["L"] + 1):
+            sizes, values = values_by(group[SIZE], group[options.metric.format(k=k)])
+            if not len(sizes):
+                continue
+            found = bootstrap_crossing(
+                sizes,
+                values,
+                options.threshold,
+                n_boot=options.n_boot,
+                rng=rng,
+                ci=options.ci,
+            )
+            replicates.append(found.replicates)
+            predicted = float(theory({n: np.array([val]) for n, val in {**g, "k": k}.items()})[0])
+            records.append(
+                {
+                    "cell": cell,
+                    **{GRAMMAR[n]: val for n, val in g.items()},
+                    "k": k,
+                    "P_star": float(np.exp(found.log_x)),
+                    "P_lo": float(np.exp(found.lo)),
+                    "P_hi": float(np.exp(found.hi)),
+                    "censored": found.censored,
+                    "log_sd": float(np.sqrt(found.var)),
+                    "n_sizes": len(sizes),
+                    "n_seeds": int(np.median([len(v) for v in values])),
+                    "P_theory": predicted,
+                    "ratio": float(np.exp(found.log_x)) / predicted,
+                }
+            )
+    return pd.DataFrame(records), np.array(replicates).reshape(len(records), options.n_boot)

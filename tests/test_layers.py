@@ -1,0 +1,95 @@
+"""The package's layout holds: imports flow one way, heavy frameworks stay in their layer, and no
+module grows past 400 lines. Every import counts, also the ones inside functions."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rhmscale"
+
+# cli -> sweeps, results -> training -> models, rhm -> store, config (config_io, errors).
+# A module may import its own layer part and anything below it; siblings (models and rhm,
+# sweeps and results) do not import each other.
+RANK = {
+    "cli": 4,
+    "sweeps": 3,
+    "results": 3,
+    "training": 2,
+    "models": 1,
+    "rhm": 1,
+    "store": 0,
+    "config": 0,
+    "config_io": 0,
+    "errors": 0,
+    "__init__": 0,
+}
+# Third-party frameworks and the only parts that may import them.
+FRAMEWORKS = {
+    "lightning": {"training"},
+    "submitit": {"sweeps"},
+    "wandb": {"store", "results"},
+    "torch": {"training", "models", "cli", "sweeps"},  # cli/sweeps: inside functions only
+}
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every import in a file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node.lineno, id(node) in top))
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for path in modules():
+        part = part_of(path)
+        for name, line, _ in imports(path):
+            if not name.startswith("rhmscale.") and name != "rhmscale":
+                continue
+            target = name.split(".")[1] if "." in name else "__init__"
+            if target != part and RANK[target] >= RANK[part] and RANK[part] > 0:
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} ({part}) imports {name}")
+            if RANK[part] == 0 and RANK[target] > 0:
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} ({part}) imports {name}")
+    assert not wrong, "imports running back up a layer:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_frameworks_stay_in_their_layer(framework):
+    allowed = FRAMEWORKS[framework]
+    wrong = []
+    for path in modules():
+        part = part_of(path)
+        for name, line, at_top in imports(path):
+            if name.split(".")[0] != framework:
+                continue
+            lazy_only = part in {"cli", "sweeps"} and framework == "torch"
+            if part not in allowed or (lazy_only and at_top):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+    assert not wrong, f"{framework} outside {sorted(allowed)}:\n" + "\n".join(wrong)
+
+
+def test_every_part_is_known_and_no_module_is_over_400_lines():
+    assert {part_of(p) for p in modules()} <= set(RANK)
+    long = [
+        f"{p.relative_to(PACKAGE)}: {n}"
+        for p in modules()
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    assert not long, long
