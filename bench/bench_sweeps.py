@@ -26,8 +26,10 @@ from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text
 from rhmscale.store.folders import SweepDir
-from rhmscale.sweeps.dispatch import SweepTask, prepare
-from rhmscale.sweeps.spec import expand_points, parse_spec, spec_to_yaml
+from rhmscale.sweeps.dispatch import prepare
+from rhmscale.sweeps.grid import expand_points
+from rhmscale.sweeps.job import SweepTask
+from rhmscale.sweeps.spec import parse_spec, spec_to_yaml
 from rhmscale.sweeps.status import sweep_status
 
 BASE = {

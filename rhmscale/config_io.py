@@ -6,13 +6,15 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rhmscale.config import GrammarConfig, RunConfig, flatten, valid_keys
 from rhmscale.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def did_you_mean(key: str, choices: list[str]) -> str:
@@ -100,17 +102,19 @@ def build_grammar_config(
     """Only the grammar section (for commands that need no data or model)."""
     tree = merge_overrides(base, overrides)
     check_keys(tree, where)
-    try:
-        return GrammarConfig.model_validate(tree.get("grammar", {}))
-    except ValidationError as exc:
-        raise UserError(f"{where}: grammar.{format_validation_error(exc)}") from None
+    return validated(GrammarConfig, tree.get("grammar", {}), f"{where}: grammar.")
 
 
 def validate_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
+    return validated(RunConfig, tree, f"{where}: ")
+
+
+def validated(model: type[M], data: Any, where: str) -> M:
+    """model.model_validate(data), its errors as one UserError: `where` + what to change."""
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{where}: {format_validation_error(exc)}") from None
+        raise UserError(f"{where}{format_validation_error(exc)}") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:

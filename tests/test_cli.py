@@ -91,3 +91,21 @@ def test_run_command_end_to_end(tmp_path):
     assert json.loads(result_json.read_text())["final"]["step"] == 20
     again = cli("run", "--root", str(tmp_path), "--wandb", "disabled", "--no-progress", *args)
     assert again.returncode == 0 and "at step 20" in again.stdout  # skipped, same table
+
+
+def test_help_and_sweep_status_do_not_import_torch(tmp_path):
+    from rhmscale.sweeps.dispatch import prepare, submit_prepared
+    from rhmscale.sweeps.spec import parse_spec
+
+    spec = parse_spec({"name": "s", "grid": {"seed": [0, 1]}, "tracking": {"wandb": "disabled"}})
+    submit_prepared(prepare(spec, tmp_path, states=set()))  # writes sweep.yaml only
+    for argv in (["--help"], ["sweep", "status", str(tmp_path / "s")]):
+        code = (
+            f"import sys; from rhmscale.cli import app; sys.argv = ['rhmscale', *{argv!r}]\n"
+            "try: app()\nexcept SystemExit: pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().endswith("NO-TORCH"), (argv, out.stdout)
+    assert "pending" in out.stdout  # the status table was printed

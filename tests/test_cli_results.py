@@ -1,5 +1,6 @@
 """rhmscale fit / export / plot / report on run directories, and their bad-input errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,11 @@ from tests.synthetic_sweep import synthetic_frame, write_run_dirs
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 
 
-def rhmscale(*args, cwd=None):
-    return subprocess.run([RHMSCALE, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def rhmscale(*args, cwd=None, env_columns=None):
+    env = {**os.environ, "COLUMNS": str(env_columns)} if env_columns else None
+    return subprocess.run(
+        [RHMSCALE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,28 @@ def test_report_folder_and_wandb_summary_run(sweep, tmp_path):
     assert "report/exponents" in keys and "report/p_star" in keys
     assert any(key.startswith("report/accuracy") for key in keys)
     assert run.summary["report/n_points"] > 0 and "report/exponent/log v" in run.summary
+
+
+def test_the_shared_fit_options_default_to_the_fits_own():
+    from rhmscale.cli.options import FIT_OPTIONS
+    from rhmscale.results.fit import FitOptions
+
+    defaults = FitOptions()
+    assert {name: default for name, (_, default) in FIT_OPTIONS.items()} == {
+        name: getattr(defaults, name) for name in FIT_OPTIONS
+    }
+
+
+@pytest.mark.parametrize("command", ["fit", "export", "plot", "report"])
+def test_every_command_that_fits_lists_the_fit_options(command):
+    out = rhmscale(command, "--help", env_columns=200)
+    assert out.returncode == 0, out.stderr
+    for option, text in [
+        ("--threshold", "Accuracy at which a level counts as learned"),
+        ("--at", "Evaluation used per run"),
+        ("--metric", "Per-level metric"),
+        ("--regressors", "Comma-separated regressors"),
+        ("--theory", "Predicted P_k"),
+        ("--n-boot", "Bootstrap replicates"),
+    ]:
+        assert option in out.stdout and text in out.stdout, (option, out.stdout)

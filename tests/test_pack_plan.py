@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from rhmscale.sweeps.dispatch import group_tasks, prepare
+from rhmscale.sweeps.dispatch import prepare
+from rhmscale.sweeps.grouping import group_tasks
 from rhmscale.sweeps.spec import ExecutorSpec, parse_spec
 
 SPEC = {
@@ -60,3 +61,14 @@ def test_plan_shows_the_packs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "packs (members train together" in out.stdout
     assert "36 to submit as 6 slurm task(s)" in out.stdout
+
+
+def test_pack_plan_names_what_tells_packs_apart_and_what_members_vary_in(tmp_path):
+    from rhmscale.sweeps.grouping import pack_plan
+
+    plan = pack_plan(prepare(parse_spec(SPEC), tmp_path, query_queue=False).tasks)
+    assert plan.shape_keys == ["grammar.v"]  # the only shared setting that differs
+    assert plan.member_keys == ["grammar.m", "data.P", "seed"]
+    assert len(plan.packs) == 6 and sum(pack.size for pack in plan.packs) == 36
+    for pack in plan.packs:
+        assert pack.shape["grammar.v"] in (8, 16) and pack.members["data.P"] == [32, 64, 128]

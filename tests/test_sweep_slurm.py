@@ -17,7 +17,8 @@ import pytest
 from rhmscale.config_io import build_config
 from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import RETRYABLE, prepare, submit, wait
-from rhmscale.sweeps.spec import expand_points, parse_spec
+from rhmscale.sweeps.grid import expand_points
+from rhmscale.sweeps.spec import parse_spec
 from rhmscale.sweeps.status import sweep_status
 
 pytestmark = pytest.mark.slurm
@@ -114,8 +115,9 @@ def test_a_six_run_array_completes_and_a_second_submit_submits_nothing(slurm_clu
 
 
 def test_a_failing_run_shows_in_status_while_the_others_finish(slurm_cluster, tmp_path):
-    # train.device=cuda on a node without GPUs: the config is valid, the run raises.
-    spec = make_spec("fails", [{"seed": [0, 1]}, {"seed": [0], "train.device": "cuda"}])
+    # train.device=cuda on a node without GPUs: the config is valid, the run raises. (The
+    # device is bookkeeping, not in the run id: the failing run needs a seed of its own.)
+    spec = make_spec("fails", [{"seed": [0, 1]}, {"seed": [2], "train.device": "cuda"}])
     bad = [p.run_id for p in expand_points(spec).points if p.config.train.device == "cuda"]
     submission = submit(spec, tmp_path)
     errors = wait(submission)
@@ -164,7 +166,7 @@ def test_cancel_shows_cancelled_runs_and_retry_takes_only_those(slurm_cluster, t
 
 
 def test_requeue_resumes_from_the_checkpoint_with_the_same_result(slurm_cluster, tmp_path):
-    from rhmscale.training.run import execute
+    from rhmscale.training import execute
 
     longer = {
         **BASE,
@@ -199,7 +201,7 @@ def test_requeue_resumes_from_the_checkpoint_with_the_same_result(slurm_cluster,
     import torch
 
     torch.set_num_threads(1)
-    reference = execute(build_config(point.config.model_dump(mode="json")), tmp_path / "ref")
+    (reference,) = execute([build_config(point.config.model_dump(mode="json"))], [tmp_path / "ref"])
     strip = {"wall_s"}
     assert {k: v for k, v in result["final"].items() if k not in strip} == {
         k: v for k, v in reference.result["final"].items() if k not in strip
@@ -210,7 +212,8 @@ def test_requeue_resumes_from_the_checkpoint_with_the_same_result(slurm_cluster,
 
 
 def test_a_killed_task_shows_interrupted_and_the_next_submit_resumes_it(slurm_cluster, tmp_path):
-    longer = {**BASE, "train": {**BASE["train"], "max_steps": 600, "checkpoint_every": 50}}
+    # SLURM sends SIGTERM first and SIGKILL KillWait (5 s) later: the run must outlast that.
+    longer = {**BASE, "train": {**BASE["train"], "max_steps": 4000, "checkpoint_every": 50}}
     spec = make_spec("killed", {"seed": [4]}, base=longer)
     (point,) = expand_points(spec).points
     (job,) = submit(spec, tmp_path).jobs
@@ -232,7 +235,7 @@ def test_a_killed_task_shows_interrupted_and_the_next_submit_resumes_it(slurm_cl
 def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, tmp_path):
     """pack: true trains the three runs together in one task; USR2 checkpoints all of them,
     submitit requeues the task, and each member ends as an uninterrupted pack ends."""
-    from rhmscale.training.run_pack import execute_pack
+    from rhmscale.training import execute
 
     longer = {
         **BASE,
@@ -258,7 +261,7 @@ def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, t
 
     torch.set_num_threads(1)
     configs = [build_config(p.config.model_dump(mode="json")) for p in points]
-    reference = execute_pack(configs, [tmp_path / "ref" / p.run_id for p in points])
+    reference = execute(configs, [tmp_path / "ref" / p.run_id for p in points])
     for point, ref in zip(points, reference, strict=True):
         run_dir = runs / point.run_id
         assert (run_dir / "run.log").read_text().count(f"run {point.run_id} on ") == 2

@@ -1,6 +1,9 @@
 """Sweep specs: parsing, grid expansion, validation of every point, presets, plan/status."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,16 +13,11 @@ from rhmscale.cli import app
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import SweepDir
-from rhmscale.sweeps.dispatch import group_tasks, prepare, slurm_parameters
-from rhmscale.sweeps.spec import (
-    ExecutorSpec,
-    expand,
-    expand_points,
-    load_spec,
-    logspace_ints,
-    parse_spec,
-    preset_names,
-)
+from rhmscale.sweeps.dispatch import prepare
+from rhmscale.sweeps.executors import slurm_parameters
+from rhmscale.sweeps.grid import expand_points, logspace_ints
+from rhmscale.sweeps.grouping import group_tasks
+from rhmscale.sweeps.spec import ExecutorSpec, load_spec, parse_spec, preset_names
 from rhmscale.sweeps.status import sweep_status
 
 BASE = {
@@ -33,6 +31,11 @@ BASE = {
 
 def spec(grid, **extra):
     return parse_spec({"name": "t", "base": BASE, "grid": grid, **extra})
+
+
+def expand(sweep):
+    """The sweep's distinct runs' configs."""
+    return [point.config for point in expand_points(sweep).points]
 
 
 def test_lists_multiply_and_every_point_is_a_valid_config():
@@ -225,10 +228,6 @@ def test_cli_plan_and_errors(tmp_path):
 
 
 def test_cli_user_errors_exit_2_with_one_message(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "f", "base": BASE, "grid": {"grammar.vv": [1]}}))
     cli = Path(sys.executable).with_name("rhmscale")
@@ -313,3 +312,104 @@ def test_a_submission_refuses_to_guess_when_squeue_cannot_answer(tmp_path, monke
     with pytest.raises(UserError, match="squeue"):
         prepare(s, tmp_path)
     assert sweep_status(tmp_path / "t", s).counts == {"pending": 2}  # status still answers
+
+
+def test_executor_compile_is_an_error_that_says_where_compile_went(tmp_path):
+    with pytest.raises(UserError, match=r"set base: \{train: \{compile: off\}\}"):
+        parse_spec(
+            {"name": "t", "base": BASE, "grid": {"seed": [0]}, "executor": {"compile": False}}
+        )
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "old", "base": BASE, "grid": {"seed": [0]}, "executor": {"compile": "auto"}}
+        )
+    )
+    cli = str(Path(sys.executable).with_name("rhmscale"))
+    for command in ("plan", "submit"):
+        out = subprocess.run(
+            [cli, "sweep", command, str(path), "--root", str(tmp_path)],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "set base: {train: {compile: auto}} in the spec instead" in out.stderr
+    assert not (tmp_path / "old").exists()  # nothing submitted, nothing written
+    # Compilation is a run setting: a spec sets it in its base.
+    configs = expand(
+        spec({"seed": [0]}, base={**BASE, "train": {**BASE["train"], "compile": "off"}})
+    )
+    assert configs[0].train.compile == "off"
+
+
+def test_presets_set_no_executor_compile():
+    from importlib import resources
+
+    for name in preset_names():
+        text = (resources.files("rhmscale.sweeps") / "presets" / f"{name}.yaml").read_text()
+        assert "compile" not in (yaml.safe_load(text).get("executor") or {}), name
+
+
+def test_status_groups_runs_by_their_cell_of_science_keys(tmp_path):
+    """Two cells that differ only in model.width are two rows, told apart by a width column."""
+    s = spec({"model.width": [16, 32], "data.P": [8, 16], "seed": [0, 1]})
+    status = sweep_status(tmp_path / "t", s, query_queue=False)
+    cells = status.cells()
+    assert len(cells) == 2 and [len(c.runs) for c in cells] == [4, 4]
+    assert [c.cell["model.width"] for c in cells] == [16, 32]
+    assert status.varying_keys() == ["model.width"]
+    by_section = spec({"model": [{"arch": "tree_unet", "width": w} for w in (16, 32)]})
+    status_by_section = sweep_status(tmp_path / "t", by_section, query_queue=False)
+    assert [c.cell["model.width"] for c in status_by_section.cells()] == [16, 32]
+    assert set(status.to_json()["cells"]) == {
+        "v=4 m=2 s=2 L=3 width=16",
+        "v=4 m=2 s=2 L=3 width=32",
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "base": BASE, "grid": {"model.width": [16, 32]}}))
+    out = CliRunner().invoke(app, ["sweep", "plan", str(path), "--root", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "width" in out.output and "2 runs" in out.output
+
+
+def test_retry_takes_the_sweep_folder_and_checks_its_name(tmp_path):
+    from rhmscale.sweeps.dispatch import retry, submit_prepared
+
+    s = spec({"seed": [0, 1]})
+    submit_prepared(prepare(s, tmp_path, executor={"kind": "local"}, states=set()))
+    assert retry(tmp_path / "t").record is None  # nothing failed, interrupted or cancelled
+    (tmp_path / "t").rename(tmp_path / "renamed")
+    with pytest.raises(UserError, match="its folder must be named so"):
+        retry(tmp_path / "renamed")
+
+
+def test_bad_executor_overrides_and_points_write_nothing(tmp_path):
+    from rhmscale.sweeps.dispatch import submit
+
+    with pytest.raises(UserError, match="runs_per_task"):
+        submit(spec({"seed": [0]}), tmp_path, executor={"runs_per_task": 0})
+    with pytest.raises(UserError, match="exceeds"):
+        submit(spec({"data.P": [8, 600]}), tmp_path)
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_unit_that_execute_refuses_is_recorded_as_failed(tmp_path, monkeypatch):
+    """execute raises input errors instead of writing failed.json; the task writes it, so
+    that status shows the failure with its message."""
+    from rhmscale.sweeps import job
+
+    s = spec({"seed": [0, 1]})
+    prepared = prepare(s, tmp_path, executor={"kind": "debug"})
+
+    def refuse(unit, should_stop):
+        raise UserError("train.device=cuda but no GPU is visible here")
+
+    monkeypatch.setattr(job, "run_unit", refuse)
+    monkeypatch.setattr(job, "set_threads", lambda threads: threads)  # leave torch's alone
+    with pytest.raises(RuntimeError, match="2 of 2 runs failed"):
+        job.SweepTask()(prepared.tasks[0])
+    status = sweep_status(tmp_path / "t", s, query_queue=False)
+    assert status.counts == {"failed": 2}
+    assert all(
+        r.message == "UserError: train.device=cuda but no GPU is visible here" for r in status.runs
+    )

@@ -14,7 +14,7 @@ import pandas as pd
 
 from rhmscale.config import flatten
 from rhmscale.errors import UserError
-from rhmscale.store.atomic import read_json
+from rhmscale.store.atomic import atomic_write, read_json
 from rhmscale.store.folders import RunDir, iter_run_dirs
 
 
@@ -22,6 +22,22 @@ from rhmscale.store.folders import RunDir, iter_run_dirs
 class Collection:
     frame: pd.DataFrame
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run ids
+
+    def counts(self) -> dict[str, int]:
+        """Runs by state: collected ones are done, skipped ones by why."""
+        counts = {"done": int(self.frame["run_id"].nunique()) if len(self.frame) else 0}
+        counts.update({reason: len(ids) for reason, ids in self.skipped.items()})
+        return counts
+
+    def write(self, output: Path) -> None:
+        """The table as .csv or .parquet (by the suffix), written atomically."""
+        frame = self.frame
+        if output.suffix == ".csv":
+            atomic_write(output, lambda handle: handle.write(frame.to_csv(index=False).encode()))
+        elif output.suffix == ".parquet":
+            atomic_write(output, lambda handle: frame.to_parquet(handle, index=False))
+        else:
+            raise UserError(f"--output {output}: use a .parquet or .csv file name")
 
     def summary(self) -> str:
         runs = self.frame["run_id"].nunique() if len(self.frame) else 0

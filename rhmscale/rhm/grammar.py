@@ -18,11 +18,10 @@ import json
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from rhmscale.config import GrammarConfig, n_internal_nodes
 from rhmscale.config import n_sequences as count_sequences
-from rhmscale.config_io import format_validation_error
+from rhmscale.config_io import validated
 from rhmscale.errors import UserError
 from rhmscale.rhm.parse import LevelIndex, Parse
 from rhmscale.rhm.radix import (
@@ -111,10 +110,7 @@ class Grammar:
         if missing:
             raise UserError(f"grammar file lacks the key '{missing[0]}'")
         sizes = {key: data[key] for key in ("v", "m", "s", "L")}
-        try:
-            GrammarConfig.model_validate(sizes)
-        except ValidationError as exc:
-            raise UserError(f"grammar file: {format_validation_error(exc)}") from None
+        validated(GrammarConfig, sizes, "grammar file: ")
         rules = checked_rules(data["rules"], **sizes)
         return cls(**sizes, rules=rules, seed=data.get("seed"))
 

@@ -12,14 +12,17 @@ result.json = done, failed.json = failed, a checkpoint only = interrupted, else 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import socket
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rhmscale.store.atomic import atomic_write
+from rhmscale.store.atomic import atomic_write, atomic_write_json
 from rhmscale.store.lock import file_lock
 
 RunState = Literal["done", "failed", "interrupted", "pending"]
@@ -73,6 +76,20 @@ class RunDir:
 
         frame = pd.DataFrame(rows)
         atomic_write(self.metrics, lambda handle: frame.to_parquet(handle, index=False))
+
+    def write_failed(self, run_id: str, exc: BaseException) -> None:
+        """failed.json: the error, its traceback, where and when (atomically)."""
+        atomic_write_json(
+            self.failed,
+            {
+                "run_id": run_id,
+                "error": type(exc).__name__,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(exc)),
+                "host": socket.gethostname(),
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
 
     def state(self) -> RunState:
         """From one listdir of the folder (cheap enough for sweeps of thousands of runs)."""

@@ -1,4 +1,4 @@
-"""State of a sweep: run directories plus ONE `squeue` call (never `sacct` per job).
+"""State of a sweep's runs, from the run directories plus ONE `squeue` call (queue.py).
 
 Per run, in order of precedence:
   done         result.json exists
@@ -9,28 +9,30 @@ Per run, in order of precedence:
   interrupted  a checkpoint exists but the run is neither done nor active
   pending      never ran (not yet submitted, or its task ended before the run started)
 
-Submissions and cancellations are read from <sweep>/jobs.jsonl, one JSON object a line.
+Runs are counted per cell: the run's science keys (config.cell_of), so runs of one cell
+differ only in data.P and seeds.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import shutil
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rhmscale.config import SCIENCE, cell_of, key_roles
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import read_json
 from rhmscale.store.folders import RunDir, SweepDir
-from rhmscale.sweeps.spec import Point, SweepSpec, cell_key, expand_points, parse_spec
+from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
+from rhmscale.sweeps.queue import active_states, latest_jobs
+from rhmscale.sweeps.spec import SweepSpec, parse_spec
 
 STATES = ("done", "running", "queued", "failed", "cancelled", "interrupted", "pending")
-RUNNING = {"RUNNING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
-ENDED = {"COMPLETING"}  # the job's processes are gone; SLURM is cleaning up
+# The grammar's keys: always shown for a cell, under their short names.
+GRAMMAR_KEYS = {"v": "grammar.v", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L"}
+
+CellKey = tuple[tuple[str, Any], ...]  # a cell's science keys and values, hashable
 
 
 def load_sweep_spec(sweep: SweepDir) -> SweepSpec:
@@ -45,116 +47,40 @@ def load_sweep_spec(sweep: SweepDir) -> SweepSpec:
     return parse_spec(yaml.safe_load(sweep.spec_file.read_text()) or {}, str(sweep.spec_file))
 
 
-# --- queue --------------------------------------------------------------------------------
-
-
-def squeue_states(job_ids: set[str], strict: bool = False) -> dict[str, str]:
-    """task job id ("123_4" or "123") -> squeue state, for the user's jobs; ONE squeue call.
-
-    Only array ids in job_ids are asked for; an empty dict when nothing is asked for.
-    strict: raise UserError when squeue cannot answer (a submission must not guess which runs
-    are still queued); otherwise the runs just show their file state.
-    """
-    if not job_ids:
-        return {}
-    if shutil.which("squeue") is None:
-        if strict:
-            raise UserError(
-                "this sweep has SLURM jobs but squeue is not on PATH: cannot tell which runs are "
-                "still queued; submit from a machine with SLURM"
-            )
-        return {}
-    cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()]
-    try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, timeout=60, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        if strict:
-            raise UserError(f"squeue failed: {exc}") from None
-        return {}
-    if out.returncode != 0:
-        if strict:
-            raise UserError(f"squeue failed: {(out.stderr or out.stdout).strip()}")
-        return {}
-    states: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
-        if jid.split("_")[0] in job_ids:
-            states[jid] = state
-    return states
-
-
-def pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class RunJob:
-    kind: str
-    job_id: str  # the task's job id ("123_4" on SLURM, a pid locally)
-    array_id: str
-
-
-def latest_jobs(records: list[dict[str, Any]]) -> tuple[dict[str, RunJob], set[str]]:
-    """run_id -> its latest task, and the set of cancelled job ids (tasks or whole arrays)."""
-    latest: dict[str, RunJob] = {}
-    cancelled: set[str] = set()
-    for rec in records:
-        if rec.get("event") == "cancel":
-            cancelled.update(str(j) for j in rec.get("job_ids", []))
-            continue
-        if rec.get("event") != "submit":
-            continue
-        kind = rec.get("kind", "slurm")
-        for task in rec.get("tasks", []):
-            jid = str(task["job_id"])
-            job = RunJob(kind, jid, jid.split("_")[0])
-            for rid in task["run_ids"]:
-                latest[rid] = job
-                cancelled.discard(jid)  # a resubmitted id is not the cancelled one
-    return latest, cancelled
-
-
-def active_states(latest: dict[str, RunJob], strict: bool = False) -> dict[str, str]:
-    """run_id -> "running" | "queued" for runs whose latest task is alive."""
-    slurm_arrays = {j.array_id for j in latest.values() if j.kind == "slurm"}
-    queue = squeue_states(slurm_arrays, strict)
-    alive: dict[str, bool] = {}
-    active: dict[str, str] = {}
-    for rid, job in latest.items():
-        if job.kind == "slurm":
-            state = queue.get(job.job_id) or queue.get(job.array_id)
-            if state in RUNNING:
-                active[rid] = "running"
-            elif state is not None and state not in ENDED:
-                active[rid] = "queued"
-        elif job.kind == "local":
-            if job.job_id not in alive:
-                alive[job.job_id] = pid_alive(job.job_id)
-            if alive[job.job_id]:
-                active[rid] = "running"
-    return active
-
-
-# --- status -------------------------------------------------------------------------------
-
-
 @dataclass
 class RunStatus:
     run_id: str
     state: str
-    cell: tuple[int, int, int, int]
-    values: dict[str, Any]
+    cell: CellKey
+    values: dict[str, Any]  # the grid values that made the run
     job_id: str | None = None
     message: str | None = None  # failed: the error; else None
-    p: int = 0  # data.P
+    size: int = 0  # data.P
+
+    @property
+    def grammar(self) -> dict[str, Any]:
+        """v, m, s, L."""
+        cell = dict(self.cell)
+        return {short: cell[key] for short, key in GRAMMAR_KEYS.items()}
+
+
+@dataclass
+class CellStatus:
+    """The runs of one cell."""
+
+    cell: dict[str, Any]
+    runs: list[RunStatus]
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(run.state for run in self.runs)
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({run.size for run in self.runs})
+
+    def count_in(self, run_ids: set[str]) -> int:
+        return sum(run.run_id in run_ids for run in self.runs)
 
 
 @dataclass
@@ -162,20 +88,53 @@ class SweepStatus:
     name: str
     path: Path
     runs: list[RunStatus]
-    n_grid_points: int
+    n_grid_points: int  # before identical points were collapsed
     counts: Counter = field(default_factory=Counter)
 
-    def to_json(self) -> dict[str, Any]:
-        cells: dict[str, Counter] = {}
+    def cells(self) -> list[CellStatus]:
+        """The cells, ordered by v, m, s, L and then by the other keys that vary."""
+        groups: dict[CellKey, list[RunStatus]] = {}
         for run in self.runs:
-            key = "v={} m={} s={} L={}".format(*run.cell)
-            cells.setdefault(key, Counter())[run.state] += 1
+            groups.setdefault(run.cell, []).append(run)
+        varying = self.varying_keys()
+
+        def order(cell: dict[str, Any]) -> list[tuple[int, Any]]:
+            values = [cell[key] for key in [*GRAMMAR_KEYS.values(), *varying]]
+            return [(0, v) if isinstance(v, int | float) else (1, str(v)) for v in values]
+
+        cells = [CellStatus(dict(key), runs) for key, runs in groups.items()]
+        return sorted(cells, key=lambda c: order(c.cell))
+
+    def varying_keys(self) -> list[str]:
+        """Science keys besides v, m, s, L whose value differs between the sweep's cells."""
+        values: dict[str, set[Any]] = {}
+        for run in self.runs:
+            for key, value in run.cell:
+                values.setdefault(key, set()).add(value)
+        grammar = set(GRAMMAR_KEYS.values())
+        return [key for key, seen in values.items() if key not in grammar and len(seen) > 1]
+
+    def cell_label(self, cell: dict[str, Any], varying: list[str] | None = None) -> str:
+        """'v=16 m=4 s=2 L=3', plus the other keys that vary between cells (width=64)."""
+        varying = self.varying_keys() if varying is None else varying
+        parts = [f"{short}={cell[key]}" for short, key in GRAMMAR_KEYS.items()]
+        parts += [f"{key.split('.')[-1]}={cell[key]}" for key in varying]
+        return " ".join(parts)
+
+    def finals(self) -> dict[str, dict[str, Any]]:
+        """run_id -> the final metrics (result.json) of every finished run."""
+        sweep = SweepDir(self.path)
+        done = [run.run_id for run in self.runs if run.state == "done"]
+        return {rid: read_json(sweep.run_dir(rid).result)["final"] for rid in done}
+
+    def to_json(self) -> dict[str, Any]:
+        varying = self.varying_keys()
         return {
             "name": self.name,
             "path": str(self.path),
             "n_runs": len(self.runs),
             "counts": {s: self.counts.get(s, 0) for s in STATES},
-            "cells": {k: dict(v) for k, v in cells.items()},
+            "cells": {self.cell_label(c.cell, varying): dict(c.counts) for c in self.cells()},
             "runs": [
                 {
                     "run_id": r.run_id,
@@ -203,17 +162,26 @@ def failure_message(store: RunDir, log_lines: int = 5) -> str:
     return "\n".join(lines[-log_lines:])
 
 
-def run_states(
-    sweep: SweepDir, points: list[Point], *, query_queue: bool = True, strict: bool = False
-) -> list[RunStatus]:
-    records = sweep.read_job_lines()
-    latest, cancelled = latest_jobs(records)
+def status_of(
+    sweep: SweepDir,
+    name: str,
+    expansion: Expansion,
+    *,
+    query_queue: bool = True,
+    strict: bool = False,
+) -> SweepStatus:
+    """The state of each point of an expanded spec. strict: raise when squeue cannot answer."""
+    latest, cancelled = latest_jobs(sweep.read_job_lines())
     active = active_states(latest, strict) if query_queue else {}
-    files = sweep.run_states([p.run_id for p in points])
-    statuses = []
-    for point in points:
+    files = sweep.run_states([p.run_id for p in expansion.points])
+    # Every point starts from the same base, so its grid values other than seeds, size and
+    # bookkeeping decide its cell: cell_of runs once per cell, not once per run (sweeps have
+    # thousands of runs). A grid key that is a whole section counts in full.
+    other = {key for key, role in key_roles().items() if role.role != SCIENCE}
+    cells: dict[tuple[tuple[str, str], ...], CellKey] = {}
+    runs = []
+    for point in expansion.points:
         rid = point.run_id
-        store = sweep.run_dir(rid)
         state = files[rid]
         job = latest.get(rid)
         message = None
@@ -223,116 +191,49 @@ def run_states(
             if rid in active and not (state == "failed" and active[rid] == "running"):
                 state = active[rid]
             elif state == "failed":
-                message = failure_message(store)
+                message = failure_message(sweep.run_dir(rid))
             elif job and (job.job_id in cancelled or job.array_id in cancelled):
                 state = "cancelled"
-        statuses.append(
-            RunStatus(
-                rid,
-                state,
-                cell_key(point.config),
-                point.values,
-                job and job.job_id,
-                message,
-                point.config.data.P,
-            )
-        )
-    return statuses
+        grid = tuple((k, repr(v)) for k, v in point.values.items() if k not in other)
+        if grid not in cells:
+            cells[grid] = tuple(cell_of(point.config).items())
+        cell = cells[grid]
+        job_id = job.job_id if job else None
+        runs.append(RunStatus(rid, state, cell, point.values, job_id, message, point.config.data.P))
+    return SweepStatus(
+        name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs)
+    )
 
 
 def sweep_status(
     path: Path, spec: SweepSpec | None = None, *, query_queue: bool = True
 ) -> SweepStatus:
+    """A sweep folder's state; its spec is the folder's sweep.yaml unless given."""
     sweep = SweepDir(Path(path))
     spec = spec or load_sweep_spec(sweep)
-    expansion = expand_points(spec)
-    runs = run_states(sweep, expansion.points, query_queue=query_queue)
-    return SweepStatus(
-        spec.name,
-        sweep.path,
-        runs,
-        expansion.n_grid_points,
-        Counter(r.state for r in runs),
+    return status_of(sweep, spec.name, expand_points(spec), query_queue=query_queue)
+
+
+@dataclass
+class SweepContext:
+    """What a report says about the sweep it comes from."""
+
+    title: str
+    counts: dict[str, int]  # runs by state
+    spec_text: str  # the resolved sweep.yaml
+    tracking: dict[str, Any]  # the runs' tracking settings (W&B project, entity, group)
+
+
+def sweep_context(path: Path) -> SweepContext | None:
+    """Title, run counts, spec and tracking of a sweep folder; None for a plain folder of runs."""
+    sweep = SweepDir(Path(path))
+    if not sweep.spec_file.exists():
+        return None
+    spec = load_sweep_spec(sweep)
+    status = sweep_status(path, spec)
+    return SweepContext(
+        f"Sweep {spec.name}",
+        dict(status.counts),
+        sweep.spec_file.read_text(),
+        base_tree(spec)["tracking"],
     )
-
-
-def status_table(
-    status: SweepStatus, title: str | None = None, to_submit: set[str] | None = None
-) -> Any:
-    """A rich table: one row per grammar cell, one column per state.
-
-    to_submit: the states a submission would take; given, the table is a plan (runs, the
-    cell's P values, done, to submit) instead.
-    """
-    from rich.table import Table
-
-    cells: dict[tuple[int, int, int, int], Counter] = {}
-    p_values: dict[tuple[int, int, int, int], set[int]] = {}
-    for run in status.runs:
-        cells.setdefault(run.cell, Counter())[run.state] += 1
-        p_values.setdefault(run.cell, set()).add(run.p)
-    if to_submit is not None:
-        shown = ["done", "to submit"]
-        for counts in [*cells.values(), status.counts]:
-            counts["to submit"] = sum(counts.get(s, 0) for s in to_submit)
-    else:
-        shown = [s for s in STATES if status.counts.get(s)] or ["pending"]
-    table = Table(title=title or f"sweep {status.name}: {len(status.runs)} runs")
-    for col in ("v", "m", "s", "L", "runs"):
-        table.add_column(col, justify="right")
-    if to_submit is not None:
-        table.add_column("data.P", justify="left")
-    for s in shown:
-        table.add_column(s, justify="right")
-    for cell in sorted(cells):
-        counts = cells[cell]
-        extra = [format_p(p_values[cell])] if to_submit is not None else []
-        table.add_row(
-            *map(str, cell),
-            str(sum(counts.get(s, 0) for s in STATES)),
-            *extra,
-            *(str(counts.get(s, 0) or "") for s in shown),
-        )
-    table.add_section()
-    extra = [""] if to_submit is not None else []
-    table.add_row(
-        "all",
-        "",
-        "",
-        "",
-        str(len(status.runs)),
-        *extra,
-        *(str(status.counts.get(s, 0)) for s in shown),
-    )
-    return table
-
-
-def format_p(values: set[int]) -> str:
-    ordered = sorted(values)
-    if len(ordered) <= 4:
-        return ", ".join(map(str, ordered))
-    return f"{ordered[0]} .. {ordered[-1]} ({len(ordered)} values)"
-
-
-def runs_table(status: SweepStatus):
-    """One row per finished run: its grid values and final per-level accuracy (result.json)."""
-    from rich.table import Table
-
-    from rhmscale.store.atomic import read_json
-
-    done = [r for r in status.runs if r.state == "done"]
-    finals = {r.run_id: read_json(status.path / "runs" / r.run_id / "result.json") for r in done}
-    depth = max((res["config"]["grammar"]["L"] for res in finals.values()), default=0)
-    keys = sorted({k for r in done for k in r.values})
-    table = Table(title=f"sweep {status.name}: {len(done)} finished runs")
-    for name in ["run", *keys]:
-        table.add_column(name.split(".")[-1], justify="right")  # grammar.v -> v
-    metrics = [f"gen/acc_l{k}" for k in range(1, depth + 1)]
-    metrics += ["gen/novel_frac", "gen/memorized_frac"]
-    for name in metrics:
-        table.add_column(name.removeprefix("gen/"), justify="right")
-    for run in sorted(done, key=lambda r: [str(r.values.get(k)).zfill(12) for k in keys]):
-        final = finals[run.run_id]["final"]
-        cells = [f"{final[m]:.2f}" if m in final else "" for m in metrics]
-        table.add_row(run.run_id[:8], *(str(run.values.get(k, "")) for k in keys), *cells)
-    return table

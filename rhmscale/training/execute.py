@@ -14,7 +14,6 @@ import logging
 import platform
 import socket
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +259,7 @@ class _Runs:
 
     def fail(self, i: int, exc: BaseException, mirror: Any = None) -> None:
         self.log[i].error("run %s failed", self.configs[i].run_id(), exc_info=exc)
-        write_failed(self.stores[i], self.configs[i], exc)
+        self.stores[i].write_failed(self.configs[i].run_id(), exc)
         self.outcomes[i] = RunOutcome("failed", self.stores[i].path, None, repr(exc)[:500])
         # W&B may already be gone (after a SIGTERM): that must not hide the error.
         with contextlib.suppress(Exception):
@@ -287,20 +286,6 @@ def write_config(store: RunDir, config: RunConfig) -> None:
             "run_id": config.run_id(),
             "config": config.model_dump(mode="json"),
             "version": __version__,
-        },
-    )
-
-
-def write_failed(store: RunDir, config: RunConfig, exc: BaseException) -> None:
-    atomic_write_json(
-        store.failed,
-        {
-            "run_id": config.run_id(),
-            "error": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-            "host": socket.gethostname(),
-            "time": now(),
         },
     )
 

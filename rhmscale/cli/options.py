@@ -1,0 +1,177 @@
+"""Arguments and options that several commands take, each defined once.
+
+Two groups of options are shared whole: the fit's settings (fit, export, plot, report) and the
+executor's overrides (sweep submit, sweep retry). `option_group` makes a decorator that puts a
+group's options into a command's signature, where the command has a parameter of the group's
+name, and calls the command with that parameter set to one object built from them, so that
+typer parses and documents each option as if the command had declared it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML RunConfig file (partial is fine).")
+]
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-o", help="Dotted override, e.g. -o grammar.v=32 (repeatable)."),
+]
+RootOpt = Annotated[Path, typer.Option(help="Runs root folder.")]
+RunsArg = Annotated[Path, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")]
+SpecArg = Annotated[
+    str, typer.Argument(help="Sweep spec YAML file, or a preset name (quick, paper).")
+]
+SweepPathArg = Annotated[Path, typer.Argument(help="The sweep folder: <root>/<sweep name>.")]
+WaitOpt = Annotated[
+    bool | None,
+    typer.Option(help="Wait for the jobs (default: yes for local/debug, no for slurm)."),
+]
+
+Options = dict[str, tuple[Any, Any]]  # parameter name -> (Annotated type, default)
+
+
+def option_group(
+    name: str, options: Options, build: Callable[[dict[str, Any]], Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator: `options` replace the command's parameter `name` in its signature (in its
+    place, so --help lists them there); the command gets name=build({option: value})."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        others = set(signature.parameters) - {name}
+        if name not in signature.parameters or set(options) & others:
+            raise TypeError(f"{command.__name__} needs a parameter '{name}' and none of {options}")
+        # The command's own annotations, evaluated (they are strings under `from __future__
+        # import annotations`); the group's parameter is left out: its type may be one that
+        # is imported only when the command runs.
+        own = {p: a for p, a in command.__annotations__.items() if p not in (name, "return")}
+        hints = typing.get_type_hints(
+            types.SimpleNamespace(__annotations__=own),
+            globalns=command.__globals__,
+            include_extras=True,
+        )
+        params = []
+        for param in signature.parameters.values():
+            if param.name == name:
+                params += [
+                    inspect.Parameter(
+                        option, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a
+                    )
+                    for option, (a, d) in options.items()
+                ]
+            else:
+                annotation = hints.get(param.name, param.annotation)
+                kind = inspect.Parameter.KEYWORD_ONLY
+                params.append(param.replace(kind=kind, annotation=annotation))
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            group = {option: kwargs.pop(option) for option in options}
+            return command(**kwargs, **{name: build(group)})
+
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=params, return_annotation=inspect.Signature.empty
+        )
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+# --- the fit's settings: rhmscale.results FitOptions (tests check the defaults agree) ---------
+
+FIT_OPTIONS: Options = {
+    "threshold": (
+        Annotated[
+            float, typer.Option(help="Accuracy at which a level counts as learned (0 < t < 1).")
+        ],
+        0.5,
+    ),
+    "at": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Evaluation used per run: best (lowest val/loss, before memorisation), "
+                "final, or a training step."
+            ),
+        ],
+        "best",
+    ),
+    "metric": (
+        Annotated[str, typer.Option(help="Per-level metric; {k} is the level.")],
+        "gen/acc_l{k}",
+    ),
+    "regressors": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Comma-separated regressors of log P*_k: log v, log m, k, k log m, "
+                "(k+1) log m, log s, L."
+            ),
+        ],
+        "log v, (k+1) log m",
+    ),
+    "theory": (
+        Annotated[str, typer.Option(help="Predicted P_k, a formula in v, m, s, L, k.")],
+        "v * m^(k+1)",
+    ),
+    "n_boot": (
+        Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.", min=50)],
+        1000,
+    ),
+}
+
+
+def _fit_options(values: dict[str, Any]) -> Any:
+    from rhmscale.results.fit import FitOptions
+
+    return FitOptions(**values)
+
+
+fit_options = option_group("fit", FIT_OPTIONS, _fit_options)
+
+
+# --- the executor's overrides: fields of the spec's executor (sweeps.spec.ExecutorSpec) -------
+
+EXECUTOR_OPTIONS: Options = {
+    "executor": (
+        Annotated[
+            str | None,
+            typer.Option("--executor", "-e", help="local, slurm or debug (default: the spec's)."),
+        ],
+        None,
+    ),
+    "partition": (Annotated[str | None, typer.Option(help="SLURM partition.")], None),
+    "runs_per_task": (
+        Annotated[int | None, typer.Option(help="Runs one array task runs in sequence.")],
+        None,
+    ),
+    "array_parallelism": (
+        Annotated[int | None, typer.Option(help="Array tasks running at once.")],
+        None,
+    ),
+    "timeout_min": (
+        Annotated[int | None, typer.Option(help="Time limit of a task, minutes.")],
+        None,
+    ),
+    "cpus_per_task": (Annotated[int | None, typer.Option(help="CPUs of a task.")], None),
+    "gpus_per_task": (Annotated[int | None, typer.Option(help="GPUs of a task.")], None),
+}
+
+
+def _executor_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """ExecutorSpec fields to override; --executor is the field `kind`."""
+    return {("kind" if option == "executor" else option): v for option, v in values.items()}
+
+
+executor_options = option_group("overrides", EXECUTOR_OPTIONS, _executor_overrides)

@@ -1,0 +1,119 @@
+"""`rhmscale run`, `grammar show`, `config show` and `config keys`: one run and its config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rhmscale.cli.console import make_console
+from rhmscale.cli.options import ConfigOpt, OverrideOpt, RootOpt
+
+grammar_app = typer.Typer(help="Inspect Random Hierarchy Model grammars.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=True)
+
+
+def load_run_config(
+    config: Path | None, overrides: list[str] | None, grammar_only: bool = False
+) -> Any:
+    """The RunConfig (or only its grammar) from a YAML file and dotted overrides."""
+    from rhmscale.config_io import build_config, build_grammar_config, load_yaml
+
+    base = load_yaml(config) if config else {}
+    build = build_grammar_config if grammar_only else build_config
+    return build(base, overrides, where=str(config) if config else "config")
+
+
+def run(
+    config: ConfigOpt = None,
+    overrides: OverrideOpt = None,
+    root: RootOpt = Path("runs"),
+    sweep: Annotated[str, typer.Option(help="Sweep folder under the root.")] = "adhoc",
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Exact run folder (default <root>/<sweep>/runs/<run_id>).")
+    ] = None,
+    wandb: Annotated[
+        str | None, typer.Option(help="W&B mode: auto, online, offline or disabled.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    compile: Annotated[
+        str | None,
+        typer.Option(
+            help="torch.compile the training step (train.compile): auto (compiled with CUDA "
+            "graphs on a GPU), off, or a mode (default, reduce-overhead, max-autotune)."
+        ),
+    ] = None,
+) -> None:
+    """Train and evaluate one run; resumes from its checkpoint, skips it if already done."""
+    shorthands = {"tracking.wandb": wandb, "train.compile": compile}
+    overrides = [*(overrides or []), *(f"{k}={v}" for k, v in shorthands.items() if v is not None)]
+    cfg = load_run_config(config, overrides)
+    if cfg.tracking.group is None:
+        cfg.tracking.group = sweep
+    target = run_dir or root / sweep / "runs" / cfg.run_id()
+    console = make_console()
+    console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
+    from rhmscale.cli.tables import run_table
+    from rhmscale.training import execute
+
+    (outcome,) = execute([cfg], [target], progress=progress)
+    if outcome.state == "failed":
+        console.print(f"[red]run failed[/]: {outcome.error}")
+        console.print(f"details: {target / 'failed.json'}, {target / 'run.log'}", markup=False)
+        raise typer.Exit(1)
+    if outcome.state != "done":
+        console.print(f"run stopped at a checkpoint in {target}; run again to resume")
+        raise typer.Exit(3)
+    console.print(run_table(outcome.result))
+
+
+@grammar_app.command("show")
+def grammar_show(
+    config: ConfigOpt = None,
+    overrides: OverrideOpt = None,
+    samples: Annotated[int, typer.Option(help="Sampled sequences to show.")] = 5,
+    max_rules: Annotated[int, typer.Option(help="Symbols listed per level.")] = 8,
+) -> None:
+    """Print a grammar's rules and a few sampled sequences with their parse depth."""
+    import numpy as np
+
+    from rhmscale.cli.tables import rule_tables
+    from rhmscale.rhm.grammar import Grammar
+    from rhmscale.rhm.metrics import format_sequence
+
+    cfg = load_run_config(config, overrides, grammar_only=True)
+    grammar = Grammar.from_config(cfg)
+    console = make_console()
+    console.print(
+        f"RHM v={cfg.v} m={cfg.m} s={cfg.s} L={cfg.L} seed={cfg.seed}: sequences of length "
+        f"{cfg.seq_len}, {grammar.n_sequences:,} distinct"
+    )
+    for table in rule_tables(grammar, cfg, max_rules):
+        console.print(table)
+    seqs = grammar.sample(samples, np.random.default_rng(cfg.seed))
+    depth = grammar.parse(seqs).depth
+    for seq, d in zip(seqs, depth, strict=True):
+        console.print(f"{format_sequence(seq, cfg.s)}   (depth {d})")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, overrides: OverrideOpt = None) -> None:
+    """Print the resolved RunConfig as YAML, with its run id."""
+    import yaml
+
+    cfg = load_run_config(config, overrides)
+    typer.echo(f"# run_id: {cfg.run_id()}")
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every valid dotted key."""
+    from rhmscale.config import valid_keys
+
+    typer.echo("\n".join(valid_keys()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)

@@ -1,0 +1,211 @@
+"""Rich tables the commands print. Presentation only: what goes in them (cells, counts, packs,
+P*_k, exponents) is decided in sweeps/ and results/. rich is imported on use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from rhmscale.config import GrammarConfig
+    from rhmscale.results.fit import FitResult
+    from rhmscale.rhm.grammar import Grammar
+    from rhmscale.sweeps.grouping import PackPlan
+    from rhmscale.sweeps.status import SweepStatus
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """grammar.v -> v, unless two keys would get the same name (seed, grammar.seed)."""
+    last = [key.split(".")[-1] for key in keys]
+    return [name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)]
+
+
+def format_values(values: list[Any]) -> str:
+    """A few values listed; many as their range."""
+    if len(values) <= 4:
+        return ", ".join(map(str, values))
+    return f"{values[0]} .. {values[-1]} ({len(values)} values)"
+
+
+def run_table(result: dict[str, Any]) -> Table:
+    """One run's result.json: per level k accuracy and tuple accuracy; then depth, novelty,
+    memorisation, loss."""
+    from rich.table import Table
+
+    final = result["final"]
+    L = result["config"]["grammar"]["L"]
+    table = Table(title=f"run {result['run_id']} at step {final['step']}")
+    table.add_column("level k", justify="right")
+    table.add_column("gen/acc_l{k}", justify="right")
+    table.add_column("gen/tuple_acc_l{k}", justify="right")
+    for k in range(1, L + 1):
+        table.add_row(
+            str(k), f"{final[f'gen/acc_l{k}']:.3f}", f"{final[f'gen/tuple_acc_l{k}']:.3f}"
+        )
+    table.add_section()
+    for name in (
+        "gen/coherence_depth",
+        "gen/coherence_length",
+        "gen/novel_frac",
+        "gen/memorized_frac",
+        "val/loss",
+        "train/loss",
+    ):
+        table.add_row(name, f"{final[name]:.3f}", "")
+    return table
+
+
+def rule_tables(grammar: Grammar, cfg: GrammarConfig, max_rules: int) -> list[Table]:
+    """A grammar's productions, one table per level from the root down."""
+    from rich.table import Table
+
+    tables = []
+    for k in range(cfg.L, 0, -1):
+        table = Table(title=f"level {k} -> level {k - 1} ({'tokens' if k == 1 else 'symbols'})")
+        table.add_column("symbol", justify="right")
+        table.add_column("productions")
+        for a in range(min(cfg.v, max_rules)):
+            table.add_row(
+                str(a), "   ".join(" ".join(map(str, t)) for t in grammar.rules[k - 1][a])
+            )
+        if cfg.v > max_rules:
+            table.add_row("…", f"{cfg.v - max_rules} more symbols")
+        tables.append(table)
+    return tables
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+
+def status_table(
+    status: SweepStatus, title: str | None = None, to_submit: set[str] | None = None
+) -> Table:
+    """One row per cell (v, m, s, L and the other keys that vary between cells), one column per
+    state. to_submit (the run ids a submission takes): a plan instead, with the cell's P values,
+    its done runs and those it would submit."""
+    from rich.table import Table
+
+    from rhmscale.sweeps.status import GRAMMAR_KEYS, STATES
+
+    varying = status.varying_keys()
+    keys = [*GRAMMAR_KEYS.values(), *varying]
+    plan = to_submit is not None
+    if plan:
+        shown = ["done", "to submit"]
+    else:
+        shown = [s for s in STATES if status.counts.get(s)] or ["pending"]
+    table = Table(title=title or f"sweep {status.name}: {len(status.runs)} runs")
+    for name in [*GRAMMAR_KEYS, *short_names(varying), "runs"]:
+        table.add_column(name, justify="right")
+    if plan:
+        table.add_column("data.P", justify="left")
+    for state in shown:
+        table.add_column(state, justify="right")
+    for cell in status.cells():
+        counts = cell.counts
+        if plan:
+            counts["to submit"] = cell.count_in(to_submit)
+        table.add_row(
+            *(str(cell.cell[key]) for key in keys),
+            str(len(cell.runs)),
+            *([format_values(cell.sizes)] if plan else []),
+            *(str(counts.get(s, 0) or "") for s in shown),
+        )
+    table.add_section()
+    totals = status.counts.copy()
+    if plan:
+        totals["to submit"] = len(to_submit)
+    table.add_row(
+        "all",
+        *[""] * (len(keys) - 1),
+        str(len(status.runs)),
+        *([""] if plan else []),
+        *(str(totals.get(s, 0)) for s in shown),
+    )
+    return table
+
+
+def runs_table(status: SweepStatus) -> Table:
+    """One row per finished run: its grid values and final per-level accuracy (result.json)."""
+    from rich.table import Table
+
+    finals = status.finals()
+    done = [r for r in status.runs if r.run_id in finals]
+    depth = max((run.grammar["L"] for run in done), default=0)
+    keys = sorted({k for r in done for k in r.values})
+    table = Table(title=f"sweep {status.name}: {len(done)} finished runs")
+    for name in ["run", *short_names(keys)]:
+        table.add_column(name, justify="right")
+    metrics = [f"gen/acc_l{k}" for k in range(1, depth + 1)]
+    metrics += ["gen/novel_frac", "gen/memorized_frac"]
+    for name in metrics:
+        table.add_column(name.removeprefix("gen/"), justify="right")
+    for run in sorted(done, key=lambda r: [str(r.values.get(k)).zfill(12) for k in keys]):
+        final = finals[run.run_id]
+        cells = [f"{final[m]:.2f}" if m in final else "" for m in metrics]
+        table.add_row(run.run_id[:8], *(str(run.values.get(k, "")) for k in keys), *cells)
+    return table
+
+
+def packs_table(plan: PackPlan) -> Table:
+    """One row per pack: what tells it from the other packs, and what its members vary in."""
+    from rich.table import Table
+
+    table = Table(title="packs (members train together on one device)")
+    table.add_column("pack", justify="right")
+    table.add_column("runs", justify="right")
+    for name in short_names([*plan.shape_keys, *plan.member_keys]):
+        table.add_column(name)
+    for pack in plan.packs:
+        table.add_row(
+            str(pack.number),
+            str(pack.size),
+            *(str(pack.shape[key]) for key in plan.shape_keys),
+            *(format_values(pack.members[key]) for key in plan.member_keys),
+        )
+    return table
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def p_star_table(result: FitResult) -> Table:
+    from rich.table import Table
+
+    from rhmscale.results.export import number, p_star_frame, p_star_text, size
+
+    table = Table(
+        title=f"P*_k: {result.options.metric} crosses {result.options.threshold} "
+        f"(evaluation: {result.options.at})"
+    )
+    for name in ("cell", "k", "P*_k", f"{result.options.ci:.0%} interval", "theory P_k", "ratio"):
+        table.add_column(name, justify="left" if name == "cell" else "right")
+    for _, row in p_star_frame(result).iterrows():
+        value, interval = p_star_text(row)
+        style = "yellow" if row["censored"] else None
+        table.add_row(
+            row["cell"], str(row["k"]), value, interval, size(row["P_theory"]),
+            number(row["ratio"], 2), style=style,
+        )  # fmt: skip
+    return table
+
+
+def exponent_table(result: FitResult) -> Table:
+    from rich.table import Table
+
+    from rhmscale.results.export import exponent_frame, number
+
+    table = Table(title="exponents of log P*_k")
+    for name in ("term", "estimate", f"{result.options.ci:.0%} interval", "theory", "off by"):
+        table.add_column(name, justify="left" if name == "term" else "right")
+    for row in exponent_frame(result).itertuples():
+        inside = row.off_by <= 1
+        table.add_row(
+            row.term,
+            number(row.estimate),
+            f"[{number(row.lo)}, {number(row.hi)}]",
+            number(row.theory),
+            f"[{'green' if inside else 'red'}]{number(row.off_by, 1)}[/]",
+        )
+    return table

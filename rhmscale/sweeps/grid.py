@@ -1,0 +1,159 @@
+"""A spec's grid -> its runs: every point a validated RunConfig, identical points one run.
+
+Grid values::
+
+    grammar.L: [2, 3, 4]                     # a list
+    data.P: {logspace: [16, 4096, 7]}        # log-spaced, rounded to distinct integers
+    zip:                                     # groups of keys that vary together
+      - {grammar.v: [8, 16], grammar.m: [2, 4]}
+
+`grid` may also be a list of such blocks: the runs are the union of each block's product
+(e.g. one block per grammar cell, each with its own range of P). Expansion validates every
+point before anything is submitted, and identical points collapse to one run id.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rhmscale.config import RunConfig
+from rhmscale.config_io import check_keys, set_dotted, validate_config
+from rhmscale.errors import UserError
+from rhmscale.sweeps.spec import SweepSpec
+
+
+def logspace_ints(lo: float, hi: float, n: int, where: str = "logspace") -> list[int]:
+    """n log-spaced integers from lo to hi; rounding duplicates are dropped."""
+    if not (isinstance(n, int) and n >= 1 and lo > 0 and hi >= lo):
+        raise UserError(f"{where}: logspace needs [lo, hi, n] with 0 < lo <= hi and n >= 1")
+    if n == 1:
+        return [round(lo)]
+    step = (math.log(hi) - math.log(lo)) / (n - 1)
+    values = [round(math.exp(math.log(lo) + i * step)) for i in range(n)]
+    return list(dict.fromkeys(values))
+
+
+def axis_values(key: str, value: Any, where: str) -> list[Any]:
+    if isinstance(value, list):
+        if not value:
+            raise UserError(f"{where}: grid key '{key}' has an empty list of values")
+        return value
+    if isinstance(value, dict):
+        if set(value) != {"logspace"}:
+            raise UserError(
+                f"{where}: grid key '{key}' holds a mapping; the only one allowed is "
+                "{logspace: [lo, hi, n]}"
+            )
+        spec = value["logspace"]
+        if not (isinstance(spec, list) and len(spec) == 3):
+            raise UserError(f"{where}: '{key}': logspace takes [lo, hi, n], got {spec!r}")
+        return logspace_ints(spec[0], spec[1], spec[2], f"{where}: '{key}'")
+    return [value]  # a scalar: one value
+
+
+Axis = tuple[tuple[str, ...], list[tuple[Any, ...]]]  # keys, and one tuple of values per step
+
+
+def block_axes(block: dict[str, Any], where: str) -> list[Axis]:
+    if not isinstance(block, dict):
+        raise UserError(f"{where}: a grid block must be a mapping of dotted keys to values")
+    axes: list[Axis] = []
+    for key, value in block.items():
+        if key == "zip":
+            groups = value if isinstance(value, list) else [value]
+            for i, group in enumerate(groups):
+                if not isinstance(group, dict) or not group:
+                    raise UserError(f"{where}: zip[{i}] must be a mapping of keys to lists")
+                columns = {k: axis_values(k, v, f"{where}: zip[{i}]") for k, v in group.items()}
+                lengths = {k: len(v) for k, v in columns.items()}
+                if len(set(lengths.values())) != 1:
+                    raise UserError(
+                        f"{where}: zip[{i}] lists must have equal lengths, got "
+                        + ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                    )
+                axes.append((tuple(columns), list(zip(*columns.values(), strict=True))))
+        else:
+            axes.append(((key,), [(v,) for v in axis_values(key, value, where)]))
+    return axes
+
+
+def check_grid_keys(axes: list[Axis], where: str) -> None:
+    seen: set[str] = set()
+    tree: dict[str, Any] = {}
+    for keys, values in axes:
+        for i, key in enumerate(keys):
+            if key.startswith("tracking."):
+                raise UserError(
+                    f"{where}: grid key '{key}': tracking is not part of a run (runs that differ "
+                    "only in tracking are one run); set it in the sweep's `tracking` section"
+                )
+            if key in seen:
+                raise UserError(f"{where}: grid key '{key}' appears twice")
+            seen.add(key)
+            set_dotted(tree, key, values[0][i])
+    check_keys(tree, where)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its config, and the grid values that made it."""
+
+    config: RunConfig
+    values: dict[str, Any]
+    run_id: str
+
+
+@dataclass
+class Expansion:
+    points: list[Point]
+    n_grid_points: int  # before identical points were collapsed
+
+
+def _copy_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tree(v) if isinstance(v, dict) else copy.copy(v) for k, v in tree.items()}
+
+
+def base_tree(spec: SweepSpec) -> dict[str, Any]:
+    """The spec's base with its tracking section merged in (group defaults to the name)."""
+    base = _copy_tree(spec.base)
+    check_keys(base, f"sweep {spec.name}: base")
+    tracking = dict(base.get("tracking") or {})
+    tracking.update(spec.tracking)
+    tracking.setdefault("group", spec.name)
+    base["tracking"] = tracking
+    return base
+
+
+def expand_points(spec: SweepSpec) -> Expansion:
+    """Every point of the grid as a validated RunConfig; UserError names a failing point."""
+    where = f"sweep {spec.name}"
+    base = base_tree(spec)
+    blocks = spec.grid if isinstance(spec.grid, list) else [spec.grid]
+    if not blocks or all(not b for b in blocks):
+        raise UserError(f"{where}: the grid is empty; give at least one key, e.g. seed: [0, 1]")
+    points: dict[str, Point] = {}
+    n_total = 0
+    for b, block in enumerate(blocks):
+        bwhere = f"{where}: grid" + (f"[{b}]" if isinstance(spec.grid, list) else "")
+        axes = block_axes(block, bwhere)
+        if not axes:
+            raise UserError(f"{bwhere} is empty")
+        check_grid_keys(axes, bwhere)
+        for combo in itertools.product(*(values for _, values in axes)):
+            n_total += 1
+            tree = _copy_tree(base)
+            values: dict[str, Any] = {}
+            for (keys, _), vals in zip(axes, combo, strict=True):
+                for key, val in zip(keys, vals, strict=True):
+                    set_dotted(tree, key, val)
+                    values[key] = val
+            label = ", ".join(f"{k}={v}" for k, v in values.items())
+            config = validate_config(tree, f"{where}: point {n_total} ({label})")
+            rid = config.run_id()
+            if rid not in points:
+                points[rid] = Point(config, values, rid)
+    return Expansion(list(points.values()), n_total)

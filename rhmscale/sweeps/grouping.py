@@ -1,0 +1,139 @@
+"""Which runs go together: packs of one shape, and the array tasks that run them.
+
+An item is one run to submit: {"run_id", "config" (RunConfig as JSON), "run_dir"}, plus
+"pack" (its pack's number) when the executor packs. On SLURM a task is `runs_per_task` runs in
+sequence, or one pack; locally one task per worker (the local executor starts every task at
+once), the runs or packs dealt out; the debug executor runs everything in one task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rhmscale.config import flatten, key_roles, member_keys
+from rhmscale.sweeps.spec import ExecutorSpec
+
+Item = dict[str, Any]
+
+
+def visible_gpu_count() -> int:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip()])
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def local_workers(ex: ExecutorSpec) -> int:
+    """Local tasks at once: `workers`, else one per `gpus_per_task` GPUs, else per CPUs."""
+    if ex.workers:
+        return ex.workers
+    if ex.gpus_per_task:
+        n_gpus = visible_gpu_count()
+        if n_gpus:
+            return max(1, n_gpus // ex.gpus_per_task)
+    return max(1, (os.cpu_count() or 1) // ex.cpus_per_task)
+
+
+def group_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
+    if not items:
+        return []
+    if ex.pack:
+        return group_packed_tasks(items, ex)
+    if ex.kind == "local":
+        n = min(len(items), local_workers(ex))
+        return [items[i::n] for i in range(n)]
+    if ex.kind == "debug":
+        return [items]
+    size = ex.runs_per_task
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def make_packs(items: list[Item], size: int) -> list[list[Item]]:
+    """Runs of one shape (pack_key) in packs of up to `size`, filled across grammar cells.
+
+    Packs of one shape are filled evenly (sizes differ by at most one), so that no pack is a
+    lone straggler that keeps its GPU as long as a full one for a fraction of the work.
+    """
+    from rhmscale.config import RunConfig, pack_key
+
+    shapes: dict[str, list[Item]] = {}
+    for item in items:
+        shapes.setdefault(pack_key(RunConfig.model_validate(item["config"])), []).append(item)
+    packs = []
+    for members in shapes.values():
+        n_packs = math.ceil(len(members) / size)
+        packs += [members[i::n_packs] for i in range(n_packs)]
+    return packs
+
+
+def group_packed_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
+    """Each item gets its pack number; a task holds whole packs (one, except local/debug)."""
+    packs = make_packs(items, ex.runs_per_task)
+    for number, pack in enumerate(packs):
+        for item in pack:
+            item["pack"] = number
+    if ex.kind == "slurm":
+        return packs
+    n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
+    return [[item for pack in packs[i::n] for item in pack] for i in range(n)]
+
+
+@dataclass
+class PackRow:
+    number: int
+    size: int
+    shape: dict[str, Any]  # the plan's shape keys: this pack's value
+    members: dict[str, list[Any]]  # the plan's member keys: this pack's members' values
+
+
+@dataclass
+class PackPlan:
+    """What the packs of a submission are: for each pack, the settings its members share that
+    tell it from the other packs (shape keys), and the values its members differ in."""
+
+    shape_keys: list[str]  # shared within a pack, different between packs
+    member_keys: list[str]  # per-member keys that take more than one value
+    packs: list[PackRow]
+
+
+def distinct(values: list[Any]) -> list[Any]:
+    """Each value once; numbers in order, anything else in order of appearance."""
+    unique = [v for i, v in enumerate(values) if v not in values[:i]]
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in unique):
+        unique.sort()
+    return unique
+
+
+def pack_plan(tasks: list[list[Item]]) -> PackPlan:
+    members: dict[int, list[dict[str, Any]]] = {}
+    for task in tasks:
+        for item in task:
+            members.setdefault(item["pack"], []).append(flatten(item["config"]))
+    flat = [config for pack in members.values() for config in pack]
+    per_member = set(member_keys())
+
+    def varies(key: str, configs: list[dict[str, Any]]) -> bool:
+        return len({repr(c.get(key)) for c in configs}) > 1
+
+    shared = [k for k in key_roles() if k not in per_member]
+    firsts = [pack[0] for pack in members.values()]
+    shape_keys = [k for k in shared if varies(k, firsts)]
+    varying = [k for k in member_keys() if varies(k, flat)]
+    packs = [
+        PackRow(
+            number,
+            len(configs),
+            {k: configs[0].get(k) for k in shape_keys},
+            {k: distinct([c.get(k) for c in configs]) for k in varying},
+        )
+        for number, configs in sorted(members.items())
+    ]
+    return PackPlan(shape_keys, varying, packs)
