@@ -51,7 +51,9 @@ def run(
     cfg = load_run_config(config, overrides)
     if cfg.tracking.group is None:
         cfg.tracking.group = sweep
-    target = run_dir or root / sweep / "runs" / cfg.run_id()
+    from rhmscale.store.folders import SweepDir
+
+    target = run_dir or SweepDir(root / sweep).run_dir(cfg.run_id()).path
     console = make_console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
     from rhmscale.cli.tables import run_table
