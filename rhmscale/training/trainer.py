@@ -5,8 +5,8 @@ Lightning Fabric owns the device, the precision (bf16 autocast on GPUs), checkpo
 SLURM environment (its auto-requeue off: submitit requeues); the loop is ours, short enough to
 read top to bottom, and its step is compiled and captured as one CUDA graph (training.step).
 Why Fabric rather than Lightning's Trainer with manual optimisation: speed does not decide it
-(driving the same graphed step, the Trainer ran 539 steps/s against our loop's 537 for the
-transformer, 1,013 against 1,016 for the tree U-Net, H200, bench/results/one_trainer_h200.json);
+(driving the same graphed step, the Trainer ran 549 steps/s against our loop's 552 for the
+transformer, 1,005 against 1,016 for the tree U-Net, H100, bench/results/one_trainer_h100.json);
 fit does. A pack is K runs, each with its own evaluation, checkpoint file, W&B run and failure,
 stopped mid-loop by a signal; the Trainer models one run (one logger, one checkpoint with its
 loop state, global_step advanced only through its own optimiser wrappers), which is what made
