@@ -153,6 +153,13 @@ class EvalConfig(_Strict):
     n_evals: int = setting(
         8, SCIENCE, ge=1, description="log-spaced evaluations, the last at max_steps"
     )
+    min_novel: int = setting(
+        32,
+        SCIENCE,
+        ge=1,
+        description="gen/novel_*: with fewer novel (non-copy) samples, the missing ones count "
+        "as failures",
+    )
     batch_size: int = setting(
         1024, BOOKKEEPING, gt=0, description="batch size for generation and val/loss"
     )

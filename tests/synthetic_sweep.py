@@ -76,9 +76,10 @@ def synthetic_frame(
                             (np.log(P) - np.log(true_p_star(v, m, k, prefactor))) / width
                         )
                         acc = np.clip(level * in_time + rng.normal(0, noise), 0, 1)
-                        row[f"gen/acc_l{k}"] = acc
+                        # A model that does not memorise: novel samples score as all do.
+                        row[f"gen/acc_l{k}"] = row[f"gen/novel_acc_l{k}"] = acc
                         depth += acc
-                    row["gen/coherence_length"] = 2.0**depth
+                    row["gen/coherence_length"] = row["gen/novel_coherence_length"] = 2.0**depth
                     rows.append(row)
     return pd.DataFrame(rows)
 

@@ -25,6 +25,24 @@ def test_crossing_interpolates_and_censors():
     assert value[3] == pytest.approx(np.log(np.sqrt(10 * 100)))
 
 
+def test_along_p_the_last_crossing_from_below_counts():
+    log_x = np.log([10.0, 100.0, 1000.0, 10_000.0])
+    curves = np.array(
+        [
+            [0.9, 0.2, 0.1, 0.8],  # high at small P (copies), dips, learned: the last crossing
+            [0.6, 0.8, 0.3, 0.9],  # above, dips, above again
+            [0.9, 0.8, 0.7, 0.6],  # never below: censored below
+            [0.1, 0.8, 0.9, 0.3],  # learned then lost at the largest P: not learned there
+        ]
+    )
+    value, code = crossings(log_x, curves, 0.5, last=True)
+    assert code.tolist() == [0, 0, -1, 1]
+    assert np.log(1000.0) < value[0] < np.log(10_000.0)
+    assert np.log(1000.0) < value[1] < np.log(10_000.0)
+    first, first_code = crossings(log_x, curves, 0.5)
+    assert first_code.tolist() == [-1, -1, -1, 0] and first[3] < np.log(100.0)
+
+
 def test_cells_are_the_science_keys_of_the_config():
     """Runs that differ in bookkeeping (device, precision, W&B) or seeds share a cell; a
     science key that differs splits cells and names itself in their labels."""
@@ -186,7 +204,7 @@ def test_collect_then_fit_from_run_directories(tmp_path):
 def test_runs_missing_a_metric_leave_out_only_those_points():
     frame = synthetic_frame(np.random.default_rng(8), noise=0.01)
     older = frame["grammar.v"] == 32  # e.g. runs recorded before a metric existed
-    frame.loc[older, "gen/acc_l3"] = np.nan
+    frame.loc[older, "gen/novel_acc_l3"] = np.nan
     result = fit(frame, FitOptions(**FINAL, n_boot=100))
     points = result.crossings
     assert len(points) == 18 - 2  # the two v=32 cells have no level-3 point

@@ -98,7 +98,7 @@ def test_one_cell_one_size_one_level_no_training_curve(tmp_path):
 
 def test_without_coherence_or_crossings(tmp_path):
     frame = synthetic_frame(np.random.default_rng(3), cells=[(16, 2)], steps=STEPS[-3:])
-    frame = frame.drop(columns="gen/coherence_length")
+    frame = frame.drop(columns="gen/novel_coherence_length")
     result = fit(frame, options())
     assert result.coherence.empty
     result = dataclasses.replace(result, crossings=pd.DataFrame())

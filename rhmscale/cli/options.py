@@ -108,8 +108,14 @@ FIT_OPTIONS: Options = {
         "best",
     ),
     "metric": (
-        Annotated[str, typer.Option(help="Per-level metric; {k} is the level.")],
-        "gen/acc_l{k}",
+        Annotated[
+            str,
+            typer.Option(
+                help="Per-level metric; {k} is the level. Default: among samples that are not "
+                "copies of a training sequence (gen/acc_l{k} counts copies as learned)."
+            ),
+        ],
+        "gen/novel_acc_l{k}",
     ),
     "regressors": (
         Annotated[

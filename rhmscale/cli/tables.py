@@ -29,30 +29,30 @@ def format_values(values: list[Any]) -> str:
 
 
 def run_table(result: dict[str, Any]) -> Table:
-    """One run's result.json: per level k accuracy and tuple accuracy; then depth, novelty,
-    memorisation, loss."""
+    """One run's result.json: per level k accuracy of novel samples, of all samples and of
+    tuples; then coherence, novelty, memorisation, loss."""
     from rich.table import Table
 
     final = result["final"]
     L = result["config"]["grammar"]["L"]
     table = Table(title=f"run {result['run_id']} at step {final['step']}")
+    levels = ("gen/novel_acc_l{k}", "gen/acc_l{k}", "gen/tuple_acc_l{k}")
     table.add_column("level k", justify="right")
-    table.add_column("gen/acc_l{k}", justify="right")
-    table.add_column("gen/tuple_acc_l{k}", justify="right")
+    for name in levels:
+        table.add_column(name, justify="right")
     for k in range(1, L + 1):
-        table.add_row(
-            str(k), f"{final[f'gen/acc_l{k}']:.3f}", f"{final[f'gen/tuple_acc_l{k}']:.3f}"
-        )
+        table.add_row(str(k), *(f"{final[name.format(k=k)]:.3f}" for name in levels))
     table.add_section()
     for name in (
-        "gen/coherence_depth",
+        "gen/novel_coherence_length",
         "gen/coherence_length",
+        "gen/novel_n",
         "gen/novel_frac",
         "gen/memorized_frac",
         "val/loss",
         "train/loss",
     ):
-        table.add_row(name, f"{final[name]:.3f}", "")
+        table.add_row(name, f"{final[name]:.3f}", "", "")
     return table
 
 
@@ -137,7 +137,7 @@ def runs_table(status: SweepStatus) -> Table:
     table = Table(title=f"sweep {status.name}: {len(done)} finished runs")
     for name in ["run", *short_names(keys)]:
         table.add_column(name, justify="right")
-    metrics = [f"gen/acc_l{k}" for k in range(1, depth + 1)]
+    metrics = [f"gen/novel_acc_l{k}" for k in range(1, depth + 1)]
     metrics += ["gen/novel_frac", "gen/memorized_frac"]
     for name in metrics:
         table.add_column(name.removeprefix("gen/"), justify="right")

@@ -9,7 +9,9 @@ import pandas as pd
 
 from rhmscale.results.cells import SIZE, by_cell
 
-COHERENCE = "gen/coherence_length"
+# Of samples that are not copies (rhm/metrics.py): a memorising run's copies are coherent
+# throughout and would show the longest coherence earliest in training.
+COHERENCE = "gen/novel_coherence_length"
 
 
 def coherence_fits(rows: pd.DataFrame) -> pd.DataFrame:

@@ -1,11 +1,18 @@
-"""Where a seed-averaged curve first crosses a threshold, and its bootstrap over seeds.
+"""Where a seed-averaged curve crosses a threshold, and its bootstrap over seeds.
 
 Used along dataset size P (sample complexity P*_k) and along training time (samples seen at
 crossing). The crossing is interpolated between the bracketing points linearly in log x and in
 logit(y): accuracy curves are sigmoids of log x, which the logit makes straight, so the
-interpolation is not pulled towards the middle of the bracket as a linear one would be. A
-curve already above the threshold at its first point is censored "below" (x* <= x_min), one
-that never reaches it "above" (x* > x_max). Censored points are reported, never dropped.
+interpolation is not pulled towards the middle of the bracket as a linear one would be.
+
+Which crossing, when a curve is not monotone: along P the LAST upward crossing (`last=True`):
+the level counts as learned from the P above which the curve stays above the threshold, so a
+dip (a point where runs memorised, a noisy seed) before it does not make P*_k look smaller, and
+a curve that ends below the threshold is not learned at the largest P. Along training the FIRST
+(when the level was first learned). A curve already above the threshold at its first point
+(for `last`: and never below it after) is censored "below" (x* <= x_min), one that never
+reaches it (for `last`: that ends below it) "above" (x* > x_max). Censored points are reported,
+never dropped.
 """
 
 from __future__ import annotations
@@ -24,22 +31,31 @@ def logit(y: np.ndarray | float, eps: float = 1e-3) -> np.ndarray:
 
 
 def crossings(
-    log_x: np.ndarray, means: np.ndarray, threshold: float
+    log_x: np.ndarray, means: np.ndarray, threshold: float, last: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """First upward crossing of each row of `means` (rows x points), in log x.
+    """First (or last) upward crossing of each row of `means` (rows x points), in log x.
 
     Returns (log x*, censoring code): code 0 = measured, -1 = below the first x, +1 = above
     the last x. Censored rows get the bound they are censored at.
     """
     means = np.atleast_2d(means)
     above = means >= threshold
-    if len(log_x) == 1:  # nothing to interpolate: censored on one side or the other
+    n = len(log_x)
+    if n == 1:  # nothing to interpolate: censored on one side or the other
         code = np.where(above[:, 0], -1, 1)
         return np.full(len(means), log_x[0]), code
-    first = above.argmax(axis=1)
-    reached = above.any(axis=1)
-    code = np.where(~reached, 1, np.where(first == 0, -1, 0))
-    right = np.clip(first, 1, len(log_x) - 1)
+    if last:
+        # The point after the last one below the threshold, when the curve ends above it.
+        below = ~above
+        last_below = n - 1 - below[:, ::-1].argmax(axis=1)
+        reached, crossed = above[:, -1], below.any(axis=1)
+        right = np.where(crossed, last_below + 1, 0)
+        code = np.where(~reached, 1, np.where(crossed, 0, -1))
+    else:
+        right = above.argmax(axis=1)
+        reached = above.any(axis=1)
+        code = np.where(~reached, 1, np.where(right == 0, -1, 0))
+    right = np.clip(right, 1, n - 1)
     left = right - 1
     rows = np.arange(len(means))
     y0, y1, target = logit(means[rows, left]), logit(means[rows, right]), logit(threshold)
@@ -78,6 +94,7 @@ def bootstrap_crossing(
     n_boot: int,
     rng: np.random.Generator,
     ci: float = 0.95,
+    last: bool = False,
 ) -> Crossing:
     """Crossing of the seed mean, with a percentile interval from resampling seeds.
 
@@ -85,11 +102,11 @@ def bootstrap_crossing(
     (seeds may be missing at some x). Seeds are resampled with replacement at each x, after
     their deviations from the mean are scaled by sqrt(n/(n-1)): the plain bootstrap of a mean
     of n seeds has (n-1)/n of its variance, a third too little with the usual 3 seeds.
-    Replicates that are censored count at their bound.
+    Replicates that are censored count at their bound. last: the last upward crossing.
     """
     log_x = np.log(np.asarray(x, dtype=float))
     means = np.array([values.mean() for values in per_seed])
-    value, code = crossings(log_x, means[None, :], threshold)
+    value, code = crossings(log_x, means[None, :], threshold, last)
     censored = {0: "", -1: BELOW, 1: ABOVE}[int(code[0])]
     boot = np.empty((n_boot, len(x)))
     for j, values in enumerate(per_seed):
@@ -99,7 +116,7 @@ def bootstrap_crossing(
             spread = spread * np.sqrt(n / (n - 1))
         picks = rng.integers(n, size=(n_boot, n))
         boot[:, j] = values.mean() + spread[picks].mean(axis=1)
-    replicates, _ = crossings(log_x, boot, threshold)
+    replicates, _ = crossings(log_x, boot, threshold, last)
     if censored:
         nan = float("nan")
         return Crossing(float(value[0]), censored, nan, nan, nan, replicates)

@@ -21,7 +21,9 @@ class FitOptions:
     # memorises its training set, whose copies would count as grammatical), "final", or a
     # training step (each run's last evaluation at or before it).
     at: str = "best"
-    metric: str = "gen/acc_l{k}"
+    # Among generated samples that are not copies of training sequences: a copy is always
+    # grammatical, so gen/acc_l{k} would count memorisation as learned rules (rhm/metrics.py).
+    metric: str = "gen/novel_acc_l{k}"
     regressors: str = DEFAULT_REGRESSORS
     theory: str = DEFAULT_THEORY
     n_boot: int = 1000

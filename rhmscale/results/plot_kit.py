@@ -21,7 +21,6 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from rhmscale.results.cells import GRAMMAR, rows_at, with_cells
-from rhmscale.results.coherence import COHERENCE
 from rhmscale.results.fit import FitResult
 
 DPI = 120
@@ -74,8 +73,6 @@ class Inputs:
 def prepare(frame: pd.DataFrame, result: FitResult) -> Inputs:
     """What the figures draw: the collected table with cells, the fit's rows, the cells shown."""
     frame = with_cells(frame)
-    if COHERENCE not in frame and "gen/coherence_depth" in frame:
-        frame[COHERENCE] = frame[GRAMMAR["s"]].astype(float) ** frame["gen/coherence_depth"]
     rows = rows_at(frame, result.options.at)
     # Cells in the order of their grammar numbers (v=8 before v=16), then their labels.
     order = rows.drop_duplicates("cell").sort_values([*GRAMMAR.values(), "cell"])

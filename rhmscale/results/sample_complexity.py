@@ -1,6 +1,6 @@
-"""Sample complexity P*_k: for each cell and level k, the dataset size at which the seed mean of
-the level's metric crosses the threshold, with its seed-bootstrap interval (crossing.py), beside
-the theory's P_k.
+"""Sample complexity P*_k: for each cell and level k, the dataset size above which the seed mean
+of the level's metric stays above the threshold (its last upward crossing in P), with its
+seed-bootstrap interval (crossing.py), beside the theory's P_k.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def sample_complexity(
                 n_boot=options.n_boot,
                 rng=rng,
                 ci=options.ci,
+                last=True,  # learned from where the curve stays above (crossing.py)
             )
             replicates.append(found.replicates)
             predicted = float(theory({n: np.array([val]) for n, val in {**g, "k": k}.items()})[0])

@@ -29,23 +29,39 @@ class TrainingSetIndex:
 
 
 def generation_metrics(
-    grammar: Grammar, samples: np.ndarray, train_index: TrainingSetIndex
+    grammar: Grammar, samples: np.ndarray, train_index: TrainingSetIndex, min_novel: int = 1
 ) -> dict[str, float]:
+    """Per-level validity, coherence and memorisation of generated samples.
+
+    A copy of a training sequence is always grammatical, so gen/acc_l{k} rises as a model
+    memorises. The gen/novel_* metrics count only samples that are not copies, and when fewer
+    than `min_novel` of them were generated the missing ones count as failures (depth 0): a
+    model that (nearly) only copies scores (nearly) 0, it cannot look learned.
+    """
     parse = grammar.parse(samples)
+    depth = parse.depth
+    copies = np.zeros(len(samples), dtype=bool)
+    copies[parse.valid] = train_index.contains(samples[parse.valid])
+    novel = ~copies
+    n_novel = int(novel.sum())
+    counted = max(n_novel, min_novel)
     metrics: dict[str, float] = {}
     for k in range(1, grammar.L + 1):
-        metrics[f"gen/acc_l{k}"] = float(parse.level_ok(k).mean())
+        ok = parse.level_ok(k)
+        metrics[f"gen/acc_l{k}"] = float(ok.mean())
+        metrics[f"gen/novel_acc_l{k}"] = float((ok & novel).sum() / counted)
         with_valid_children = parse.children_valid[k - 1]
         tuples = parse.tuple_valid[k - 1][with_valid_children]
         metrics[f"gen/tuple_acc_l{k}"] = float(tuples.mean()) if tuples.size else float("nan")
-    depth = parse.depth
+    length = grammar.s ** depth.astype(np.float64)
     metrics["gen/coherence_depth"] = float(depth.mean())
-    metrics["gen/coherence_length"] = float((grammar.s ** depth.astype(np.float64)).mean())
-    valid = parse.valid
-    memorized = np.zeros(len(samples), dtype=bool)
-    memorized[valid] = train_index.contains(samples[valid])
-    metrics["gen/memorized_frac"] = float(memorized.mean())
-    metrics["gen/novel_frac"] = float((valid & ~memorized).mean())
+    metrics["gen/coherence_length"] = float(length.mean())
+    missing = counted - n_novel  # count as depth 0, length s**0 = 1
+    metrics["gen/novel_coherence_depth"] = float(depth[novel].sum() / counted)
+    metrics["gen/novel_coherence_length"] = float((length[novel].sum() + missing) / counted)
+    metrics["gen/novel_n"] = float(n_novel)
+    metrics["gen/memorized_frac"] = float(copies.mean())
+    metrics["gen/novel_frac"] = float((parse.valid & novel).mean())
     return metrics
 
 

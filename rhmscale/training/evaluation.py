@@ -83,7 +83,9 @@ class EvalRecorder:
         wall_s: float,
     ) -> dict[str, Any]:
         cfg = self.config
-        metrics = generation_metrics(self.data.grammar, samples, self.train_index)
+        metrics = generation_metrics(
+            self.data.grammar, samples, self.train_index, cfg.eval.min_novel
+        )
         row: dict[str, Any] = {
             "step": step,
             "samples_seen": step * cfg.train.batch_size,

@@ -254,7 +254,7 @@ class Trainer:
         rows = [m.history[-1] for _, m in self.active() if m.history]
         if not rows:
             return {}
-        top = f"gen/acc_l{self.config.grammar.L}"
+        top = f"gen/novel_acc_l{self.config.grammar.L}"
         return {
             "val_loss": f"{np.mean([r['val/loss'] for r in rows]):.3f}",
             "acc_top": f"{np.mean([r[top] for r in rows]):.2f}",
