@@ -37,6 +37,28 @@ def test_fit_prints_both_tables(sweep):
     assert "72 runs" in out.stderr  # what was collected: 3 cells x 8 sizes x 3 seeds
 
 
+def test_several_folders_are_fitted_together_a_shared_run_once(sweep, tmp_path):
+    """A sweep extended by a second one: split the 72 runs over two folders that share some;
+    fitted together they give the one folder's table."""
+    import shutil
+
+    runs = sorted((sweep / "runs").iterdir())
+    for name, part in (("a", runs[:48]), ("b", runs[30:])):  # 18 runs in both
+        for run in part:
+            shutil.copytree(run, tmp_path / name / "runs" / run.name)
+    (tmp_path / "b" / "runs" / runs[40].name / "result.json").unlink()  # unfinished in b only
+    whole = rhmscale("export", sweep, "--format", "json", "--n-boot", 100)
+    split = rhmscale("export", tmp_path / "a", tmp_path / "b", "--format", "json", "--n-boot", 100)
+    assert split.returncode == 0, split.stderr
+    assert "72 runs" in split.stderr and "unfinished" not in split.stderr
+    assert split.stdout == whole.stdout
+    report = rhmscale(
+        "report", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "r", "--n-boot", 100
+    )
+    assert report.returncode == 0, report.stderr
+    assert "| done | 72 |" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_export_writes_each_format(sweep, tmp_path):
     for fmt in ("md", "tex", "json"):
         target = tmp_path / f"table.{fmt}"

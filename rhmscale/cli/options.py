@@ -27,7 +27,13 @@ OverrideOpt = Annotated[
     typer.Option("--set", "-o", help="Dotted override, e.g. -o grammar.v=32 (repeatable)."),
 ]
 RootOpt = Annotated[Path, typer.Option(help="Runs root folder.")]
-RunsArg = Annotated[Path, typer.Argument(help="A sweep folder <root>/<sweep> or a folder of runs.")]
+RunsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Sweep folders <root>/<sweep> or folders of runs; several are fitted together "
+        "(a run in two of them counts once)."
+    ),
+]
 SpecArg = Annotated[
     str, typer.Argument(help="Sweep spec YAML file, or a preset name (quick, paper).")
 ]

@@ -67,15 +67,16 @@ def collect(
     console.print(f"wrote {output}")
 
 
-def fit_runs(path: Path, options: FitOptions) -> tuple[Collection, FitResult]:
+def fit_runs(paths: list[Path], options: FitOptions) -> tuple[Collection, FitResult]:
     """Collect (saying on stderr what was collected and skipped), then fit."""
     from rhmscale.results.collect import collect
     from rhmscale.results.fit import fit
 
-    collection = collect(path)
-    make_console(stderr=True).print(f"[dim]{path}: {collection.summary()}[/]")
+    collection = collect(paths)
+    where = " + ".join(map(str, paths))
+    make_console(stderr=True).print(f"[dim]{where}: {collection.summary()}[/]")
     if collection.frame.empty:
-        raise UserError(f"no finished runs in {path} ({collection.summary()})")
+        raise UserError(f"no finished runs in {where} ({collection.summary()})")
     return collection, fit(collection.frame, options)
 
 
@@ -167,7 +168,8 @@ def report_command(
     collection, result = fit_runs(path, fit)
     context = sweep_context(path)
     if context is None:  # a plain folder of runs: what the collection found
-        counts, title, spec_text, tracking = collection.counts(), path.name, None, {}
+        title = " + ".join(p.name for p in path)
+        counts, spec_text, tracking = collection.counts(), None, {}
     else:
         title, counts = context.title, context.counts
         spec_text, tracking = context.spec_text, context.tracking

@@ -7,6 +7,7 @@ collection: a sweep being collected while it still runs is the normal case.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +71,32 @@ def read_run(store: RunDir) -> pd.DataFrame:
     return history
 
 
-def collect(path: Path) -> Collection:
-    frames, skipped = [], {}
-    for store in run_dirs(path):
+def collect(paths: Path | Sequence[Path]) -> Collection:
+    """The finished runs of one or several sweep folders (or folders of runs) as one table.
+
+    Several folders are fitted together (a sweep extended by a second one): their cells merge
+    by config, and a run found in two folders (same run id) counts once, done wherever it is
+    done."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    frames, done, skipped = [], set(), {}
+    for store in (store for path in paths for store in run_dirs(path)):
+        run_id = store.path.name
+        if run_id in done:
+            continue
         state = store.state()
         if state != "done":
-            skipped.setdefault(state, []).append(store.path.name)
+            skipped.setdefault(state, []).append(run_id)
             continue
         try:
-            frames.append(read_run(store))
+            frame = read_run(store)
         except Exception:  # noqa: BLE001 - a corrupt run is reported, not fatal
-            skipped.setdefault("corrupt", []).append(store.path.name)
+            skipped.setdefault("corrupt", []).append(run_id)
+            continue
+        if frame["run_id"].iloc[0] not in done:  # the same run under another folder name
+            frames.append(frame)
+        done.update({run_id, frame["run_id"].iloc[0]})
+    skipped = {
+        reason: sorted(set(ids) - done) for reason, ids in skipped.items() if set(ids) - done
+    }
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return Collection(frame, skipped)

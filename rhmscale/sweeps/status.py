@@ -224,16 +224,26 @@ class SweepContext:
     tracking: dict[str, Any]  # the runs' tracking settings (W&B project, entity, group)
 
 
-def sweep_context(path: Path) -> SweepContext | None:
-    """Title, run counts, spec and tracking of a sweep folder; None for a plain folder of runs."""
-    sweep = SweepDir(Path(path))
-    if not sweep.spec_file.exists():
+def sweep_context(paths: Path | list[Path]) -> SweepContext | None:
+    """Title, run counts, spec and tracking of one or several sweep folders (fitted together);
+    None when one of them is a plain folder of runs. A run in two sweeps counts once, in its
+    furthest state (done wins)."""
+    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    sweeps = [SweepDir(path) for path in paths]
+    if not all(sweep.spec_file.exists() for sweep in sweeps):
         return None
-    spec = load_sweep_spec(sweep)
-    status = sweep_status(path, spec)
+    specs = [load_sweep_spec(sweep) for sweep in sweeps]
+    states: dict[str, str] = {}
+    for path, spec in zip(paths, specs, strict=True):
+        for run in sweep_status(path, spec).runs:
+            if states.get(run.run_id) != "done":
+                states[run.run_id] = run.state
+    texts = [sweep.spec_file.read_text() for sweep in sweeps]
+    if len(sweeps) > 1:
+        texts = [f"# {sweep.spec_file}\n{text}" for sweep, text in zip(sweeps, texts, strict=True)]
     return SweepContext(
-        f"Sweep {spec.name}",
-        dict(status.counts),
-        sweep.spec_file.read_text(),
-        base_tree(spec)["tracking"],
+        ("Sweep " if len(specs) == 1 else "Sweeps ") + " + ".join(s.name for s in specs),
+        dict(Counter(states.values())),
+        "\n".join(texts),
+        base_tree(specs[0])["tracking"],
     )
