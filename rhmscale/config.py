@@ -129,6 +129,17 @@ class TrainConfig(_Strict):
     grad_clip: float = setting(
         1.0, SCIENCE, per_member=True, ge=0, description="max gradient norm; 0 disables clipping"
     )
+    early_stop_patience: int = setting(
+        0,
+        SCIENCE,
+        per_member=True,
+        ge=0,
+        description="stop after this many evaluations without a lower val/loss (0: never; "
+        "max_steps is then the length, else the cap)",
+    )
+    min_steps: int = setting(
+        0, SCIENCE, per_member=True, ge=0, description="no early stop before this step"
+    )
     device: Literal["auto", "cpu", "cuda"] = setting("auto", BOOKKEEPING)
     precision: Literal["auto", "32", "bf16"] = setting(
         "auto", BOOKKEEPING, description="auto: bf16 autocast on GPU, fp32 on CPU"
@@ -152,6 +163,9 @@ class EvalConfig(_Strict):
     n_samples: int = setting(512, SCIENCE, gt=0, description="generated sequences per evaluation")
     n_evals: int = setting(
         8, SCIENCE, ge=1, description="log-spaced evaluations, the last at max_steps"
+    )
+    every: int = setting(
+        0, SCIENCE, ge=0, description="also evaluate every this many steps (0: log-spaced only)"
     )
     min_novel: int = setting(
         32,

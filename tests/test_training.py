@@ -265,3 +265,48 @@ def test_a_compiled_step_follows_the_eager_one(tmp_path, aot_eager, arch, n):
         losses, _ = losses_of(configs, dirs(tmp_path / mode, configs))
         trajectories.append(losses)
     torch.testing.assert_close(trajectories[1], trajectories[0], rtol=0, atol=1e-5)
+
+
+# --- early stopping ----------------------------------------------------------------------------
+
+
+def test_early_stopping_waits_for_its_patience_and_min_steps():
+    from rhmscale.training.schedule import eval_steps, stopped_early
+
+    def rows(*losses):
+        return [{"step": 10 * (i + 1), "val/loss": x} for i, x in enumerate(losses)]
+
+    assert not stopped_early(rows(3.0, 2.0, 1.0), patience=2, min_steps=0)
+    assert stopped_early(rows(3.0, 1.0, 2.0, 1.5), patience=2, min_steps=0)
+    assert not stopped_early(rows(3.0, 1.0, 2.0, 1.5), patience=3, min_steps=0)
+    assert not stopped_early(rows(3.0, 1.0, 2.0, 1.5), patience=2, min_steps=41)
+    assert not stopped_early(rows(3.0, 1.0, 2.0, 1.5), patience=0, min_steps=0)
+    assert stopped_early(rows(float("nan"), 1.0, 2.0), patience=1, min_steps=0)
+    assert eval_steps(100, 3, every=25) == [1, 10, 25, 50, 75, 100]
+
+
+@pytest.mark.slow
+def test_a_member_that_stops_early_leaves_the_others_their_lone_trajectory(tmp_path):
+    # Member 0 stops at its first evaluation without a new best val/loss; the pack of two is
+    # then re-stacked as a pack of one, whose run must still follow its lone run step for step.
+    stopper, runner = pack_configs("eval.every=5", n=2)
+    stopper = stopper.model_copy(
+        update={"train": stopper.train.model_copy(update={"early_stop_patience": 1})}
+    )
+    steps = []
+    early, done = execute(
+        [stopper, runner],
+        dirs(tmp_path / "pack", [stopper, runner]),
+        on_step=lambda _, losses: steps.append(losses[-1]),  # the runner is the last member
+    )
+    assert early.state == done.state == "done"
+    assert early.result["stopped_early"] and early.result["final"]["step"] < 60
+    assert not done.result["stopped_early"] and done.result["final"]["step"] == 60
+    rows = history(early.run_dir)
+    assert rows[-1]["step"] == early.result["final"]["step"]  # nothing recorded after the stop
+    best = min(rows, key=lambda row: row["val/loss"])
+    assert early.result["best_step"] == best["step"] < early.result["final"]["step"]
+    assert "training 1 run(s) from step" in RunDir(done.run_dir).log.read_text()  # re-stacked
+    lone, _ = losses_of([runner], dirs(tmp_path / "lone", [runner]))
+    torch.testing.assert_close(torch.stack(steps), lone[:, 0], rtol=0, atol=1e-5)
+    assert_rows_close(history(done.run_dir), history(dirs(tmp_path / "lone", [runner])[0]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import platform
 import socket
 import time
@@ -146,7 +147,7 @@ class _Runs:
 
     def run(self, progress, stop_at_step, should_stop, on_step) -> list[RunOutcome]:
         # Heavy imports here, so that importing rhmscale.training (and the CLI) stays cheap.
-        from rhmscale.training.trainer import make_fabric
+        from rhmscale.training.fabric import make_fabric
 
         fabric = make_fabric(self.configs[0])  # the device and precision the runs share
         for i in range(len(self.configs)):
@@ -189,29 +190,30 @@ class _Runs:
             self.fail(i, exc, mirror)
 
     def train(self, group, fabric, progress, stop_at_step, should_stop, on_step) -> None:
+        """Train a group of runs at one step to the end; when half of them have stopped early,
+        the others go on in a smaller pack (re-stacked from their in-memory state)."""
         from rhmscale.training.trainer import Trainer
 
         try:
-            trainer = Trainer(
-                [self.members[i] for i in group],
-                fabric,
-                on_step=on_step,
-                on_member_error=lambda k, exc: self.fail(group[k], exc),
-            )
-            ids = ", ".join(self.configs[i].run_id() for i in group)
-            for i in group:
-                self.log[i].info(
-                    "training %d run(s) from step %d on %s (%s, compile %s): %s",
-                    len(group),
-                    trainer.step,
-                    fabric.device,
-                    precision_of(fabric),
-                    self.configs[i].train.compile,
-                    ids,
+            while True:
+                trainer = Trainer(
+                    [self.members[i] for i in group],
+                    fabric,
+                    on_step=on_step,
+                    on_member_error=lambda k, exc, g=group: self.fail(g[k], exc),
+                    on_member_done=lambda k, g=group: self.record_done(g[k], fabric),
                 )
-            completed = trainer.fit(
-                stop_at_step=stop_at_step, should_stop=should_stop, progress=progress
-            )
+                self.log_start(group, trainer.step, fabric)
+                ended = trainer.fit(
+                    stop_at_step=stop_at_step, should_stop=should_stop, progress=progress
+                )
+                if ended != "restack":
+                    break
+                states = trainer.member_states()
+                group = [group[k] for k in states]
+                for k, i in zip(states, group, strict=True):
+                    self.members[i].state = states[k]
+                del trainer  # its GPU memory and graph, before the smaller pack's
         except (KeyboardInterrupt, SystemExit) as exc:
             for i in self.training(group):
                 self.log[i].warning("run %s interrupted: %r", self.configs[i].run_id(), exc)
@@ -222,10 +224,23 @@ class _Runs:
                 self.fail(i, exc)
             return
         for i in self.training(group):
-            if completed:
+            if ended == "completed":
                 self.record_done(i, fabric)
             else:
                 self.interrupted([i])
+
+    def log_start(self, group: list[int], step: int, fabric: Any) -> None:
+        ids = ", ".join(self.configs[i].run_id() for i in group)
+        for i in group:
+            self.log[i].info(
+                "training %d run(s) from step %d on %s (%s, compile %s): %s",
+                len(group),
+                step,
+                fabric.device,
+                precision_of(fabric),
+                self.configs[i].train.compile,
+                ids,
+            )
 
     def training(self, group: list[int]) -> list[int]:
         """The runs of a group that have not failed."""
@@ -246,7 +261,8 @@ class _Runs:
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(i, exc)
             return
-        self.log[i].info("run %s done", config.run_id())
+        early = f", stopped early at step {result['final']['step']}" * result["stopped_early"]
+        self.log[i].info("run %s done%s", config.run_id(), early)
         self.outcomes[i] = RunOutcome("done", store.path, result)
 
     def interrupted(self, group: list[int]) -> None:
@@ -293,12 +309,16 @@ def write_config(store: RunDir, config: RunConfig) -> None:
 def result_record(
     config: RunConfig, history: list[dict[str, Any]], device: str, precision: str, started: float
 ) -> dict[str, Any]:
-    """result.json's content for a finished run (its last evaluation is the final one)."""
+    """result.json's content for a finished run (its last evaluation is the final one; `best`
+    the step of its lowest val/loss, what `fit --at best` takes)."""
+    scored = [row for row in history if math.isfinite(row["val/loss"])]
     return {
         "run_id": config.run_id(),
         "config": config.model_dump(mode="json"),
         "final": history[-1],
         "n_evals": len(history),
+        "stopped_early": history[-1]["step"] < config.train.max_steps,
+        "best_step": min(scored, key=lambda row: row["val/loss"])["step"] if scored else None,
         "device": device,
         "precision": precision,
         "host": socket.gethostname(),

@@ -102,6 +102,9 @@ class TrainStep:
         self.time_noise = torch.zeros((k, *diffusion.time_noise_shape(b)), device=device)
         self.mask_noise = torch.zeros((k, b, n), device=device)
         self.loss_sum = torch.zeros(k, device=device)
+        # 1 for members still training, 0 for those stopped early: their loss no longer
+        # reaches the update (a tensor the graph reads, so stopping needs no recapture).
+        self.active = torch.ones(k, device=device)
         self.loss, self.clip = self._forward_loss, clip_per_member
         if plan.compile_mode is not None:
             # dynamic=False: one graph per shape; vmap's batched tensors cannot take the
@@ -146,7 +149,7 @@ class TrainStep:
         x_t = self.diffusion.corrupt_with_noise(x0, t, self.mask_noise)
         with self.autocast():
             losses = self.loss(self.stack.params, x0, x_t, t)
-        losses.sum().backward()  # member k's gradient is that of its own loss only
+        (losses * self.active).sum().backward()  # member k's gradient: its own loss only
         if self.max_norm is not None:
             self.clip([p.grad for p in self.stack.parameters()], self.max_norm)
         self.optimizer.step()

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from rhmscale.config import RunConfig
-from rhmscale.errors import UserError
 from rhmscale.models import MaskedDiffusion
 from rhmscale.models.stacked import stack_denoisers
 from rhmscale.rhm.data import Datasets
@@ -40,7 +39,8 @@ from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
 from rhmscale.training.evaluation import EvalRecorder, eval_generators, sample_and_score
-from rhmscale.training.schedule import eval_steps, lr_factor
+from rhmscale.training.fabric import progress_bar
+from rhmscale.training.schedule import eval_steps, lr_factor, stopped_early
 from rhmscale.training.step import StepPlan, TrainStep, make_optimizer
 
 
@@ -55,36 +55,7 @@ class Member:
     state: dict[str, Any] | None = None  # its checkpoint, to resume from
     history: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None  # its own evaluation or checkpoint failed
-
-
-def make_fabric(config: RunConfig) -> Any:
-    """Fabric on one device: train.device (auto: a GPU if there is one), train.precision (auto:
-    bf16 autocast on a GPU, fp32 on a CPU)."""
-    import lightning as L
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    quiet_lightning()
-    train = config.train
-    if train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no GPU is visible here; use train.device=auto")
-    gpu = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
-    precision = train.precision if train.precision != "auto" else ("bf16" if gpu else "32")
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
-    return L.Fabric(
-        accelerator="cuda" if gpu else "cpu",
-        devices=1,
-        precision="bf16-mixed" if precision == "bf16" else "32-true",
-        plugins=plugins,
-    )
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's start-up chatter that says nothing about a run."""
-    import logging
-    import warnings
-
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+    stopped: bool = False  # early: converged before max_steps
 
 
 class Trainer:
@@ -94,7 +65,9 @@ class Trainer:
     fabric: make_fabric(config) of the pack's (shared) device and precision.
     on_step(step, losses (K,)) is called after every optimiser step (tests); on_member_error(k,
     exc) when member k's evaluation or checkpoint raised: it trains on with the others but is
-    no longer recorded.
+    no longer recorded; on_member_done(k) when member k stopped early (train.early_stop_patience:
+    its record is final, its update no longer counts, and once half the pack has stopped, fit
+    returns "restack" so that the rest can go on in a smaller pack without the dead weight).
     """
 
     def __init__(
@@ -104,6 +77,7 @@ class Trainer:
         *,
         on_step: Callable[[int, torch.Tensor], None] | None = None,
         on_member_error: Callable[[int, BaseException], None] | None = None,
+        on_member_done: Callable[[int], None] | None = None,
     ) -> None:
         steps = {m.state["step"] if m.state else 0 for m in members}
         if len(steps) != 1:
@@ -112,8 +86,9 @@ class Trainer:
         self.config = cfg = members[0].config
         self.step = steps.pop()
         self.on_step, self.on_member_error = on_step, on_member_error
+        self.on_member_done = on_member_done
         self.fabric, self.device = fabric, fabric.device
-        self.eval_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals))
+        self.eval_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals, cfg.eval.every))
         self.diffusion = MaskedDiffusion(
             cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic
         )
@@ -185,15 +160,16 @@ class Trainer:
         stop_at_step: int | None = None,
         should_stop: Callable[[], bool] | None = None,
         progress: bool = False,
-    ) -> bool:
-        """Train to max_steps (True), or checkpoint and return False when asked to stop.
+    ) -> str:
+        """Train every member to max_steps or its early stop ("completed"); checkpoint and
+        return "interrupted" when asked to stop; "restack" when half the pack has stopped.
 
         should_stop() is asked after every step (a preemption signal arrived); stop_at_step
         stops the same way at a given step (tests)."""
         train = self.config.train
         self.started = time.perf_counter()
         with progress_bar(progress, train.max_steps, self.step) as bar:
-            while self.step < train.max_steps and not self.all_failed():
+            while self.step < train.max_steps and any(True for _ in self.active()):
                 losses = self.advance()
                 if self.on_step is not None:
                     self.on_step(self.step, losses.clone())
@@ -201,7 +177,11 @@ class Trainer:
                     self.log_train_loss(losses)
                 if self.step in self.eval_at:
                     self.evaluate()
+                    self.stop_converged()
                     bar.set_postfix(self.postfix(), refresh=False)
+                    if self.half_stopped():
+                        self.save()
+                        return "restack"
                 saved = self.step % train.checkpoint_every == 0 or self.step == train.max_steps
                 if saved:
                     self.save()
@@ -212,9 +192,9 @@ class Trainer:
                 if stop and self.step < train.max_steps:
                     if not saved:
                         self.save()
-                    return False
+                    return "interrupted"
         self.evaluate()  # the final evaluation, if a resume at max_steps skipped the loop
-        return True
+        return "completed"
 
     def advance(self) -> torch.Tensor:
         """One optimiser step of every member; its losses (K,), overwritten by the next step."""
@@ -226,11 +206,25 @@ class Trainer:
         self.loss_count += 1
         return losses
 
-    def all_failed(self) -> bool:
-        return all(m.error is not None for m in self.members)
-
     def active(self) -> Iterator[tuple[int, Member]]:
-        return ((k, m) for k, m in enumerate(self.members) if m.error is None)
+        """The members still training: not failed, not stopped early."""
+        return ((k, m) for k, m in enumerate(self.members) if m.error is None and not m.stopped)
+
+    def stop_converged(self) -> None:
+        """Stop the members whose val/loss has not improved for their patience."""
+        for k, m in list(self.active()):
+            train = m.config.train
+            if stopped_early(m.history, train.early_stop_patience, train.min_steps):
+                m.stopped = True
+                self.train_step.active[k] = 0.0  # its loss no longer reaches the update
+                if self.on_member_done is not None:
+                    self.on_member_done(k)
+
+    def half_stopped(self) -> bool:
+        """Half the pack or more is done (stopped or failed) while others train: a smaller
+        pack pays for its recompilation."""
+        training = sum(1 for _ in self.active())
+        return 0 < training <= len(self.members) // 2
 
     def fail(self, k: int, exc: BaseException) -> None:
         self.members[k].error = exc
@@ -292,16 +286,17 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
                 self.fail(k, exc)
 
-    def save(self) -> None:
-        """Each member's slice to its own checkpoints/last.ckpt."""
+    def member_states(self) -> dict[int, dict[str, Any]]:
+        """Each training member's slice of the pack: what its checkpoint holds, and what a
+        smaller pack resumes it from."""
         names = list(self.stack.params)
         host = {
             "params": [p.detach().cpu() for p in self.stack.parameters()],
             **{key: [t.cpu() for t in ts] for key, ts in self.train_step.state().items()},
         }
         sums, wall = self.train_step.loss_sum.tolist(), self.wall_s()
-        for k, m in self.active():
-            state = {
+        return {
+            k: {
                 "run_id": m.config.run_id(),
                 "step": self.step,
                 **{
@@ -314,23 +309,13 @@ class Trainer:
                 "wall_s": float(wall[k]),
                 "loss_since_eval": (sums[k], self.loss_count),
             }
+            for k, m in self.active()
+        }
+
+    def save(self) -> None:
+        """Each training member's slice to its own checkpoints/last.ckpt."""
+        for k, state in self.member_states().items():
             try:
-                checkpoint.save(self.fabric, m.run_dir.last_checkpoint, state)
+                checkpoint.save(self.fabric, self.members[k].run_dir.last_checkpoint, state)
             except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
                 self.fail(k, exc)
-
-
-def progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    """A tqdm bar over the pack's steps (disabled: updates are no-ops)."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not enabled,
-        mininterval=0.2 if sys.stderr.isatty() else 30,  # log files get a line every 30 s
-    )
