@@ -285,8 +285,22 @@ def test_early_stopping_waits_for_its_patience_and_min_steps():
     assert eval_steps(100, 3, every=25) == [1, 10, 25, 50, 75, 100]
 
 
+def test_restacking_must_pay_for_its_start_up():
+    from rhmscale.training.schedule import StepClock
+
+    clock = StepClock(warmup=0, sync=lambda: None)
+    assert not clock.restack_pays(10_000, 0.5)  # nothing measured yet
+    clock.startup_s, clock.step_s = 15.0, 0.003  # an H100 pack of 32 tiny models
+    assert not clock.restack_pays(9_000, 0.7)  # saves at most 19 s: not twice 15 s
+    clock.step_s = 0.036  # a pack of 32 transformers at L=5
+    assert clock.restack_pays(9_000, 0.5)
+
+
 @pytest.mark.slow
-def test_a_member_that_stops_early_leaves_the_others_their_lone_trajectory(tmp_path):
+def test_a_member_that_stops_early_leaves_the_others_their_lone_trajectory(tmp_path, monkeypatch):
+    from rhmscale.training.schedule import StepClock
+
+    monkeypatch.setattr(StepClock, "restack_pays", lambda *args: True)  # re-stack at once
     # Member 0 stops at its first evaluation without a new best val/loss; the pack of two is
     # then re-stacked as a pack of one, whose run must still follow its lone run step for step.
     stopper, runner = pack_configs("eval.every=5", n=2)

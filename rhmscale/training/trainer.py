@@ -40,8 +40,8 @@ from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
 from rhmscale.training.evaluation import EvalRecorder, eval_generators, sample_and_score
 from rhmscale.training.fabric import progress_bar
-from rhmscale.training.schedule import eval_steps, lr_factor, stopped_early
-from rhmscale.training.step import StepPlan, TrainStep, make_optimizer
+from rhmscale.training.schedule import StepClock, eval_steps, lr_factor, stopped_early
+from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep, make_optimizer
 
 
 @dataclass
@@ -66,8 +66,9 @@ class Trainer:
     on_step(step, losses (K,)) is called after every optimiser step (tests); on_member_error(k,
     exc) when member k's evaluation or checkpoint raised: it trains on with the others but is
     no longer recorded; on_member_done(k) when member k stopped early (train.early_stop_patience:
-    its record is final, its update no longer counts, and once half the pack has stopped, fit
-    returns "restack" so that the rest can go on in a smaller pack without the dead weight).
+    its record is final and its loss leaves the update; once half the pack has stopped and a
+    smaller pack would pay for its start-up, fit returns "restack" so that the rest go on
+    without the dead weight).
     """
 
     def __init__(
@@ -79,6 +80,8 @@ class Trainer:
         on_member_error: Callable[[int, BaseException], None] | None = None,
         on_member_done: Callable[[int], None] | None = None,
     ) -> None:
+        gpu = fabric.device.type == "cuda"
+        self.clock = StepClock(WARMUP_STEPS, sync=torch.cuda.synchronize if gpu else lambda: None)
         steps = {m.state["step"] if m.state else 0 for m in members}
         if len(steps) != 1:
             raise ValueError(f"members of one pack must resume from one step, got {steps}")
@@ -176,10 +179,12 @@ class Trainer:
                 if self.step % 50 == 0:
                     self.log_train_loss(losses)
                 if self.step in self.eval_at:
+                    started = time.perf_counter()
                     self.evaluate()
+                    self.clock.evaluated(time.perf_counter() - started)
                     self.stop_converged()
                     bar.set_postfix(self.postfix(), refresh=False)
-                    if self.half_stopped():
+                    if self.restack_pays():
                         self.save()
                         return "restack"
                 saved = self.step % train.checkpoint_every == 0 or self.step == train.max_steps
@@ -204,6 +209,7 @@ class Trainer:
         losses = self.train_step(lr)
         self.step += 1
         self.loss_count += 1
+        self.clock.stepped()
         return losses
 
     def active(self) -> Iterator[tuple[int, Member]]:
@@ -220,11 +226,12 @@ class Trainer:
                 if self.on_member_done is not None:
                     self.on_member_done(k)
 
-    def half_stopped(self) -> bool:
-        """Half the pack or more is done (stopped or failed) while others train: a smaller
-        pack pays for its recompilation."""
-        training = sum(1 for _ in self.active())
-        return 0 < training <= len(self.members) // 2
+    def restack_pays(self) -> bool:
+        """Half the pack or more is done (stopped or failed) while others train, and a smaller
+        pack would save more than twice its start-up (schedule.StepClock)."""
+        k, training = len(self.members), sum(1 for _ in self.active())
+        steps_left = self.config.train.max_steps - self.step
+        return 0 < training <= k // 2 and self.clock.restack_pays(steps_left, 1 - training / k)
 
     def fail(self, k: int, exc: BaseException) -> None:
         self.members[k].error = exc
