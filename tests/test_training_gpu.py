@@ -68,11 +68,12 @@ def test_a_graphed_run_resumes_as_if_uninterrupted(tmp_path):
     assert torch.equal(resumed, whole), (resumed - whole).abs().max()
 
 
-def test_one_worker_trains_packs_of_two_shapes(tmp_path):
+@pytest.mark.parametrize("arch", ["transformer", "tree_unet"])
+def test_one_worker_trains_packs_of_two_shapes(tmp_path, arch):
     # Recompiling the step for a second vocabulary used to turn its sizes symbolic, which
     # vmap's batched tensors refuse ("Cannot call sizes() on tensor with symbolic sizes").
     torch._dynamo.reset()
     for v in (4, 8):
-        cfgs = configs("model.arch=tree_unet", "train.compile=auto", f"grammar.v={v}")
+        cfgs = configs(f"model.arch={arch}", "train.compile=auto", f"grammar.v={v}")
         _, outcomes = run(cfgs, tmp_path / f"v{v}")
         assert [o.state for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
