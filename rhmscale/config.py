@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,13 @@ def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = Fals
     return Field(default, json_schema_extra=extra, **kw)
 
 
+# The longest sequence a run may have: batch x length x width activations (and the attention
+# of a transformer, length**2) beyond it do not fit a GPU; the paper's grammars are <= 729.
+MAX_SEQ_LEN = 4096
+# The training and held-out sets live on the device as int64 beside the model and its batch.
+MAX_DATA_GIB = 16
+
+
 def n_internal_nodes(s: int, L: int) -> int:
     """Symbols with a production choice in a depth-L, branching-s tree: levels 1..L."""
     return (s**L - 1) // (s - 1)
@@ -51,7 +59,8 @@ def n_sequences(v: int, m: int, s: int, L: int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: train.lr=inf (or nan) is a mistake to refuse, not a run to diverge.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class GrammarConfig(_Strict):
@@ -64,6 +73,17 @@ class GrammarConfig(_Strict):
     s: int = setting(2, SCIENCE, ge=2, description="branching factor (tuple length)")
     L: int = setting(3, SCIENCE, gt=0, description="depth; sequences have length s**L")
     seed: int = setting(0, SEED, per_member=True, ge=0, description="seed of the grammar's rules")
+
+    @model_validator(mode="after")
+    def _bounded_length(self) -> GrammarConfig:
+        # In logs: s**L itself is a huge integer for a typo like L=10**9.
+        if self.L * math.log(self.s) > math.log(MAX_SEQ_LEN) + 1e-9:
+            raise ValueError(
+                f"sequences of s**L = {self.s}**{self.L} tokens are longer than {MAX_SEQ_LEN:,}: "
+                "a batch of them would not fit on a GPU (attention and the data grow with the "
+                "length); lower grammar.L or grammar.s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unambiguous_rules_possible(self) -> GrammarConfig:
@@ -192,6 +212,14 @@ class TrackingConfig(_Strict):
     n_table_samples: int = setting(
         8, BOOKKEEPING, per_member=True, ge=0, description="generated samples logged as a table"
     )
+    connect_timeout: float = setting(
+        5.0,
+        BOOKKEEPING,
+        per_member=True,
+        gt=0,
+        le=120,
+        description="seconds to reach the W&B server (auto: offline when it does not answer)",
+    )
 
 
 class RunConfig(_Strict):
@@ -209,6 +237,17 @@ class RunConfig(_Strict):
         ge=0,
         description="seed of data sampling, initialisation, training",
     )
+
+    @model_validator(mode="after")
+    def _data_fits_a_device(self) -> RunConfig:
+        gib = (self.data.P + self.data.n_test) * self.grammar.seq_len * 8 / 2**30
+        if gib > MAX_DATA_GIB:
+            raise ValueError(
+                f"data.P + data.n_test = {self.data.P + self.data.n_test:,} sequences of "
+                f"{self.grammar.seq_len:,} tokens take {gib:,.1f} GiB on the device (at most "
+                f"{MAX_DATA_GIB}); lower data.P or the sequence length"
+            )
+        return self
 
     @model_validator(mode="after")
     def _enough_distinct_sequences(self) -> RunConfig:

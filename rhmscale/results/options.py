@@ -35,6 +35,13 @@ def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
     """Bad settings, or a metric the runs did not record, as UserErrors that say what to do."""
     if not 0 < options.threshold < 1:
         raise UserError(f"--threshold {options.threshold}: choose a value between 0 and 1")
+    try:
+        options.metric.format(k=1)
+    except (KeyError, IndexError, ValueError):
+        raise UserError(
+            f"--metric {options.metric!r}: only '{{k}}' (the level) may stand in braces, "
+            "e.g. gen/novel_acc_l{k}"
+        ) from None
     if "{k}" not in options.metric:
         raise UserError(
             f"--metric {options.metric!r} needs '{{k}}' for the level, e.g. gen/acc_l{{k}}"

@@ -64,6 +64,7 @@ _BINARY = {
 }
 _FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt}
 _NAMES = ("v", "m", "s", "L", "k")
+MAX_LENGTH = 200
 
 
 class Theory:
@@ -71,11 +72,15 @@ class Theory:
 
     def __init__(self, formula: str = DEFAULT_THEORY):
         self.formula = formula.strip()
+        if len(self.formula) > MAX_LENGTH:
+            raise UserError(f"theory formula is {len(self.formula)} characters; keep it under 200")
         try:
             tree = ast.parse(self.formula.replace("^", "**"), mode="eval")
+            self._check(tree.body)
         except SyntaxError as exc:
             raise UserError(f"theory '{formula}' is not a formula: {exc.msg}") from None
-        self._check(tree.body)
+        except (RecursionError, MemoryError):
+            raise UserError(f"theory '{formula}' is nested too deeply") from None
         self._tree = tree.body
 
     def _check(self, node: ast.AST) -> None:
@@ -105,7 +110,19 @@ class Theory:
                 self._check(child)
 
     def __call__(self, x: Variables) -> np.ndarray:
-        return np.asarray(self._eval(self._tree, x), dtype=float) * np.ones(len(x["k"]))
+        """P_k at each point; UserError where it is not a positive finite number (a formula
+        that overflows, divides by zero or goes negative predicts no sample size)."""
+        with np.errstate(all="ignore"):
+            values = np.asarray(self._eval(self._tree, x), dtype=float) * np.ones(len(x["k"]))
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            where = ", ".join(f"{n}={x[n][i]:g}" for n in _NAMES)
+            raise UserError(
+                f"theory '{self.formula}' gives P_k = {values[i]:g} at {where}; it must be a "
+                "positive finite number at every cell and level"
+            )
+        return values
 
     def _eval(self, node: ast.AST, x: Variables):
         if isinstance(node, ast.BinOp):
@@ -113,7 +130,7 @@ class Theory:
         if isinstance(node, ast.UnaryOp):
             return -self._eval(node.operand, x)
         if isinstance(node, ast.Constant):
-            return float(node.value)
+            return np.float64(node.value)  # overflows to inf, where a Python float raises
         if isinstance(node, ast.Name):
             return x[node.id].astype(float)
         return _FUNCTIONS[node.func.id](self._eval(node.args[0], x))

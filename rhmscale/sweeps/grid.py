@@ -25,11 +25,33 @@ from rhmscale.config_io import check_keys, set_dotted, validate_config
 from rhmscale.errors import UserError
 from rhmscale.sweeps.spec import SweepSpec
 
+# Grids beyond this many points are refused before expansion: a typo (n = 10**7) must not
+# hang `sweep plan`, and no one submits more from one spec.
+MAX_GRID_POINTS = 100_000
 
-def logspace_ints(lo: float, hi: float, n: int, where: str = "logspace") -> list[int]:
+
+def as_number(value: Any) -> float | None:
+    """A YAML value as a number: YAML 1.1 reads 1e30 (no dot) as a string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def logspace_ints(lo: Any, hi: Any, n: Any, where: str = "logspace") -> list[int]:
     """n log-spaced integers from lo to hi; rounding duplicates are dropped."""
-    if not (isinstance(n, int) and n >= 1 and lo > 0 and hi >= lo):
-        raise UserError(f"{where}: logspace needs [lo, hi, n] with 0 < lo <= hi and n >= 1")
+    lo, hi, count = as_number(lo), as_number(hi), as_number(n)
+    valid = None not in (lo, hi, count) and math.isfinite(hi) and count == int(count)
+    if not (valid and 1 <= count <= MAX_GRID_POINTS and 0 < lo <= hi < 2**63):
+        raise UserError(
+            f"{where}: logspace needs [lo, hi, n], numbers with 0 < lo <= hi < 2**63 and "
+            f"1 <= n <= {MAX_GRID_POINTS:,}"
+        )
+    n = int(count)
     if n == 1:
         return [round(lo)]
     step = (math.log(hi) - math.log(lo)) / (n - 1)
@@ -143,6 +165,12 @@ def expand_points(spec: SweepSpec) -> Expansion:
         if not axes:
             raise UserError(f"{bwhere} is empty")
         check_grid_keys(axes, bwhere)
+        n_block = math.prod(len(values) for _, values in axes)
+        if n_total + n_block > MAX_GRID_POINTS:
+            raise UserError(
+                f"{bwhere} has {n_block:,} points ({n_total + n_block:,} so far); a sweep may "
+                f"have at most {MAX_GRID_POINTS:,}: split it or shorten its axes"
+            )
         for combo in itertools.product(*(values for _, values in axes)):
             n_total += 1
             tree = _copy_tree(base)
