@@ -6,7 +6,13 @@
         metrics.parquet, result.json | failed.json, checkpoints/last.ckpt, run.log, wandb/
 
 State comes from files alone, so a re-submission can skip what is done and resume what is not:
-result.json = done, failed.json = failed, a checkpoint only = interrupted, else pending.
+  done         result.json (readable) and metrics.parquet (whole)
+  corrupt      a file of a finished or interrupted run is damaged (damage() says which): a
+               retry repairs it from the last good checkpoint, or trains the run again
+  diverged     failed.json says the loss or the weights went non-finite (a retry would too)
+  failed       failed.json for any other reason
+  interrupted  a checkpoint (last.ckpt, or prev.ckpt kept while the next is written)
+  pending      none of these
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any, Literal
 from rhmscale.store.atomic import atomic_write, atomic_write_json
 from rhmscale.store.lock import file_lock
 
-RunState = Literal["done", "failed", "interrupted", "pending"]
+RunState = Literal["done", "corrupt", "diverged", "failed", "interrupted", "pending"]
+PARQUET_MAGIC = b"PAR1"  # a parquet file starts and ends with it
+ZIP_END = b"PK\x05\x06"  # torch.save's zip ends with this record (and a short comment)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,15 @@ class RunDir:
         return self.checkpoints / "last.ckpt"
 
     @property
+    def previous_checkpoint(self) -> Path:
+        """The checkpoint before last.ckpt, kept until the next one is whole."""
+        return self.checkpoints / "prev.ckpt"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    @property
     def log(self) -> Path:
         return self.path / "run.log"
 
@@ -77,8 +94,9 @@ class RunDir:
         frame = pd.DataFrame(rows)
         atomic_write(self.metrics, lambda handle: frame.to_parquet(handle, index=False))
 
-    def write_failed(self, run_id: str, exc: BaseException) -> None:
-        """failed.json: the error, its traceback, where and when (atomically)."""
+    def write_failed(self, run_id: str, exc: BaseException, **fields: Any) -> None:
+        """failed.json: the error, its traceback, where and when, and `fields` (a reason such
+        as "diverged", the step), written atomically."""
         atomic_write_json(
             self.failed,
             {
@@ -88,22 +106,55 @@ class RunDir:
                 "traceback": "".join(traceback.format_exception(exc)),
                 "host": socket.gethostname(),
                 "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                **fields,
             },
         )
 
     def state(self) -> RunState:
-        """From one listdir of the folder (cheap enough for sweeps of thousands of runs)."""
+        """From one listdir of the folder and a look at the files that decide it (a few small
+        reads: cheap enough for sweeps of thousands of runs)."""
         try:
             names = set(os.listdir(self.path))
         except (FileNotFoundError, NotADirectoryError):
             return "pending"
         if self.result.name in names:
-            return "done"
+            return "corrupt" if self.damage() else "done"
         if self.failed.name in names:
-            return "failed"
-        if self.checkpoints.name in names and self.last_checkpoint.exists():
+            return "diverged" if read_field(self.failed, "reason") == "diverged" else "failed"
+        if self.checkpoints.name in names and self.resumable_checkpoints():
             return "interrupted"
+        if self.checkpoints.name in names and self.damage():
+            return "corrupt"
         return "pending"
+
+    def resumable_checkpoints(self) -> list[Path]:
+        """The checkpoints that are whole, newest first."""
+        paths = (self.last_checkpoint, self.previous_checkpoint)
+        return [path for path in paths if ends_with(path, ZIP_END, window=1024)]
+
+    def damage(self) -> str | None:
+        """What is damaged, or None: a finished run's result.json or metrics.parquet, a
+        checkpoint that is not whole, a config.json that is not JSON."""
+        if self.config.exists() and read_field(self.config, "run_id") is None:
+            return f"{self.config.name} is not readable"
+        if self.result.exists():
+            if read_field(self.result, "final") is None:
+                return f"{self.result.name} is not readable"
+            if not ends_with(self.metrics, PARQUET_MAGIC, window=len(PARQUET_MAGIC)):
+                return f"{self.metrics.name} is missing or cut short"
+            return None
+        if self.last_checkpoint.exists() and not self.resumable_checkpoints():
+            return f"{self.last_checkpoint.name} is cut short and no earlier checkpoint is whole"
+        return None
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove what an interrupted atomic write left behind (call while holding the run's
+        lock: no other writer can be mid-write)."""
+        stale = [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]
+        stale += [p for p in [self.checkpoints / "next.ckpt"] if p.exists()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
 
 @dataclass(frozen=True)
@@ -170,3 +221,25 @@ def iter_run_dirs(path: Path) -> Iterator[RunDir]:
     for child in sorted(base.iterdir()):
         if (child / "config.json").exists():
             yield RunDir(child)
+
+
+def read_field(path: Path, key: str) -> Any:
+    """path's JSON object's `key`, or None when the file is not a readable JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def ends_with(path: Path, marker: bytes, window: int) -> bool:
+    """Whether the file holds `marker` within its last `window` bytes (a file cut short by a
+    crash or a full disk does not)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - window))
+            return marker in handle.read()
+    except OSError:
+        return False

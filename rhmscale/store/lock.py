@@ -1,11 +1,15 @@
-"""The one lock: an exclusive POSIX lock on a file, across processes and, on file systems with
-POSIX locks, across hosts. Re-entrant within a process, so a caller holding a sweep's lock can
-call code that takes it again (submitting, then appending the submission to the jobs log)."""
+"""Exclusive POSIX locks on files, across processes and, on file systems with POSIX locks, across
+hosts: `file_lock` waits and is re-entrant within a process (a caller holding a sweep's lock can
+call code that takes it again: submitting, then appending the submission to the jobs log);
+`try_lock` does not wait, and says who holds the lock (one writer per run folder)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +35,36 @@ def file_lock(path: Path) -> Iterator[None]:
         finally:
             del _held[key]
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Held:
+    """A lock taken by try_lock; release() (or the end of the process) frees it."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def try_lock(path: Path) -> Held | str:
+    """Take the lock on `path` now, writing who holds it into the file; if another process
+    holds it, return that holder's line ("host pid 123 since <time>") instead."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return holder
+    handle.seek(0)
+    handle.truncate()
+    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    handle.write(f"{socket.gethostname()} pid {os.getpid()} since {since}\n")
+    handle.flush()
+    return Held(handle)

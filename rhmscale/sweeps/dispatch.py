@@ -31,9 +31,10 @@ from rhmscale.sweeps.queue import active_states, latest_jobs
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, spec_to_yaml
 from rhmscale.sweeps.status import SweepStatus, load_sweep_spec, status_of
 
-# States a plain `submit` resubmits; `retry` takes only the last three.
-SUBMITTABLE = {"pending", "failed", "interrupted", "cancelled"}
-RETRYABLE = {"failed", "interrupted", "cancelled"}
+# States a plain `submit` resubmits; `retry` all but pending.
+# A diverged run would diverge again (same config, same seeds): change the config instead.
+SUBMITTABLE = {"pending", "failed", "corrupt", "interrupted", "cancelled"}
+RETRYABLE = {"failed", "corrupt", "interrupted", "cancelled"}
 
 
 def now() -> str:

@@ -28,7 +28,17 @@ from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
 from rhmscale.sweeps.queue import active_states, latest_jobs
 from rhmscale.sweeps.spec import SweepSpec, parse_spec
 
-STATES = ("done", "running", "queued", "failed", "cancelled", "interrupted", "pending")
+STATES = (
+    "done",
+    "running",
+    "queued",
+    "failed",
+    "diverged",
+    "corrupt",
+    "cancelled",
+    "interrupted",
+    "pending",
+)
 # The grammar's keys: always shown for a cell, under their short names.
 GRAMMAR_KEYS = {"v": "grammar.v", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L"}
 
@@ -190,8 +200,10 @@ def status_of(
             # but not a queued one (a retry waiting to start).
             if rid in active and not (state == "failed" and active[rid] == "running"):
                 state = active[rid]
-            elif state == "failed":
+            elif state in ("failed", "diverged"):
                 message = failure_message(sweep.run_dir(rid))
+            elif state == "corrupt":
+                message = sweep.run_dir(rid).damage()
             elif job and (job.job_id in cancelled or job.array_id in cancelled):
                 state = "cancelled"
         grid = tuple((k, repr(v)) for k, v in point.values.items() if k not in other)

@@ -26,7 +26,9 @@ from rhmscale.config_io import validate_config
 from rhmscale.errors import UserError
 from rhmscale.store import wandb_mirror
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_json
-from rhmscale.store.folders import RunDir
+from rhmscale.store.folders import RunDir, read_field
+from rhmscale.store.lock import try_lock
+from rhmscale.training import stop
 
 
 @dataclass
@@ -34,7 +36,7 @@ class RunOutcome:
     state: str  # "done", "interrupted", or "failed" (failed.json written)
     run_dir: Path
     result: dict[str, Any] | None  # result.json's content when done
-    error: str | None = None  # "failed": the exception, as repr
+    error: str | None = None  # "failed": the exception, as repr; "running": where
 
 
 def execute(
@@ -53,7 +55,10 @@ def execute(
     and outcome "failed" while the others go on; when the shared training raises, every run it
     was training fails so. should_stop is asked after every step: true checkpoints every run and
     returns "interrupted" for all that are not done (stop_at_step: the same at a step, for
-    tests). KeyboardInterrupt and SystemExit are raised after closing the W&B runs.
+    tests); so do SIGTERM and SIGINT (training.stop). KeyboardInterrupt and SystemExit are
+    raised after closing the W&B runs. One writer per run folder: a run another process is
+    training (its folder's lock is held) is left to it, outcome "running"; for a lone run that
+    is a UserError saying where it runs.
     on_step(step, losses (K,)) is called after every optimiser step of a (sub-)pack (tests).
     """
     check_packable(configs)
@@ -65,17 +70,31 @@ def execute(
     for store, config in zip(stores, configs, strict=True):
         check_same_run(store, config)
     outcomes: dict[int, RunOutcome] = {}
-    todo = []
-    for i, store in enumerate(stores):
-        if store.state() == "done":
-            outcomes[i] = RunOutcome("done", store.path, read_json(store.result))
-        else:
+    todo, held = [], []
+    try:
+        for i, store in enumerate(stores):
+            if store.state() == "done":
+                outcomes[i] = RunOutcome("done", store.path, read_json(store.result))
+                continue
+            lock = try_lock(store.lock_file)
+            if isinstance(lock, str):
+                if len(configs) == 1:
+                    raise UserError(
+                        f"run {configs[i].run_id()} is already running ({lock}) in "
+                        f"{store.path}; wait for it, or stop it and run again to resume"
+                    )
+                outcomes[i] = RunOutcome("running", store.path, None, lock)
+                continue
+            held.append(lock)
             todo.append(i)
-    if todo:
-        runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo])
-        with runs.logs():
-            done = runs.run(progress, stop_at_step, should_stop, on_step)
-        outcomes.update(zip(todo, done, strict=True))
+        if todo:
+            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo])
+            with runs.logs(), stop.honour_stop_signals():
+                done = runs.run(progress, stop_at_step, stop.combined(should_stop), on_step)
+            outcomes.update(zip(todo, done, strict=True))
+    finally:
+        for lock in held:
+            lock.release()
     return [outcomes[i] for i in range(len(configs))]
 
 
@@ -100,8 +119,9 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
 
 
 def check_same_run(store: RunDir, config: RunConfig) -> None:
-    """Refuse to mix two different configs in one run directory."""
-    if not store.config.exists():
+    """Refuse to mix two different configs in one run directory. An unreadable config.json is
+    damage, not another run: it is written anew (set_up)."""
+    if read_field(store.config, "config") is None:
         return
     stored = validate_config(read_json(store.config)["config"], str(store.config))
     if stored.run_id() != config.run_id():
@@ -172,6 +192,11 @@ class _Runs:
         config, store, mirror = self.configs[i], self.stores[i], None
         try:
             store.failed.unlink(missing_ok=True)  # a retry starts clean
+            for stale in store.clean_temporaries():
+                self.log[i].info("removed %s, left by an interrupted write", stale.name)
+            if store.result.exists():  # not done (execute skips those): its result is damaged
+                self.log[i].warning("%s; training the run from its checkpoint", store.damage())
+                store.result.unlink()
             write_config(store, config)
             self.log[i].info(
                 "run %s on %s in %s (%d run(s) train together)",
@@ -182,8 +207,9 @@ class _Runs:
             )
             data = make_datasets(config)
             atomic_write_text(store.grammar, data.grammar.to_json())
-            last = store.last_checkpoint
-            state = checkpoint.load(fabric, last, config.run_id()) if last.exists() else None
+            state = checkpoint.load_newest(fabric, store, config.run_id(), self.log[i])
+            if state is not None and state["history"]:
+                store.write_metrics(state["history"])  # whatever happened to metrics.parquet
             mirror = wandb_mirror.open_run(config, store)
             self.members[i] = Member(config, data, store, mirror=mirror, state=state)
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
@@ -275,19 +301,28 @@ class _Runs:
 
     def fail(self, i: int, exc: BaseException, mirror: Any = None) -> None:
         self.log[i].error("run %s failed", self.configs[i].run_id(), exc_info=exc)
-        self.stores[i].write_failed(self.configs[i].run_id(), exc)
+        record = getattr(exc, "record", {})  # e.g. reason "diverged" and the step
+        try:
+            self.stores[i].write_failed(self.configs[i].run_id(), exc, **record)
+        except OSError as write_error:  # a full disk: the log and the outcome still say it
+            self.log[i].error("could not write failed.json: %s", write_error)
         self.outcomes[i] = RunOutcome("failed", self.stores[i].path, None, repr(exc)[:500])
-        # W&B may already be gone (after a SIGTERM): that must not hide the error.
-        with contextlib.suppress(Exception):
-            if i in self.members:
-                self.finish_wandb(i, exit_code=1)
-            elif mirror is not None:
+        if i in self.members:
+            self.finish_wandb(i, exit_code=1)
+        elif mirror is not None:
+            with contextlib.suppress(Exception):
                 mirror.finish(exit_code=1)
 
     def finish_wandb(self, i: int, summary: dict[str, Any] | None = None, exit_code=0) -> None:
+        """Close the run's W&B run. W&B may be gone already (after a SIGTERM): one line in the
+        log then, never an error that hides the run's own outcome."""
         mirror = self.members[i].mirror
-        if mirror is not None:
+        if mirror is None:
+            return
+        try:
             mirror.finish(summary, exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.log[i].warning("could not close the W&B run: %r", exc)
 
 
 def precision_of(fabric: Any) -> str:

@@ -23,6 +23,7 @@ Why member k's trajectory equals its lone run's (tests/test_training.py checks i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,17 @@ from rhmscale.training.evaluation import EvalRecorder, eval_generators, sample_a
 from rhmscale.training.fabric import progress_bar
 from rhmscale.training.schedule import StepClock, eval_steps, lr_factor, stopped_early
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep, make_optimizer
+
+
+class Diverged(Exception):
+    """A run's loss or weights went non-finite: it fails with failed.json (reason diverged)."""
+
+    def __init__(self, step: int, what: list[str]) -> None:
+        super().__init__(
+            f"{' and '.join(what)} not finite at step {step}: the run diverged (a lower train.lr, "
+            "a longer train.warmup_steps or train.grad_clip may help)"
+        )
+        self.record = {"reason": "diverged", "step": step}
 
 
 @dataclass
@@ -280,7 +292,13 @@ class Trainer:
         train_loss = self.train_step.pop_mean_losses(self.loss_count)
         self.loss_count = 0
         wall = self.wall_s()
+        weights_ok = self.weights_finite()
         for k in todo:
+            values = {"train/loss": train_loss[k], "val/loss": val_loss[k]}
+            broken = [name for name, value in values.items() if not math.isfinite(value)]
+            if broken or not weights_ok[k]:
+                self.fail(k, Diverged(step, broken + ["weights"] * (not weights_ok[k])))
+                continue
             try:
                 self.recorders[k].record(
                     self.members[k].history,
@@ -319,8 +337,18 @@ class Trainer:
             for k, m in self.active()
         }
 
+    def weights_finite(self) -> list[bool]:
+        """Per member: are all its weights finite (one device sync)."""
+        k = len(self.members)
+        finite = [torch.isfinite(p).reshape(k, -1).all(dim=1) for p in self.stack.parameters()]
+        return torch.stack(finite).all(dim=0).tolist()
+
     def save(self) -> None:
-        """Each training member's slice to its own checkpoints/last.ckpt."""
+        """Each training member's slice to its own checkpoints/last.ckpt; never non-finite
+        weights (that member has diverged: it fails instead)."""
+        for k, ok in enumerate(self.weights_finite()):
+            if not ok and self.members[k].error is None and not self.members[k].stopped:
+                self.fail(k, Diverged(self.step, ["weights"]))
         for k, state in self.member_states().items():
             try:
                 checkpoint.save(self.fabric, self.members[k].run_dir.last_checkpoint, state)

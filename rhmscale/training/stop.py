@@ -1,0 +1,49 @@
+"""Stop requests: SIGTERM or SIGINT (`timeout`, `kill`, `sweep cancel`, Ctrl-C, scancel) set a
+flag that the training loop reads after every step (and so after an evaluation, a few seconds
+at most); the runs then checkpoint and return "interrupted". A second signal exits at once.
+
+The flag is per process and stays set: a sweep task that was asked to stop does not start its
+next runs. SIGUSR2 (preemption, time limit) is submitit's, handled by the sweep task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_requested: dict[str, int] = {}  # "signal" -> the number that asked
+
+
+def requested() -> bool:
+    return "signal" in _requested
+
+
+def _handler(signum: int, frame: Any) -> None:
+    _requested.setdefault("signal", signum)
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+
+
+@contextlib.contextmanager
+def honour_stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT ask the runs to checkpoint and stop (main thread
+    only: elsewhere signals cannot be handled and the block changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _handler:
+                signal.signal(sig, handler)
+
+
+def combined(should_stop: Callable[[], bool] | None) -> Callable[[], bool]:
+    """A stop signal, or the caller's own request (a pending requeue)."""
+    if should_stop is None:
+        return requested
+    return lambda: requested() or should_stop()
