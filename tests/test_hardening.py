@@ -240,3 +240,54 @@ def test_a_pack_leaves_a_run_that_another_process_trains_alone(tmp_path):
     assert first.state == "done"
     assert second.state == "running" and f"pid {os.getpid()}" in second.error
     assert not RunDir(paths[1]).failed.exists() and not RunDir(paths[1]).result.exists()
+
+
+@pytest.mark.slow
+def test_cancelling_a_local_sweep_ends_its_process_within_seconds(tmp_path):
+    import yaml
+
+    from rhmscale.store.folders import SweepDir
+
+    base = {
+        "grammar": {"L": 2, "v": 4, "m": 2},
+        "data": {"P": 8, "n_test": 4},
+        "model": {"arch": "tree_unet", "width": 16},
+        "train": {"max_steps": 200000, "device": "cpu", "checkpoint_every": 50},
+        "eval": {"n_samples": 16, "n_evals": 2},
+    }
+    spec = {"name": "long", "base": base, "grid": {"seed": [0]}, "tracking": {"wandb": "disabled"}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
+    # Output to a file: the worker it starts inherits the submitting process's descriptors.
+    with open(tmp_path / "submit.log", "w") as log:
+        out = subprocess.run(
+            [RHMSCALE, "sweep", "submit", str(tmp_path / "long.yaml"), "--root", str(tmp_path),
+             "--no-wait"],
+            stdout=log, stderr=subprocess.STDOUT, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 0, (tmp_path / "submit.log").read_text()
+    sweep = SweepDir(tmp_path / "long")
+    pid = int(sweep.read_job_lines()[0]["tasks"][0]["job_id"])
+
+    def training() -> bool:
+        logs = list(sweep.runs.glob("*/run.log"))
+        return bool(logs) and "training 1 run(s)" in logs[0].read_text()
+
+    deadline = time.time() + 60
+    while not training():
+        assert time.time() < deadline, "the run did not start"
+        time.sleep(0.2)
+    cancelled = subprocess.run(
+        [RHMSCALE, "sweep", "cancel", str(sweep.path)], capture_output=True, text=True, timeout=60
+    )
+    assert cancelled.returncode == 0 and str(pid) in cancelled.stdout
+    sent = time.time()
+    while time.time() - sent < 15:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"process {pid} still runs 15 s after the cancel")
+    (run,) = [RunDir(p) for p in sweep.runs.iterdir()]
+    assert run.state() == "interrupted"  # it checkpointed on the way out

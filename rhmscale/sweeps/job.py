@@ -20,6 +20,7 @@ from typing import Any
 import submitit
 
 from rhmscale.store.folders import RunDir
+from rhmscale.training.stop import requested as stop_requested
 
 log = logging.getLogger("rhmscale.sweeps")
 
@@ -160,8 +161,10 @@ class SweepTask(submitit.helpers.Checkpointable):
                         requeue()
                     raise SystemExit(-1) from None
                 outcomes += record_failure(unit, exc)
-            if requeue and outcome_interrupted(outcomes):
+            if requeue and requeue_requested() and outcome_interrupted(outcomes):
                 requeue()  # the runs checkpointed on the signal; requeue and exit
+            if stop_requested():
+                break  # SIGTERM/SIGINT (cancel, scancel): the runs checkpointed; no requeue
         failed = [o for o in outcomes if o["state"] == "failed"]
         if failed:
             raise RuntimeError(
