@@ -291,3 +291,40 @@ def test_cancelling_a_local_sweep_ends_its_process_within_seconds(tmp_path):
         raise AssertionError(f"process {pid} still runs 15 s after the cancel")
     (run,) = [RunDir(p) for p in sweep.runs.iterdir()]
     assert run.state() == "interrupted"  # it checkpointed on the way out
+
+
+# --- bad input to the fit: one line, exit 2 ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    import numpy as np
+
+    from tests.synthetic_sweep import synthetic_frame, write_run_dirs
+
+    root = tmp_path_factory.mktemp("syn")
+    write_run_dirs(synthetic_frame(np.random.default_rng(1), cells=[(8, 4), (16, 4)]), root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--theory", "10**10**10", "gives P_k = inf"),
+        ("--theory", "v**10**10", "gives P_k = inf"),
+        ("--theory", "0*v", "gives P_k = 0"),
+        ("--theory", "(" * 300 + "v" + ")" * 300, "under 200"),
+        ("--theory", "-" * 151 + "v", "positive finite"),
+        ("--metric", "{x}{k}", "only '{k}'"),
+    ],
+)
+def test_bad_fit_input_is_one_line_and_exit_2(synthetic, option, value, says):
+    import re
+
+    out = subprocess.run(
+        [RHMSCALE, "fit", str(synthetic), option, value, "--n-boot", "50"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if not line.startswith(str(synthetic))]
+    assert len(lines) == 1 and re.search(says, lines[0]), out.stderr
