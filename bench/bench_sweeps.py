@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from timing import timed  # bench/timing.py (the script's folder is on sys.path)
@@ -96,12 +97,13 @@ def fake_sweep(root: Path) -> tuple[Path, object]:
         run = sweep.run_dir(point.run_id)
         run.path.mkdir(parents=True, exist_ok=True)
         if i % 10 < 6:
-            atomic_write_json(run.result, {"run_id": point.run_id})
+            run.write_metrics([{"step": 1}])  # a finished run: whole metrics, readable result
+            atomic_write_json(run.result, {"run_id": point.run_id, "final": {"step": 1}})
         elif i % 10 == 6:
             atomic_write_json(run.failed, {"error": "RuntimeError", "message": "boom"})
         elif i % 10 == 7:
             run.checkpoints.mkdir(exist_ok=True)
-            run.last_checkpoint.write_bytes(b"x")
+            zipfile.ZipFile(run.last_checkpoint, "w").close()  # whole, as torch's are
         tasks.append({"job_id": f"999999_{i}", "run_ids": [point.run_id]})
     sweep.append_job_line(
         {"event": "submit", "kind": "slurm", "array_id": "999999", "tasks": tasks}

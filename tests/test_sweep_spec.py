@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,10 @@ def test_tasks_group_runs():
 
 
 def fake_done(sweep_dir, run_id):
-    atomic_write_json(sweep_dir / "runs" / run_id / "result.json", {"run_id": run_id})
+    """A finished run's files as the store checks them: a readable result, whole metrics."""
+    store = SweepDir(sweep_dir).run_dir(run_id)
+    store.write_metrics([{"step": 1}])
+    atomic_write_json(store.result, {"run_id": run_id, "final": {"step": 1}})
 
 
 def test_prepare_skips_done_runs_and_status_reads_files(tmp_path):
@@ -199,7 +203,7 @@ def test_prepare_skips_done_runs_and_status_reads_files(tmp_path):
     )
     ckpt = sweep / "runs" / points[2].run_id / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"x")
+    zipfile.ZipFile(ckpt, "w").close()  # whole, as torch.save's zip files are
     prepared = prepare(s, tmp_path)
     assert set(prepared.run_ids) == {p.run_id for p in points[1:]}
     status = sweep_status(sweep, s)

@@ -1,6 +1,8 @@
 """The `rhmscale` command: the typer app assembled from the command modules, and `main`.
 
-A UserError (a mistake in the input) is printed on stderr without a traceback, exit code 2.
+A UserError (a mistake in the input) is printed on stderr without a traceback, exit code 2; so
+is a file-system failure the user can fix (disk full, read-only, a path through a file: see
+cli/failures.py), as `error: cannot write <path>: <reason>`.
 Library modules are imported inside the commands, so that `rhmscale --help` stays fast (no
 torch, no pandas).
 """
@@ -30,8 +32,25 @@ app.add_typer(sweep_app, name="sweep")
 
 
 def main() -> None:
+    from rhmscale.cli.failures import NamedStdout, cannot_write, silence_stdout
+
+    sys.stdout = NamedStdout(sys.stdout)
     try:
-        app()
+        try:
+            app()
+        finally:
+            sys.stdout.flush()  # a full disk under `> file` fails here at the latest
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
+    except OSError as exc:
+        message = cannot_write(exc)
+        if message is None:
+            raise
+        silence_stdout()
+        fail(message)
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

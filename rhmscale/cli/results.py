@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rhmscale.cli.console import make_console
+from rhmscale.cli.failures import check_output_file, writing
 from rhmscale.cli.options import RunsArg, fit_options
 from rhmscale.errors import UserError
 
@@ -45,6 +46,8 @@ def collect(
     sources = [s for s in (path, from_wandb_offline, from_wandb) if s is not None]
     if len(sources) != 1:
         raise UserError("give one of: PATH, --from-wandb-offline DIR, --from-wandb entity/project")
+    if output is not None:
+        check_output_file(output)
     if from_wandb_offline is not None:
         from rhmscale.results.collect_wandb import collect_wandb_offline
 
@@ -63,7 +66,8 @@ def collect(
         console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
     if output is None:
         return
-    collection.write(output)
+    with writing(output):
+        collection.write(output)
     console.print(f"wrote {output}")
 
 
@@ -117,6 +121,8 @@ def export_command(
 
     tables = tuple(table or TABLES)
     check_format(fmt, tables)
+    if output is not None:
+        check_output_file(output)
     _, result = fit_runs(path, fit)
     if "exponents" in tables:
         require_exponents(result)
@@ -129,7 +135,8 @@ def export_command(
 
     for name, text in texts.items():
         target = output.with_name(f"{output.stem}-{name}{output.suffix}") if name else output
-        atomic_write_text(target, text)
+        with writing(target):
+            atomic_write_text(target, text)
         make_console().print(f"wrote {target}")
 
 
@@ -146,8 +153,9 @@ def plot_command(
     from rhmscale.results.plots import write_figures
 
     collection, result = fit_runs(path, fit)
-    for figure in write_figures(collection.frame, result, output):
-        make_console().print(f"wrote {figure}")
+    with writing(output):
+        for figure in write_figures(collection.frame, result, output):
+            make_console().print(f"wrote {figure}")
 
 
 @fit_options
@@ -174,15 +182,16 @@ def report_command(
         title, counts = context.title, context.counts
         spec_text, tracking = context.spec_text, context.tracking
     mode = wandb or tracking.get("wandb", "disabled")
-    written = write_report(
-        collection,
-        result,
-        output,
-        title=title,
-        counts=counts,
-        spec_text=spec_text,
-        wandb=None if mode == "disabled" else {**tracking, "mode": mode},
-    )
+    with writing(output):
+        written = write_report(
+            collection,
+            result,
+            output,
+            title=title,
+            counts=counts,
+            spec_text=spec_text,
+            wandb=None if mode == "disabled" else {**tracking, "mode": mode},
+        )
     make_console().print(f"wrote {written.markdown} and {len(written.figures)} figures")
     if written.wandb_run:
         make_console().print(f"W&B summary run: {written.wandb_run}")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from rhmscale.cli.console import make_console
+from rhmscale.cli.failures import writing
 from rhmscale.cli.options import ConfigOpt, OverrideOpt, RootOpt
+from rhmscale.errors import UserError
 
 grammar_app = typer.Typer(help="Inspect Random Hierarchy Model grammars.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=True)
@@ -29,7 +35,9 @@ def run(
     config: ConfigOpt = None,
     overrides: OverrideOpt = None,
     root: RootOpt = Path("runs"),
-    sweep: Annotated[str, typer.Option(help="Sweep folder under the root.")] = "adhoc",
+    sweep: Annotated[
+        str, typer.Option(help="Sweep folder under the root (a sweep name, not a path).")
+    ] = "adhoc",
     run_dir: Annotated[
         Path | None, typer.Option(help="Exact run folder (default <root>/<sweep>/runs/<run_id>).")
     ] = None,
@@ -46,20 +54,24 @@ def run(
     ] = None,
 ) -> None:
     """Train and evaluate one run; resumes from its checkpoint, skips it if already done."""
+    check_sweep_option(sweep)
     shorthands = {"tracking.wandb": wandb, "train.compile": compile}
     overrides = [*(overrides or []), *(f"{k}={v}" for k, v in shorthands.items() if v is not None)]
     cfg = load_run_config(config, overrides)
     if cfg.tracking.group is None:
         cfg.tracking.group = sweep
-    from rhmscale.store.folders import SweepDir
+    from rhmscale.store.folders import RunDir, SweepDir
 
     target = run_dir or SweepDir(root / sweep).run_dir(cfg.run_id()).path
     console = make_console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
+    if RunDir(target).state() != "done":  # a done run is only shown
+        check_tracking(cfg)
     from rhmscale.cli.tables import run_table
     from rhmscale.training import execute
 
-    (outcome,) = execute([cfg], [target], progress=progress)
+    with writing(target), warnings_on_stderr(cfg.run_id()):
+        (outcome,) = execute([cfg], [target], progress=progress)
     if outcome.state == "failed":
         console.print(f"[red]run failed[/]: {outcome.error}")
         console.print(f"details: {target / 'failed.json'}, {target / 'run.log'}", markup=False)
@@ -68,6 +80,39 @@ def run(
         console.print(f"run stopped at a checkpoint in {target}; run again to resume")
         raise typer.Exit(3)
     console.print(run_table(outcome.result))
+
+
+def check_sweep_option(sweep: str) -> None:
+    """--sweep names one folder under --root, by the rule of sweep names (no '..', no '/')."""
+    from rhmscale.sweeps.spec import check_sweep_name
+
+    try:
+        check_sweep_name(sweep)
+    except ValueError as exc:
+        raise UserError(f"--sweep: {exc}") from None
+
+
+def check_tracking(cfg: Any) -> None:
+    """Settle the W&B mode before anything trains: `online` without credentials or without a
+    server that answers is a UserError (`auto` then says once why it logs offline)."""
+    from rhmscale.store.wandb_mirror import choose_mode
+
+    choose_mode(cfg.tracking.wandb, cfg.tracking.connect_timeout)  # asked once per process
+
+
+@contextlib.contextmanager
+def warnings_on_stderr(run_id: str) -> Iterator[None]:
+    """The run's warnings (W&B offline and why, ...) on stderr too, one line each; its errors
+    are summed up by the command."""
+    logger = logging.getLogger(f"rhmscale.run.{run_id}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: record.levelno == logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @grammar_app.command("show")

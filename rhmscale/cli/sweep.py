@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rhmscale.cli.console import make_console
+from rhmscale.cli.failures import writing
 from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ def sweep_submit(
     from rhmscale.sweeps.dispatch import submit
     from rhmscale.sweeps.spec import load_spec
 
-    follow(submit(load_spec(spec), root, executor=overrides), wait)
+    sweep = load_spec(spec)
+    with writing(root / sweep.name):
+        submission = submit(sweep, root, executor=overrides)
+    follow(submission, wait)
 
 
 @sweep_app.command("retry")
@@ -63,7 +67,9 @@ def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt 
     """Resubmit failed, interrupted and cancelled runs only."""
     from rhmscale.sweeps.dispatch import retry
 
-    follow(retry(path, executor=overrides), wait)
+    with writing(path):
+        submission = retry(path, executor=overrides)
+    follow(submission, wait)
 
 
 def follow(submission: Submission, wait: bool | None) -> None:
@@ -124,14 +130,14 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
     console.print(status_table(status))
     if runs:
         console.print(runs_table(status))
-    failed = [r for r in status.runs if r.state == "failed"]
+    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt")]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
-        console.print(f"[red]failed[/] {run.run_id} ({values}) job {run.job_id}:")
+        console.print(f"[red]{run.state}[/] {run.run_id} ({values}) job {run.job_id}:")
         console.print(f"  {run.message or '(no message)'}", markup=False)
         console.print(f"  log: {SweepDir(status.path).run_dir(run.run_id).log}", markup=False)
     if len(failed) > failures:
-        console.print(f"... and {len(failed) - failures} more failed runs (--json lists all)")
+        console.print(f"... and {len(failed) - failures} more such runs (--json lists all)")
 
 
 @sweep_app.command("cancel")

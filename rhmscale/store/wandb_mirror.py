@@ -8,37 +8,163 @@ through a logger that logs the same metrics everywhere.
 
 Metrics are logged with our training step as the column `step` (W&B's x axis for them), not as
 W&B's internal step: a resumed run logs some steps again, which W&B's step would drop.
+
+The mode (`tracking.wandb`) is settled before wandb is called, so that a machine without network
+neither waits for minutes nor loses a run: `auto` is online only when there are credentials and
+the W&B server answers within `tracking.connect_timeout` seconds, else offline with one warning
+that says why and how to upload later (`wandb sync`); `online` raises a UserError in those cases.
+The server is asked once per process and base URL (a pack of 32 runs asks once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import http.client
+import logging
 import netrc
 import os
+import socket
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rhmscale.config import RunConfig
+from rhmscale.config import RunConfig, TrackingConfig
+from rhmscale.errors import UserError
 from rhmscale.store.folders import RunDir
 
 SAMPLE_COLUMNS = ["step", "sample", "coherence_depth", "grammatical", "memorized"]
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+DEFAULT_TIMEOUT = TrackingConfig.model_fields["connect_timeout"].default
+FINISH_TIMEOUT_S = 300.0  # online: run.finish() gives up uploading after this (data kept on disk)
+ENV_MODES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+
+log = logging.getLogger(__name__)
+
+
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
 
 
 def has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    host = base_url().split("://")[-1].split("/")[0]
     try:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
 
-def resolve_mode(mode: str) -> str:
-    """auto: online when credentials exist, else offline (sync later with `wandb sync`)."""
-    if mode == "auto":
-        return "online" if has_credentials() else "offline"
-    return mode
+_answers: dict[str, str | None] = {}  # base URL -> None (it answered) or why it did not
+_answers_lock = threading.Lock()
+
+
+def server_problem(url: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """None when the W&B server at `url` answers an HTTP request within `timeout` seconds (any
+    HTTP response, an error status included), else why not, e.g. "did not answer within 5s".
+    Asked once per process and URL; the request runs in a thread so that a slow DNS cannot
+    hold the caller past the timeout."""
+    with _answers_lock:
+        if url not in _answers:
+            _answers[url] = _ask(url, timeout)
+        return _answers[url]
+
+
+def _ask(url: str, timeout: float) -> str | None:
+    answer: list[str | None] = []
+    thread = threading.Thread(target=lambda: answer.append(_request(url, timeout)), daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)  # urlopen's timeout is per socket operation: bound the total
+    return answer[0] if answer else f"did not answer within {timeout:g}s"
+
+
+def _request(url: str, timeout: float) -> str | None:
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "rhmscale"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered, if only with an error status
+    except ValueError as exc:  # not a URL urllib can open
+        return f"is not a usable URL ({exc})"
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError | socket.timeout):
+            return f"did not answer within {timeout:g}s"
+        if isinstance(reason, ConnectionRefusedError):
+            return "refused the connection"
+        if isinstance(reason, socket.gaierror):
+            return f"could not be found ({reason.strerror or reason})"
+        if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "is unreachable (no route to it)"
+        return f"did not answer ({reason})"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The W&B mode a run uses, and why `auto` chose offline (None when it did not)."""
+
+    mode: str  # online, offline or disabled
+    fallback: str | None = None
+
+    def warning(self, folder: Path | str) -> str | None:
+        """The one-line warning when `auto` fell back to offline, with the command that uploads
+        the offline runs of `folder` (a run folder) later."""
+        if self.fallback is None:
+            return None
+        return (
+            f"W&B: {self.fallback}: logging offline; upload later with: "
+            f"wandb sync {Path(folder).absolute() / 'wandb'}/offline-run-*"
+        )
+
+
+def choose_mode(mode: str, timeout: float = DEFAULT_TIMEOUT) -> Mode:
+    """Settle tracking.wandb: auto -> online (credentials and a server that answers within
+    `timeout` seconds) or offline (saying why); online -> UserError when either is missing.
+    `auto` follows WANDB_MODE=offline|dryrun|disabled when it is set."""
+    if mode in ("offline", "disabled"):
+        return Mode(mode)
+    if mode not in ("auto", "online"):
+        raise UserError(f"tracking.wandb={mode!r}: use auto, online, offline or disabled")
+    url = base_url()
+    if mode == "auto" and os.environ.get("WANDB_MODE", "").lower() in ENV_MODES:
+        return Mode(ENV_MODES[os.environ["WANDB_MODE"].lower()])
+    if not has_credentials():
+        if mode == "online":
+            raise UserError(
+                "tracking.wandb=online needs W&B credentials: set WANDB_API_KEY or run "
+                f"`wandb login` (for {url}), or use --wandb auto or offline"
+            )
+        return Mode("offline", "no credentials (WANDB_API_KEY or `wandb login`)")
+    problem = server_problem(url, timeout)
+    if problem is None:
+        return Mode("online")
+    if mode == "online":
+        raise UserError(
+            f"tracking.wandb=online: the W&B server {url} {problem} (tracking.connect_timeout="
+            f"{timeout:g}); check the network or WANDB_BASE_URL, or use --wandb auto or offline "
+            "and `wandb sync` later"
+        )
+    return Mode("offline", f"the server {url} {problem}")
+
+
+def resolve_mode(mode: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """online, offline or disabled for tracking.wandb `mode` (see choose_mode); a fallback to
+    offline is logged."""
+    chosen = choose_mode(mode, timeout)
+    if chosen.fallback is not None:
+        log.warning("W&B: %s: logging offline (upload later with `wandb sync`)", chosen.fallback)
+    return chosen.mode
+
+
+def init_timeout(connect_timeout: float) -> float:
+    """How long wandb.init may take (wandb's default, 90 s, retried per member, is minutes)."""
+    return max(10.0, 6 * connect_timeout)
 
 
 @contextlib.contextmanager
@@ -63,12 +189,16 @@ def wandb_folders(run_dir: RunDir) -> Iterator[None]:
                 os.environ[name] = value
 
 
+_open_runs: set[int] = set()  # id() of the MirrorRuns of this process not yet finished
+
+
 class MirrorRun:
     """One run's open W&B run; each call runs inside the run folder's W&B folders."""
 
     def __init__(self, run: Any, run_dir: RunDir) -> None:
         self.run = run
         self.run_dir = run_dir
+        _open_runs.add(id(self))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         with wandb_folders(self.run_dir):
@@ -83,35 +213,90 @@ class MirrorRun:
             self.run.log({"gen/samples": table, "step": step})
 
     def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
-        with wandb_folders(self.run_dir):
-            if summary:
-                self.run.summary.update(summary)
-            self.run.finish(exit_code=exit_code)
+        try:
+            with wandb_folders(self.run_dir):
+                if summary:
+                    self.run.summary.update(summary)
+                self.run.finish(exit_code=exit_code)
+        finally:
+            _open_runs.discard(id(self))
 
 
 def open_run(config: RunConfig, run_dir: RunDir) -> MirrorRun | None:
-    """Start (or resume) the run's W&B run; None when tracking is disabled."""
-    mode = resolve_mode(config.tracking.wandb)
-    if mode == "disabled":
-        return None
-    import wandb
+    """Start (or resume) the run's W&B run; None when tracking is disabled.
 
+    `online` raises a UserError (the run fails before it trains) when there are no
+    credentials, the server does not answer, or wandb.init fails. `auto` logs one warning in
+    the run's log and goes on offline instead; when wandb.init fails online while other runs of
+    this process are open (wandb holds on to the failed run's id until it is torn down), the
+    run goes on without a W&B run: the run folder has all of it."""
     tracking = config.tracking
+    chosen = choose_mode(tracking.wandb, tracking.connect_timeout)
+    if chosen.mode == "disabled":
+        return None
+    run_log = logging.getLogger(f"rhmscale.run.{config.run_id()}")
+    if warning := chosen.warning(run_dir.path):
+        run_log.warning(warning)
     with wandb_folders(run_dir):
-        run = wandb.init(
-            id=config.run_id(),
-            name=config.run_id(),
-            project=tracking.project,
-            entity=tracking.entity,
-            group=tracking.group,
-            tags=tracking.tags or None,
-            dir=str(run_dir.path),
-            mode=mode,
-            resume="allow",
-            config=config.flat() | {"run_id": config.run_id()},
-            settings=wandb.Settings(silent=True, console="off") if mode == "offline" else None,
-            reinit="create_new",  # the members of a pack each have a run, open at once
-        )
+        try:
+            run = _init(config, run_dir, chosen.mode)
+        except Exception as exc:
+            if chosen.mode != "online":
+                raise
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problem = f"could not start a run ({why})"
+            with _answers_lock:  # the next members of a pack do not wait for it again
+                _answers[base_url()] = problem
+            if tracking.wandb == "online":
+                raise UserError(f"W&B server {base_url()} {problem}") from exc
+            if _open_runs:
+                run_log.warning(
+                    "W&B: the server %s %s; other W&B runs are open in this process, so this "
+                    "run is not mirrored to W&B (its folder %s has all its results)",
+                    base_url(),
+                    problem,
+                    run_dir.path,
+                )
+                return None
+            run_log.warning(
+                Mode("offline", f"the server {base_url()} {problem}").warning(run_dir.path)
+            )
+            _teardown_wandb()  # frees the failed run's id for the offline run
+            run = _init(config, run_dir, "offline")
         run.define_metric("step")
         run.define_metric("*", step_metric="step")
     return MirrorRun(run, run_dir)
+
+
+def _teardown_wandb() -> None:
+    import io
+
+    import wandb
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        wandb.teardown()
+
+
+def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
+    import wandb
+
+    tracking = config.tracking
+    settings: dict[str, Any] = {"init_timeout": init_timeout(tracking.connect_timeout)}
+    if mode == "offline":
+        settings |= {"silent": True, "console": "off"}
+    elif "finish_timeout" in wandb.Settings.model_fields:  # wandb >= 0.19.9
+        settings["finish_timeout"] = FINISH_TIMEOUT_S
+    return wandb.init(
+        id=config.run_id(),
+        name=config.run_id(),
+        project=tracking.project,
+        entity=tracking.entity,
+        group=tracking.group,
+        tags=tracking.tags or None,
+        dir=str(run_dir.path),
+        mode=mode,
+        resume="allow",
+        config=config.flat() | {"run_id": config.run_id()},
+        settings=wandb.Settings(**settings),
+        reinit="create_new",  # the members of a pack each have a run, open at once
+    )

@@ -19,7 +19,20 @@ from rhmscale.config import TrackingConfig
 from rhmscale.config_io import did_you_mean, load_yaml, validated
 from rhmscale.errors import UserError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # whole name: fullmatch (`$` lets "x\n" by)
+MAX_NAME = 100
+
+
+def check_sweep_name(value: str) -> str:
+    """A sweep name is one folder under the root: letters, digits, '-', '_', '.'; ValueError
+    otherwise. The one rule for spec names and `rhmscale run --sweep`."""
+    if not NAME_RE.fullmatch(value) or len(value) > MAX_NAME:
+        raise ValueError(
+            f"sweep name {value!r} may hold only letters, digits, '-', '_' and '.', "
+            f"start with a letter or digit, and be at most {MAX_NAME} characters"
+        )
+    return value
+
 
 # sbatch long options a spec may add under `executor.sbatch` (underscores or dashes).
 # Options that the executor's own fields set (partition, time, gpus, cpus, mem, array, ...)
@@ -138,12 +151,7 @@ class SweepSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not NAME_RE.match(value) or value in {".", ".."} or len(value) > 100:
-            raise ValueError(
-                f"sweep name {value!r} may hold only letters, digits, '-', '_' and '.', "
-                "start with a letter or digit, and be at most 100 characters"
-            )
-        return value
+        return check_sweep_name(value)
 
     @field_validator("tracking")
     @classmethod
