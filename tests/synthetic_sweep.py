@@ -41,8 +41,10 @@ def synthetic_frame(
     steps: tuple[int, ...] = (10_000,),
     time_star: float = 2e4,
     prefactor: float = 3.0,
+    level1_factor: float = 1.0,
 ) -> pd.DataFrame:
-    """Rows in the shape collect() returns; the last step of each run is its final row."""
+    """Rows in the shape collect() returns; the last step of each run is its final row.
+    level1_factor moves level 1 off the law (P*_1 times this factor)."""
     rows = []
     for v, m in cells:
         lo, hi = true_p_star(v, m, 1, prefactor) / 6, true_p_star(v, m, L, prefactor) * 6
@@ -72,9 +74,8 @@ def synthetic_frame(
                     in_time = sigmoid((np.log(step * BATCH) - np.log(time_star)) / width)
                     depth = 0.0
                     for k in range(1, L + 1):
-                        level = sigmoid(
-                            (np.log(P) - np.log(true_p_star(v, m, k, prefactor))) / width
-                        )
+                        p_star = true_p_star(v, m, k, prefactor) * (level1_factor if k == 1 else 1)
+                        level = sigmoid((np.log(P) - np.log(p_star)) / width)
                         acc = np.clip(level * in_time + rng.normal(0, noise), 0, 1)
                         # A model that does not memorise: novel samples score as all do.
                         row[f"gen/acc_l{k}"] = row[f"gen/novel_acc_l{k}"] = acc

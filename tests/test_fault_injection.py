@@ -88,11 +88,12 @@ def test_faults_leave_every_run_done_once_with_undisturbed_metrics(slurm_cluster
         if round_ < 3:  # faults at random times while tasks run
             for _ in range(3):
                 time.sleep(rng.uniform(1, 4))
-                for task in running_tasks(arrays):
-                    if rng.random() < 0.5:
-                        fault = rng.choice(FAULTS)
-                        inject(task, fault)
-                        counts[fault] += 1
+                tasks = running_tasks(arrays)
+                # each running task with probability 1/2 and at least one: faults in every pass
+                for task in [t for t in tasks if rng.random() < 0.5] or tasks[:1]:
+                    fault = rng.choice(FAULTS)
+                    inject(task, fault)
+                    counts[fault] += 1
         wait_until(lambda a=arrays: not running_tasks(a) and not queued(a), 300, "tasks to end")
         if round_ < 3:
             damage(sweep, rng, counts)

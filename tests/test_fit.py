@@ -106,6 +106,30 @@ def test_misfit_widens_the_intervals():
     assert (width(misfit) > 2 * width(exact)).all()
 
 
+def test_levels_choose_the_points_of_the_exponent_fit():
+    """Level 1 off the law by a factor 2.5: fitted with every level the exponents are off and
+    the intervals wide; with --levels 2- the law comes back, and the P*_k table keeps level 1."""
+    frame = synthetic_frame(np.random.default_rng(6), noise=0.01, level1_factor=0.4)
+    every = fit(frame, FitOptions(**FINAL, n_boot=300))
+    upper = fit(frame, FitOptions(**FINAL, n_boot=300, levels="2-"))
+    assert every.stats["chi2_red"] > 3
+    est = upper.exponents.set_index("term")
+    assert est.loc["log v", "estimate"] == pytest.approx(1.0, abs=0.05)
+    assert est.loc["(k+1) log m", "estimate"] == pytest.approx(1.0, abs=0.05)
+    assert upper.stats["n_points"] == 12 and sorted(upper.crossings["k"].unique()) == [1, 2, 3]
+    width = lambda r: (r.exponents["hi"] - r.exponents["lo"]).to_numpy()  # noqa: E731
+    assert (width(every) > 2 * width(upper)).all()
+    alone = fit(frame, FitOptions(**FINAL, n_boot=100, levels="1", regressors="log v, log m"))
+    assert alone.stats["n_points"] == 6
+
+
+@pytest.mark.parametrize("levels", ["0-", "3-2", "two", "-2", "1-2-3"])
+def test_bad_levels_are_user_errors(levels):
+    frame = synthetic_frame(np.random.default_rng(3), cells=[(8, 2), (16, 4)])
+    with pytest.raises(UserError, match="--levels"):
+        fit(frame, FitOptions(**FINAL, levels=levels))
+
+
 def test_censored_points_are_reported_not_dropped():
     frame = synthetic_frame(np.random.default_rng(1), noise=0.01)
     # Cell v=8 m=2 keeps only sizes far above its P*_1: level 1 is censored below.

@@ -1,4 +1,5 @@
-"""Planning packs: runs of one shape share a pack across cells; other shapes never do."""
+"""Planning packs: runs of one shape share a pack across cells, in order of data.P; other shapes
+never do."""
 
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def test_packs_fill_across_cells_of_one_shape(tmp_path):
         assert len({item["pack"] for item in task}) == 1
         assert len({item["config"]["grammar"]["v"] for item in task}) == 1
     assert any(len({item["config"]["grammar"]["m"] for item in t}) == 2 for t in tasks)
+    # Runs of similar P train together: a shape's packs cover disjoint, increasing P ranges.
+    for v in (8, 16):
+        spans = sorted(
+            (min(ps), max(ps))
+            for t in tasks
+            if t[0]["config"]["grammar"]["v"] == v
+            for ps in [[item["config"]["data"]["P"] for item in t]]
+        )
+        assert spans == [(32, 32), (64, 64), (128, 128)]
     assert sorted(prepared.run_ids) == sorted({i["run_id"] for t in tasks for i in t})
 
 
@@ -71,4 +81,5 @@ def test_pack_plan_names_what_tells_packs_apart_and_what_members_vary_in(tmp_pat
     assert plan.member_keys == ["grammar.m", "data.P", "seed"]
     assert len(plan.packs) == 6 and sum(pack.size for pack in plan.packs) == 36
     for pack in plan.packs:
-        assert pack.shape["grammar.v"] in (8, 16) and pack.members["data.P"] == [32, 64, 128]
+        assert pack.shape["grammar.v"] in (8, 16) and len(pack.members["data.P"]) == 1
+        assert pack.members["grammar.m"] == [2, 4] and pack.members["seed"] == [0, 1, 2]

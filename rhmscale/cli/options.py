@@ -35,7 +35,10 @@ RunsArg = Annotated[
     ),
 ]
 SpecArg = Annotated[
-    str, typer.Argument(help="Sweep spec YAML file, or a preset name (quick, paper).")
+    str,
+    typer.Argument(
+        help="Sweep spec YAML file, or a preset name (quick, paper-lite, paper, paper-transformer)."
+    ),
 ]
 SweepPathArg = Annotated[Path, typer.Argument(help="The sweep folder: <root>/<sweep name>.")]
 WaitOpt = Annotated[
@@ -136,6 +139,16 @@ FIT_OPTIONS: Options = {
     "theory": (
         Annotated[str, typer.Option(help="Predicted P_k, a formula in v, m, s, L, k.")],
         "v * m^(k+1)",
+    ),
+    "levels": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Levels whose P*_k enter the exponent fit: all, 2-, 2-3 or 1 (the P*_k "
+                "table lists every level)."
+            ),
+        ],
+        "all",
     ),
     "n_boot": (
         Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.", min=50)],

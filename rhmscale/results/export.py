@@ -78,6 +78,8 @@ def p_star_frame(result: FitResult) -> pd.DataFrame:
 def fit_summary(result: FitResult) -> str:
     stats, options = result.stats, result.options
     where = f"threshold {options.threshold} on {options.metric}, evaluation: {options.at}"
+    if options.levels != "all":
+        where += f", levels {options.levels} (the P*_k table lists every level)"
     if "fit_error" in stats:
         return f"No exponent fit ({where}): {stats['fit_error']}"
     ci = f"{options.ci:.0%}"

@@ -20,7 +20,7 @@ from rhmscale.errors import UserError
 from rhmscale.results.cells import rows_at, with_cells
 from rhmscale.results.coherence import COHERENCE, coherence_fits
 from rhmscale.results.exponents import fit_exponents
-from rhmscale.results.options import FitOptions, check_options
+from rhmscale.results.options import FitOptions, check_options, level_range
 from rhmscale.results.sample_complexity import sample_complexity
 from rhmscale.results.theory import Theory, parse_regressors
 from rhmscale.results.training_time import time_crossings
@@ -71,12 +71,19 @@ def fit(frame: pd.DataFrame, options: FitOptions | None = None) -> FitResult:
     frame = with_cells(frame)
     rows = rows_at(frame, options.at)
     points, replicates = sample_complexity(rows, options, theory, rngs[0])
+    low, high = level_range(options.levels)
+    fitted = points["k"].between(low, high).to_numpy()
     try:
-        exponents, stats = fit_exponents(points, replicates, names, theory, options, rngs[1])
+        exponents, stats = fit_exponents(
+            points[fitted].reset_index(drop=True), replicates[fitted], names, theory, options,
+            rngs[1],
+        )  # fmt: skip
     except UserError as exc:
         # The P*_k table is still worth showing; callers decide whether this is fatal.
         exponents, stats = pd.DataFrame(), {"fit_error": str(exc)}
-    stats.update(threshold=options.threshold, metric=options.metric, at=options.at)
+    stats.update(
+        threshold=options.threshold, metric=options.metric, at=options.at, levels=options.levels
+    )
     stats["n_runs"] = int(rows["run_id"].nunique())
     return FitResult(
         options,

@@ -26,13 +26,33 @@ class FitOptions:
     metric: str = "gen/novel_acc_l{k}"
     regressors: str = DEFAULT_REGRESSORS
     theory: str = DEFAULT_THEORY
+    # Levels whose P*_k enter the exponent fit ("all", "2-", "2-3", "1"); the P*_k table keeps
+    # every level. Level 1 can follow another law: its rules can be read off the s-tuples seen.
+    levels: str = "all"
     n_boot: int = 1000
     ci: float = 0.95
     seed: int = 0
 
 
+def level_range(levels: str) -> tuple[int, float]:
+    """'all' -> (1, inf); '2-' -> (2, inf); '2-3' -> (2, 3); '1' -> (1, 1)."""
+    text = levels.replace(" ", "")
+    if text == "all":
+        return 1, float("inf")
+    low, dash, high = text.partition("-")
+    if not low.isdigit() or not (high.isdigit() or high == "") or int(low) < 1:
+        raise UserError(
+            f"--levels {levels!r}: write all, a level (2), a range (2-3) or an open range (2-)"
+        )
+    top = float("inf") if dash and not high else int(high or low)
+    if top < int(low):
+        raise UserError(f"--levels {levels!r}: the range is empty; write the lower level first")
+    return int(low), top
+
+
 def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
     """Bad settings, or a metric the runs did not record, as UserErrors that say what to do."""
+    level_range(options.levels)
     if not 0 < options.threshold < 1:
         raise UserError(f"--threshold {options.threshold}: choose a value between 0 and 1")
     try:

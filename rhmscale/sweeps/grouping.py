@@ -8,6 +8,7 @@ once), the runs or packs dealt out; the debug executor runs everything in one ta
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -57,20 +58,25 @@ def group_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
 
 
 def make_packs(items: list[Item], size: int) -> list[list[Item]]:
-    """Runs of one shape (pack_key) in packs of up to `size`, filled across grammar cells.
+    """Runs of one shape (pack_key) in packs of up to `size`, runs of similar data.P together.
 
-    Packs of one shape are filled evenly (sizes differ by at most one), so that no pack is a
-    lone straggler that keeps its GPU as long as a full one for a fraction of the work.
+    A pack steps until its last member stops, and with early stopping a run's length grows with
+    its training set: packing runs in order of P lets the small-P packs end early instead of
+    every pack waiting for its largest P. Packs of one shape are filled evenly (sizes differ by
+    at most one), so that no pack is a lone straggler holding its GPU for a fraction of the work.
     """
     from rhmscale.config import RunConfig, pack_key
 
-    shapes: dict[str, list[Item]] = {}
+    shapes: dict[str, list[tuple[int, Item]]] = {}
     for item in items:
-        shapes.setdefault(pack_key(RunConfig.model_validate(item["config"])), []).append(item)
+        config = RunConfig.model_validate(item["config"])
+        shapes.setdefault(pack_key(config), []).append((config.data.P, item))
     packs = []
     for members in shapes.values():
-        n_packs = math.ceil(len(members) / size)
-        packs += [members[i::n_packs] for i in range(n_packs)]
+        ordered = [item for _, item in sorted(members, key=lambda pair: pair[0])]
+        n_packs = math.ceil(len(ordered) / size)
+        bounds = [round(i * len(ordered) / n_packs) for i in range(n_packs + 1)]
+        packs += [ordered[a:b] for a, b in itertools.pairwise(bounds)]
     return packs
 
 
