@@ -194,6 +194,13 @@ class EvalConfig(_Strict):
         description="gen/novel_*: with fewer novel (non-copy) samples, the missing ones count "
         "as failures",
     )
+    val_draws: int = setting(
+        4,
+        SCIENCE,
+        ge=1,
+        description="(t, mask) draws per held-out sequence for val/loss, the same draws at every "
+        "evaluation (early stopping compares models, not draws)",
+    )
     batch_size: int = setting(
         1024, BOOKKEEPING, gt=0, description="batch size for generation and val/loss"
     )

@@ -324,3 +324,31 @@ def test_a_member_that_stops_early_leaves_the_others_their_lone_trajectory(tmp_p
     lone, _ = losses_of([runner], dirs(tmp_path / "lone", [runner]))
     torch.testing.assert_close(torch.stack(steps), lone[:, 0], rtol=0, atol=1e-5)
     assert_rows_close(history(done.run_dir), history(dirs(tmp_path / "lone", [runner])[0]))
+
+
+def test_val_loss_draws_the_same_t_and_masks_at_every_evaluation():
+    """Common random numbers: the same weights score the same val/loss at any step, so early
+    stopping compares models, not draws; the samples still change from step to step."""
+    from rhmscale.models.diffusion import MaskedDiffusion
+    from rhmscale.training.evaluation import eval_generators, sample_and_score, val_generators
+
+    configs = [small(*member) for member in MEMBERS[:2]]
+    cfg = configs[0]
+    stack = stack_denoisers(cfg.model, cfg.grammar, [c.seed for c in configs])
+    diffusion = MaskedDiffusion(cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic)
+    test = torch.randint(0, cfg.grammar.v, (2, cfg.data.n_test, cfg.grammar.seq_len))
+    cpu = torch.device("cpu")
+    scored = [
+        sample_and_score(
+            diffusion,
+            stack,
+            cfg,
+            test,
+            eval_generators(configs, step, cpu),
+            val_generators(configs, cpu),
+        )  # fmt: skip
+        for step in (10, 20)
+    ]
+    (samples_a, loss_a), (samples_b, loss_b) = scored
+    assert torch.equal(loss_a, loss_b) and not torch.equal(samples_a, samples_b)
+    assert loss_a[0] != loss_a[1]  # each member its own draws

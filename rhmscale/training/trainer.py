@@ -39,7 +39,12 @@ from rhmscale.rhm.data import Datasets
 from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
-from rhmscale.training.evaluation import EvalRecorder, eval_generators, sample_and_score
+from rhmscale.training.evaluation import (
+    EvalRecorder,
+    eval_generators,
+    sample_and_score,
+    val_generators,
+)
 from rhmscale.training.fabric import progress_bar
 from rhmscale.training.schedule import StepClock, eval_steps, lr_factor, stopped_early
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep, make_optimizer
@@ -283,11 +288,13 @@ class Trainer:
         todo = [k for k, m in self.active() if not (m.history and m.history[-1]["step"] == step)]
         if not todo:
             return
-        gens = eval_generators([m.config for m in self.members], step, self.device)
+        configs = [m.config for m in self.members]
+        gens = eval_generators(configs, step, self.device)
         with self.fabric.autocast():
             samples, val_loss = sample_and_score(
-                self.diffusion, self.stack, self.config, self.test_data, gens
-            )
+                self.diffusion, self.stack, self.config, self.test_data, gens,
+                val_generators(configs, self.device),
+            )  # fmt: skip
         samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
         train_loss = self.train_step.pop_mean_losses(self.loss_count)
         self.loss_count = 0
