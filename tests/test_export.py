@@ -73,3 +73,20 @@ def test_bad_format_and_table():
         render(None, "xlsx")
     with pytest.raises(UserError, match="choose from exponents, p_star"):
         render(None, "md", ("everything",))
+
+
+def test_the_summary_says_whether_the_theory_lies_inside_each_interval(result):
+    from rhmscale.results.export import fit_summary
+
+    assert result.exponents["off_by"].max() <= 1  # a synthetic sweep of the theory's law
+    assert fit_summary(result).endswith(
+        "The theory lies inside the 95% interval of every exponent."
+    )
+    off = fit(
+        synthetic_frame(np.random.default_rng(6), noise=0.01, level1_factor=0.4),
+        FitOptions(at="final", n_boot=200, levels="2-", theory="v * m^(k+2)"),
+    )  # the law of the data is v m^(k+1): the theory's m exponent is off, its v exponent not
+    assert fit_summary(off).endswith(
+        f"inside the 95% interval of log v and outside that of (k+1) log m (off by "
+        f"{off.exponents['off_by'].iloc[1]:.1f})."
+    )

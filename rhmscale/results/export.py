@@ -89,7 +89,24 @@ def fit_summary(result: FitResult) -> str:
         f"{stats['n_censored']} censored; {ci} intervals by {stats['interval_method']}; "
         f"theory P_k ∝ {stats['theory']}"
         + ("" if stats["theory_exact"] else " (not spanned by the regressors: projected)")
-        + "; 'off by' = distance of the theory from the estimate in interval half-widths."
+        + "; 'off by' = distance of the theory from the estimate in interval half-widths. "
+        + theory_verdict(result)
+    )
+
+
+def theory_verdict(result: FitResult) -> str:
+    """One sentence: for which exponents the theory lies inside the interval, which not."""
+    rows = result.exponents.to_dict("records")
+    inside = [r["term"] for r in rows if r["off_by"] <= 1]
+    outside = [f"{r['term']} (off by {r['off_by']:.1f})" for r in rows if r["off_by"] > 1]
+    ci = f"{result.options.ci:.0%}"
+    if not outside:
+        return f"The theory lies inside the {ci} interval of every exponent."
+    if not inside:
+        return f"The theory lies outside the {ci} interval of every exponent: {', '.join(outside)}."
+    return (
+        f"The theory lies inside the {ci} interval of {', '.join(inside)} and outside that of "
+        f"{', '.join(outside)}."
     )
 
 
