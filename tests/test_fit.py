@@ -204,12 +204,15 @@ def test_theory_is_projected_on_the_chosen_regressors():
 def test_training_time_crossing_and_coherence():
     steps = tuple(int(s) for s in np.geomspace(10, 10_000, 14))
     frame = synthetic_frame(np.random.default_rng(6), cells=[(8, 2), (16, 4)], steps=steps)
+    frame = frame.sample(frac=1, random_state=0)  # collect() gives runs in run-id order
     result = fit(frame, FitOptions(**FINAL, n_boot=100))
     times = result.time_crossings
     # Far above P*_1 the level is learned when the time logistic crosses 0.5.
     top = times[(times["k"] == 1) & (times["data.P"] == times["data.P"].max())]
     assert np.allclose(top["samples_star"], 2e4, rtol=0.25)
     assert set(times["censored"]) <= {"", "below", "above"}
+    for _, cell in times.groupby("cell", sort=False):  # rows in order of P, then level
+        assert list(cell["data.P"]) == sorted(cell["data.P"])
     coherence = result.coherence.set_index("cell")
     assert (coherence["exponent"] > 0).all() and (coherence["n_sizes"] >= 6).all()
 

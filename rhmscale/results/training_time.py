@@ -22,7 +22,9 @@ def time_crossings(
     frame: every evaluation of every run, with a "cell" column (cells.with_cells).
     """
     records = []
-    for (cell, P), group in frame.sort_values(CELL_ORDER).groupby(["cell", SIZE], sort=False):
+    for (cell, P), group in frame.sort_values([*CELL_ORDER, SIZE]).groupby(
+        ["cell", SIZE], sort=False
+    ):
         group = group[group["samples_seen"] > 0]
         for k in range(1, grammar_of(group)["L"] + 1):
             seen, values = values_by(group["samples_seen"], group[options.metric.format(k=k)])
