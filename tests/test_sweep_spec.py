@@ -156,13 +156,31 @@ def test_presets_load_and_expand():
     quick = expand_points(load_spec("quick"))
     assert len(quick.points) == 20  # the demo: 2 v x 5 P x 2 seeds
     assert all(p.config.train.device == "cpu" for p in quick.points)
-    paper = load_spec("paper")
-    configs = expand(paper)
-    assert {c.grammar.s for c in configs} == {2}
-    assert {c.grammar.L for c in configs} == {2, 3, 4}
-    assert len({c.grammar.v for c in configs}) >= 2 and len({c.grammar.m for c in configs}) >= 2
-    assert {c.seed for c in configs} == {0, 1, 2}
-    assert paper.executor.kind == "slurm" and paper.executor.gpus_per_task == 1
+    for name in ("paper", "paper-transformer"):
+        paper = load_spec(name)
+        configs = expand(paper)
+        assert {c.grammar.s for c in configs} == {2, 3}
+        assert {c.grammar.L for c in configs} == {3, 4}
+        assert {c.grammar.v for c in configs} == {16, 32, 64}
+        assert {c.grammar.m for c in configs} == {2, 3, 4}
+        assert {c.seed for c in configs} == {0, 1, 2}
+        assert paper.executor.kind == "slurm" and paper.executor.gpus_per_task == 1
+        assert paper.executor.pack
+    assert {c.model.arch for c in expand(load_spec("paper"))} == {"tree_unet"}
+    assert {c.model.arch for c in expand(load_spec("paper-transformer"))} == {"transformer"}
+    lite = expand_points(load_spec("paper-lite")).points
+    assert len(lite) == 189 and {p.config.grammar.L for p in lite} == {3}
+    # every cell spans P_1/8 .. 4 P_L (P_k = v m^(k+1))
+    for c in [*expand(load_spec("paper")), *(p.config for p in lite)]:
+        v, m, L = c.grammar.v, c.grammar.m, c.grammar.L
+        assert round(v * m**2 / 8) <= c.data.P <= 4 * v * m ** (L + 1)
+
+
+def test_the_spec_argument_names_every_preset():
+    from rhmscale.cli.options import SpecArg
+
+    help_text = SpecArg.__metadata__[0].help
+    assert all(name in help_text for name in preset_names())
 
 
 def test_load_spec_from_a_file_and_a_missing_one(tmp_path):
