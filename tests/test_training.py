@@ -352,3 +352,21 @@ def test_val_loss_draws_the_same_t_and_masks_at_every_evaluation():
     (samples_a, loss_a), (samples_b, loss_b) = scored
     assert torch.equal(loss_a, loss_b) and not torch.equal(samples_a, samples_b)
     assert loss_a[0] != loss_a[1]  # each member its own draws
+
+
+def test_a_pruned_member_stops_at_that_evaluation_and_says_so(tmp_path):
+    """A tuning trial's pruner stops its run at the evaluation it says so, in a pack whose
+    other member trains to the end; the pruned run is done, with "pruned": true."""
+    configs = pack_configs("eval.every=10", n=2)
+    asked = []
+
+    def prune_at_20(row):
+        asked.append(row["step"])
+        return row["step"] >= 20
+
+    outcomes = execute(configs, dirs(tmp_path, configs), prune=[prune_at_20, None])
+    pruned, other = (o.result for o in outcomes)
+    assert [o.state for o in outcomes] == ["done", "done"]
+    assert pruned["pruned"] and pruned["stopped_early"] and pruned["final"]["step"] == 20
+    assert asked == sorted(set(asked)) and asked[-1] == 20  # once per evaluation row
+    assert not other["pruned"] and other["final"]["step"] == 60

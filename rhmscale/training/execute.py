@@ -47,6 +47,7 @@ def execute(
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, Any], None] | None = None,
+    prune: Sequence[Callable[[dict[str, Any]], bool] | None] | None = None,
 ) -> list[RunOutcome]:
     """Run (or resume, or skip if done) one run, or runs of one shape together.
 
@@ -60,6 +61,8 @@ def execute(
     training (its folder's lock is held) is left to it, outcome "running"; for a lone run that
     is a UserError saying where it runs.
     on_step(step, losses (K,)) is called after every optimiser step of a (sub-)pack (tests).
+    prune[i], when given, is asked with each new evaluation row of run i (a tuning trial's
+    pruner): True stops the run there, recorded done with "pruned": true in result.json.
     """
     check_packable(configs)
     stores = [RunDir(Path(path)) for path in run_dirs]
@@ -88,7 +91,8 @@ def execute(
             held.append(lock)
             todo.append(i)
         if todo:
-            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo])
+            pruners = [prune[i] if prune else None for i in todo]
+            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo], pruners)
             with runs.logs(), stop.honour_stop_signals():
                 done = runs.run(progress, stop_at_step, stop.combined(should_stop), on_step)
             outcomes.update(zip(todo, done, strict=True))
@@ -138,8 +142,8 @@ def now() -> str:
 class _Runs:
     """The runs still to train: their set-up, sub-packs by resume step, and their records."""
 
-    def __init__(self, configs: list[RunConfig], stores: list[RunDir]) -> None:
-        self.configs, self.stores = configs, stores
+    def __init__(self, configs: list[RunConfig], stores: list[RunDir], pruners: list) -> None:
+        self.configs, self.stores, self.pruners = configs, stores, pruners
         self.started = time.perf_counter()
         self.log = [logging.getLogger(f"rhmscale.run.{c.run_id()}") for c in configs]
         self.members: dict[int, Any] = {}  # i -> trainer.Member
@@ -211,7 +215,9 @@ class _Runs:
             if state is not None and state["history"]:
                 store.write_metrics(state["history"])  # whatever happened to metrics.parquet
             mirror = wandb_mirror.open_run(config, store)
-            self.members[i] = Member(config, data, store, mirror=mirror, state=state)
+            self.members[i] = Member(
+                config, data, store, mirror=mirror, state=state, prune=self.pruners[i]
+            )
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(i, exc, mirror)
 
@@ -275,19 +281,18 @@ class _Runs:
     def record_done(self, i: int, fabric: Any) -> None:
         config, store = self.configs[i], self.stores[i]
         try:
+            member = self.members[i]
             result = result_record(
-                config,
-                self.members[i].history,
-                fabric.device.type,
-                precision_of(fabric),
-                self.started,
+                config, member.history, fabric.device.type, precision_of(fabric), self.started
             )
+            result["pruned"] = member.pruned
             self.finish_wandb(i, summary={f"final/{k}": v for k, v in result["final"].items()})
             atomic_write_json(store.result, result)  # last: its presence means done
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(i, exc)
             return
-        early = f", stopped early at step {result['final']['step']}" * result["stopped_early"]
+        how = "pruned" if result["pruned"] else "stopped early"
+        early = f", {how} at step {result['final']['step']}" * result["stopped_early"]
         self.log[i].info("run %s done%s", config.run_id(), early)
         self.outcomes[i] = RunOutcome("done", store.path, result)
 

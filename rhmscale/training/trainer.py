@@ -72,7 +72,10 @@ class Member:
     state: dict[str, Any] | None = None  # its checkpoint, to resume from
     history: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None  # its own evaluation or checkpoint failed
-    stopped: bool = False  # early: converged before max_steps
+    stopped: bool = False  # early: converged before max_steps, or pruned
+    # Asked with each new evaluation row (a tuning trial's pruner): True stops the run there.
+    prune: Callable[[dict[str, Any]], bool] | None = None
+    pruned: bool = False
 
 
 class Trainer:
@@ -234,10 +237,13 @@ class Trainer:
         return ((k, m) for k, m in enumerate(self.members) if m.error is None and not m.stopped)
 
     def stop_converged(self) -> None:
-        """Stop the members whose val/loss has not improved for their patience."""
+        """Stop the members whose val/loss has not improved for their patience, and those their
+        pruner stops (asked once per evaluation row)."""
         for k, m in list(self.active()):
             train = m.config.train
-            if stopped_early(m.history, train.early_stop_patience, train.min_steps):
+            if m.prune is not None and m.history and m.history[-1]["step"] == self.step:
+                m.pruned = m.prune(m.history[-1])
+            if m.pruned or stopped_early(m.history, train.early_stop_patience, train.min_steps):
                 m.stopped = True
                 self.train_step.active[k] = 0.0  # its loss no longer reaches the update
                 if self.on_member_done is not None:
