@@ -227,6 +227,13 @@ class TrackingConfig(_Strict):
         le=120,
         description="seconds to reach the W&B server (auto: offline when it does not answer)",
     )
+    job_type: str = setting("train", BOOKKEEPING, per_member=True, description="W&B job type")
+    trial: dict[str, Any] = setting(
+        role=BOOKKEEPING,
+        per_member=True,
+        default_factory=dict,
+        description="a tuning trial's study, number and parameters (W&B config)",
+    )
 
 
 class RunConfig(_Strict):
@@ -350,11 +357,15 @@ def valid_keys() -> list[str]:
     return list(key_roles())
 
 
+# Config fields whose value is a mapping (a trial's record): one key, not a section.
+MAPPING_LEAVES = frozenset({"tracking.trial"})
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name not in MAPPING_LEAVES:
             flat.update(flatten(value, name + "."))
         else:
             flat[name] = value

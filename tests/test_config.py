@@ -1,7 +1,7 @@
 import pytest
 
 from rhmscale.config import valid_keys
-from rhmscale.config_io import build_config, check_keys, parse_override
+from rhmscale.config_io import build_config, check_keys, parse_override, validate_config
 from rhmscale.errors import UserError
 
 
@@ -127,3 +127,16 @@ def test_the_same_run_on_cpu_and_gpu_has_one_run_id():
         build_config({}, []).run_id()
     )
     assert build_config({}, ["seed=1"]).run_id() != build_config({}, []).run_id()
+
+
+def test_a_mapping_field_is_one_key():
+    """tracking.trial (a tuning trial's record) is a leaf: flattened whole, checked as a key."""
+    from rhmscale.config import MAPPING_LEAVES, flatten, key_roles
+
+    assert MAPPING_LEAVES <= set(key_roles())
+    config = build_config({}, [])
+    tree = config.model_dump(mode="json")
+    tree["tracking"]["trial"] = {"study": "s", "number": 3, "params": {"train.lr": 0.01}}
+    assert flatten(tree)["tracking.trial"]["number"] == 3
+    check_keys(tree)
+    assert validate_config(tree).run_id() == config.run_id()  # bookkeeping

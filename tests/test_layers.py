@@ -8,11 +8,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rhmscale"
 
-# cli -> sweeps, results -> training -> models, rhm -> store, config (config_io, errors).
+# cli -> tuning -> sweeps, results -> training -> models, rhm -> store, config (config_io, errors).
 # A module may import its own layer part and anything below it; siblings (models and rhm,
 # sweeps and results) do not import each other.
 RANK = {
-    "cli": 4,
+    "cli": 5,
+    "tuning": 4,
     "sweeps": 3,
     "results": 3,
     "training": 2,
@@ -27,7 +28,8 @@ RANK = {
 # Third-party frameworks and the only parts that may import them.
 FRAMEWORKS = {
     "lightning": {"training"},
-    "submitit": {"sweeps"},
+    "submitit": {"sweeps", "tuning"},
+    "optuna": {"tuning"},
     "wandb": {"store", "results"},
     "torch": {"training", "models", "cli", "sweeps"},  # cli/sweeps: inside functions only
 }

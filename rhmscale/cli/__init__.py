@@ -15,6 +15,7 @@ import typer
 
 from rhmscale.cli import results, run
 from rhmscale.cli.sweep import sweep_app
+from rhmscale.cli.tune import tune_app
 from rhmscale.errors import UserError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ results.register(app)
 app.add_typer(run.grammar_app, name="grammar")
 app.add_typer(run.config_app, name="config")
 app.add_typer(sweep_app, name="sweep")
+app.add_typer(tune_app, name="tune")
 
 
 def main() -> None:

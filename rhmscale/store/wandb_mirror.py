@@ -292,6 +292,7 @@ def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group,
+        job_type=tracking.job_type,
         tags=tracking.tags or None,
         dir=str(run_dir.path),
         mode=mode,

@@ -197,6 +197,11 @@ def cancel(path: Path) -> tuple[list[str], str]:
     sweep = SweepDir(Path(path))
     if not sweep.spec_file.exists():
         load_sweep_spec(sweep)  # raises the "not a sweep folder" error
+    return cancel_jobs(sweep)
+
+
+def cancel_jobs(sweep: SweepDir) -> tuple[list[str], str]:
+    """cancel() for any folder with a jobs.jsonl (a sweep's, or a study's workers)."""
     latest, _ = latest_jobs(sweep.read_job_lines())
     active = active_states(latest, strict=True)
     slurm_ids = sorted({latest[r].array_id for r in active if latest[r].kind == "slurm"})

@@ -73,14 +73,21 @@ def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
 
 def submit_tasks(ex: ExecutorSpec, folder: Path, name: str, tasks: list[list[Item]]) -> list[Any]:
     """One submitit job per task, each running SweepTask on the task's items."""
+    return submit_calls(ex, folder, name, SweepTask(), [(task,) for task in tasks])
+
+
+def submit_calls(
+    ex: ExecutorSpec, folder: Path, name: str, fn: Any, calls: list[tuple[Any, ...]]
+) -> list[Any]:
+    """One job per call, fn(*call, threads), as one array (SLURM) or one process each (local);
+    sbatch's refusals as UserErrors carrying its message."""
     executor = make_executor(ex, folder, name)
-    fn = SweepTask()
     threads = ex.cpus_per_task
     try:
         if ex.kind == "local":
-            return submit_local(executor, ex, fn, tasks, threads)
+            return submit_local(executor, ex, fn, calls, threads)
         with executor.batch():
-            jobs = [executor.submit(fn, task, threads) for task in tasks]
+            jobs = [executor.submit(fn, *call, threads) for call in calls]
         return jobs
     except subprocess.CalledProcessError as exc:
         output = (
@@ -94,15 +101,15 @@ def submit_tasks(ex: ExecutorSpec, folder: Path, name: str, tasks: list[list[Ite
 
 
 def submit_local(
-    executor: Any, ex: ExecutorSpec, fn: SweepTask, tasks: list[list[Item]], threads: int
+    executor: Any, ex: ExecutorSpec, fn: Any, calls: list[tuple[Any, ...]], threads: int
 ) -> list[Any]:
-    """Local: one process per task; each gets its own GPU(s) when there are any."""
+    """Local: one process per call; each gets its own GPU(s) when there are any."""
     n_gpus = visible_gpu_count() if ex.gpus_per_task else 0
     jobs = []
-    for i, task in enumerate(tasks):
+    for i, call in enumerate(calls):
         if n_gpus:
             first = (i * ex.gpus_per_task) % n_gpus
             gpus = tuple((first + k) % n_gpus for k in range(ex.gpus_per_task))
             executor.update_parameters(gpus_per_node=ex.gpus_per_task, visible_gpus=gpus)
-        jobs.append(executor.submit(fn, task, threads))
+        jobs.append(executor.submit(fn, *call, threads))
     return jobs

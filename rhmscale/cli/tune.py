@@ -1,0 +1,134 @@
+"""`rhmscale tune submit|status|retry|cancel|report` (imports stay inside the commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from rhmscale.cli.console import make_console
+from rhmscale.cli.failures import writing
+from rhmscale.cli.options import RootOpt, WaitOpt, executor_options
+
+if TYPE_CHECKING:
+    from rhmscale.tuning.dispatch import Submitted
+
+tune_app = typer.Typer(
+    help="Tune hyperparameters with Optuna: studies whose trials are runs.", no_args_is_help=True
+)
+StudySpecArg = Annotated[Path, typer.Argument(help="Study spec YAML file.")]
+StudyPathArg = Annotated[Path, typer.Argument(help="The study folder: <root>/<study name>.")]
+
+
+@tune_app.command("submit")
+@executor_options
+def tune_submit(
+    spec: StudySpecArg,
+    root: RootOpt = Path("runs"),
+    *,
+    overrides: dict[str, Any],
+    wait: WaitOpt = None,
+) -> None:
+    """Validate a study spec whole, then submit its workers as one job array."""
+    from rhmscale.tuning.dispatch import submit
+    from rhmscale.tuning.spec import load_study_spec
+
+    study = load_study_spec(spec)
+    with writing(root / study.name):
+        follow(submit(study, root, executor=overrides), wait)
+
+
+@tune_app.command("retry")
+@executor_options
+def tune_retry(path: StudyPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
+    """Resubmit the workers that are not queued or running; each goes on with its trial."""
+    from rhmscale.tuning.dispatch import retry
+
+    with writing(path):
+        follow(retry(path, executor=overrides), wait)
+
+
+def follow(submitted: Submitted, wait: bool | None) -> None:
+    folder, jobs = submitted.folder.path, submitted.jobs
+    console = make_console()
+    if not jobs:
+        console.print(f"study {folder.name}: every worker is queued or running already")
+        print_status(folder)
+        return
+    ids = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    console.print(f"study {folder.name}: submitted {len(jobs)} worker(s) (job {', '.join(ids)})")
+    if wait is None:
+        wait = submitted.kind != "slurm"
+    if not wait:
+        console.print(f"follow it with: rhmscale tune status {folder}")
+        return
+    console.print("waiting for the workers ...")
+    errors = []
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as exc:  # noqa: BLE001 - shown; the trials hold the details
+            errors.append(f"{job.job_id}: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+    for err in errors:
+        console.print(f"[red]{err}[/]")
+    print_status(folder)
+    if errors:
+        raise typer.Exit(1)
+
+
+@tune_app.command("status")
+def tune_status(
+    path: StudyPathArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Each study's trials by state and its best; the workers queued or running (no sacct)."""
+    print_status(path, json_out)
+
+
+def print_status(path: Path, json_out: bool = False) -> None:
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from rhmscale.tuning.dispatch import status
+
+    studies, workers = status(path)
+    if json_out:
+        print(
+            json.dumps({"studies": [asdict(s) for s in studies], "workers": workers}, default=str)
+        )
+        return
+    console = make_console()
+    for s in studies:
+        table = Table(title=f"study {s.name}")
+        for column in ("trial", "state", "value", "run", "params"):
+            table.add_column(column)
+        for t in s.trials:
+            value = "" if t["value"] is None else f"{t['value']:.4g}"
+            params = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in t["params"].items()
+            )
+            table.add_row(str(t["number"]), t["state"], value, t["run_id"] or "", params)
+        console.print(table)
+        counts = (
+            ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items())) or "no trials yet"
+        )
+        best = f"; best {s.best_value:.4g} with {s.best_params}" if s.best_value is not None else ""
+        console.print(f"{s.name}: {counts}{best}")
+    alive = ", ".join(f"{w} {state}" for w, state in sorted(workers.items())) or "none"
+    console.print(f"workers queued or running: {alive}")
+
+
+@tune_app.command("cancel")
+def tune_cancel(path: StudyPathArg) -> None:
+    """Cancel the study's queued and running workers (their trials resume on retry)."""
+    from rhmscale.tuning.dispatch import cancel
+
+    cancelled, complaints = cancel(path)
+    console = make_console()
+    console.print(f"cancelled: {', '.join(cancelled) or 'nothing was queued or running'}")
+    if complaints:
+        console.print(f"[yellow]scancel: {complaints}[/]")

@@ -1,0 +1,162 @@
+"""Submit a study's workers (one array of spec.workers tasks), see where it stands, retry,
+cancel. The studies and their trials live in the journal (study.py); the workers in jobs.jsonl,
+like a sweep's tasks (each worker recorded as the "run" worker-<i>, so the sweep's queue code
+tells which are queued or running with one squeue call, no sacct).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from rhmscale.errors import UserError
+from rhmscale.store.atomic import atomic_write_text
+from rhmscale.store.folders import SweepDir, read_field
+from rhmscale.sweeps.dispatch import apply_executor_overrides, cancel_jobs, now
+from rhmscale.sweeps.executors import submit_calls
+from rhmscale.sweeps.queue import active_states, latest_jobs
+from rhmscale.tuning.spec import StudySpec, check_search, parse_study_spec
+from rhmscale.tuning.study import SPEC_FILE, iter_studies, study_dir
+from rhmscale.tuning.worker import TuneTask, read_spec
+
+
+def worker_name(index: int) -> str:
+    return f"worker-{index}"
+
+
+@dataclass
+class Submitted:
+    folder: SweepDir
+    jobs: list[Any]  # submitit jobs, one per worker submitted
+    kind: str  # the executor's
+
+
+def submit(
+    spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None, workers=None
+) -> Submitted:
+    """Validate the whole study (every cell at every corner of the search space), create its
+    studies in the journal, then submit the workers that are not queued or running."""
+    ex = apply_executor_overrides(spec.executor, executor)
+    check_search(spec)
+    folder = study_dir(root, spec.name)
+    with folder.lock():
+        if folder.spec_file.exists():
+            raise UserError(f"{folder.path} holds a sweep, not a study: choose another name")
+        folder.path.mkdir(parents=True, exist_ok=True)
+        stored = folder.path / SPEC_FILE
+        if stored.exists() and read_spec(folder.path) != spec.model_dump(
+            mode="json", by_alias=True
+        ):
+            raise UserError(
+                f"{folder.path} holds study '{spec.name}' with another spec; use another name, "
+                f"or `rhmscale tune retry {folder.path}` to go on with the one it holds"
+            )
+        atomic_write_text(stored, spec_to_yaml_by_alias(spec))
+        for _ in iter_studies(folder.path, spec):
+            pass  # every study exists in the journal before a worker starts
+        active = active_states(latest_jobs(folder.read_job_lines())[0], strict=True)
+        n = workers or spec.workers
+        todo = [i for i in range(n) if worker_name(i) not in active]
+        if not todo:
+            return Submitted(folder, [], ex.kind)
+        jobs = submit_calls(ex, folder.submitit, spec.name, TuneTask(),
+                            [(str(folder.path), i) for i in todo])  # fmt: skip
+        folder.append_job_line(
+            {
+                "event": "submit",
+                "time": now(),
+                "kind": ex.kind,
+                "array_id": str(jobs[0].job_id).split("_")[0] if ex.kind == "slurm" else None,
+                "tasks": [
+                    {"job_id": str(job.job_id), "run_ids": [worker_name(i)]}
+                    for job, i in zip(jobs, todo, strict=True)
+                ],
+                "executor": ex.model_dump(mode="json"),
+                "host": os.uname().nodename,
+                "python": sys.executable,
+            }
+        )
+    return Submitted(folder, jobs, ex.kind)
+
+
+def spec_to_yaml_by_alias(spec: StudySpec) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def load_folder(path: Path) -> tuple[SweepDir, StudySpec]:
+    folder = SweepDir(Path(path).resolve())
+    if not (folder.path / SPEC_FILE).exists():
+        raise UserError(f"{folder.path} is not a study folder (no {SPEC_FILE})")
+    return folder, parse_study_spec(read_spec(folder.path), str(folder.path / SPEC_FILE))
+
+
+def retry(path: Path, *, executor: dict[str, Any] | None = None) -> Submitted:
+    """Resubmit the workers that are not queued or running: each goes on with the trial it
+    held (from its run's checkpoint), then asks for new ones while budget is left."""
+    folder, spec = load_folder(path)
+    if folder.path.name != spec.name:
+        raise UserError(f"{folder.path} holds study '{spec.name}': its folder must be named so")
+    return submit(spec, folder.path.parent, executor=executor)
+
+
+def cancel(path: Path) -> tuple[list[str], str]:
+    folder, _ = load_folder(path)
+    return cancel_jobs(folder)
+
+
+@dataclass
+class StudyStatus:
+    name: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
+    """Each study's trials by state, its best, and its trials; the workers queued or running."""
+    folder, spec = load_folder(path)
+    out = []
+    for cell, study in iter_studies(folder.path, spec):
+        trials = study.get_trials(deepcopy=False)
+        counts: dict[str, int] = {}
+        rows = []
+        for t in trials:
+            state = t.state.name.lower()
+            counts[state] = counts.get(state, 0) + 1
+            run_id = t.user_attrs.get("run_id")
+            run_dir = folder.path / "runs" / run_id if run_id else None
+            rows.append(
+                {
+                    "number": t.number,
+                    "state": state,
+                    "value": t.value,
+                    "params": t.params,
+                    "run_id": run_id,
+                    "run_state": SweepDir(folder.path).run_dir(run_id).state() if run_id else None,
+                    "best_step": read_field(run_dir / "result.json", "best_step")
+                    if run_dir
+                    else None,
+                    "error": t.user_attrs.get("error"),
+                }
+            )
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = study.best_trial if done else None
+        out.append(
+            StudyStatus(
+                cell.study_name,
+                counts,
+                best.value if best else None,
+                best.params if best else {},
+                rows,
+            )
+        )
+    workers = active_states(latest_jobs(folder.read_job_lines())[0])
+    return out, workers

@@ -1,0 +1,184 @@
+"""Study specs: what `rhmscale tune submit` reads, validated whole before anything is submitted.
+
+A study spec has the sweep spec's `name`, `base`, `grid` (the cells: one study per cell, or one
+shared study, `per_cell`), `executor` and `tracking`, plus::
+
+    search:                       # config key -> distribution
+      train.lr: {float: [1.0e-4, 3.0e-3], log: true}
+      train.warmup_steps: {int: [0, 1000], step: 100}
+      model.arch: {choices: [transformer, tree_unet]}
+    objective: {metric: gen/novel_acc_l3, direction: maximize, at: best}
+      # or: {samples_to_learn: {level: 3, threshold: 0.5}}   (minimised)
+    budget: {trials: 40, time_min: 120}   # per study; time from the study's creation
+    sampler: {kind: tpe, seed: 0}         # tpe | random
+    pruner: {kind: median, warmup_evals: 2}   # median | hyperband | none
+    workers: 4                            # array tasks asking the studies for trials
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rhmscale.config_io import load_yaml, validated
+from rhmscale.errors import UserError
+from rhmscale.sweeps.grid import Point, expand_points
+from rhmscale.sweeps.spec import SweepSpec
+
+FORBIDDEN = ("seed", "grammar.seed", "tracking.")  # a trial is a recipe, not a draw
+
+
+class Distribution(BaseModel):
+    """One of: {float: [lo, hi]}, {int: [lo, hi]} (with log, step) or {choices: [...]}."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    float_: tuple[float, float] | None = Field(None, alias="float")
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    choices: list[Any] | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        kinds = [k for k in ("float_", "int_", "choices") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of float: [lo, hi], int: [lo, hi], choices: [...]")
+        bounds = self.float_ or self.int_
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"bounds {list(bounds)}: the lower must be below the upper")
+        if bounds is not None and self.log and bounds[0] <= 0:
+            raise ValueError("log: true needs a lower bound above 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step exclude each other (Optuna samples one or the other)")
+        if self.choices is not None and (not self.choices or self.log or self.step):
+            raise ValueError("choices: a non-empty list, without log or step")
+        return self
+
+    def corners(self) -> list[Any]:
+        """Values that bound what the sampler may draw: checked against the config up front."""
+        if self.choices is not None:
+            return list(self.choices)
+        return list(self.float_ or self.int_)  # type: ignore[arg-type]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, self.choices)
+        if self.int_ is not None:
+            step = int(self.step or 1)
+            return trial.suggest_int(name, *self.int_, step=step, log=self.log)
+        return trial.suggest_float(name, *self.float_, step=self.step, log=self.log)  # type: ignore[misc]
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    at: Literal["best", "final"] = "best"
+    samples_to_learn: dict[str, float] | None = None  # {level: k, threshold: t}
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Objective:
+        if (self.metric is None) == (self.samples_to_learn is None):
+            raise ValueError(
+                "give either metric (with direction) or samples_to_learn: {level, threshold}"
+            )
+        if self.metric is not None and self.direction is None:
+            raise ValueError(f"metric {self.metric}: say direction: maximize or minimize")
+        if self.samples_to_learn is not None:
+            keys = set(self.samples_to_learn)
+            threshold = self.samples_to_learn.get("threshold", 0.5)
+            if not keys <= {"level", "threshold"} or "level" not in keys or not 0 < threshold < 1:
+                raise ValueError("samples_to_learn takes {level: k, threshold: t}, 0 < t < 1")
+        return self
+
+    @property
+    def study_direction(self) -> str:
+        return self.direction or "minimize"  # samples to learn: fewer is better
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(20, ge=1, le=100_000)
+    time_min: float | None = Field(None, gt=0)
+
+
+class SamplerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+
+
+class PrunerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["median", "hyperband", "none"] = "median"
+    warmup_evals: int = Field(2, ge=0, description="median: evaluations before pruning")
+    startup_trials: int = Field(4, ge=0, description="median: trials before pruning")
+
+
+class StudySpec(SweepSpec):
+    """A sweep spec's fields (grid = cells) and the study's."""
+
+    search: dict[str, Distribution]
+    objective: Objective
+    budget: Budget = Field(default_factory=Budget)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    per_cell: bool = True
+    workers: int = Field(2, ge=1, le=10_000)
+
+    @field_validator("search")
+    @classmethod
+    def _search_keys(cls, value: dict[str, Distribution]) -> dict[str, Distribution]:
+        if not value:
+            raise ValueError("search is empty: give at least one key, e.g. train.lr")
+        for key in value:
+            if key.startswith(FORBIDDEN[2]) or key in FORBIDDEN[:2]:
+                raise ValueError(f"'{key}' cannot be searched: a trial is a recipe, not a seed")
+        return value
+
+
+def parse_study_spec(tree: dict[str, Any], where: str = "study spec") -> StudySpec:
+    if isinstance(tree, dict) and "grid" not in tree:
+        tree = {**tree, "grid": {}}
+    return validated(StudySpec, tree, f"{where}: ")
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    if not Path(path).is_file():
+        raise UserError(f"no study spec {path}: give the path of a YAML file")
+    return parse_study_spec(load_yaml(Path(path)), str(path))
+
+
+def cells(spec: StudySpec) -> list[Point]:
+    """The grid's points: each a cell (with no grid, one cell: the base)."""
+    grid = spec.grid if spec.grid else {"seed": [spec.base.get("seed", 0)]}
+    return expand_points(spec.model_copy(update={"grid": grid})).points
+
+
+def check_search(spec: StudySpec) -> list[Point]:
+    """Every cell with every corner of the search space is a valid run config (so no trial can
+    fail validation after submission); the cells. UserError names what to change."""
+    points = cells(spec)
+    grid_keys = {key for point in points for key in point.values}
+    clash = sorted(set(spec.search) & grid_keys)
+    if clash:
+        raise UserError(f"study {spec.name}: {', '.join(clash)} is both searched and in the grid")
+    corners = [[(key, v) for v in dist.corners()] for key, dist in spec.search.items()]
+    for point in points:
+        for combo in itertools.islice(itertools.product(*corners), 256):
+            grid = {**point.values, **{k: [v] for k, v in combo}}
+            grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+            where = f"study {spec.name}: search corner " + ", ".join(f"{k}={v}" for k, v in combo)
+            try:
+                expand_points(SweepSpec(name=spec.name, base=spec.base, grid=grid))
+            except UserError as exc:
+                raise UserError(f"{where}: {str(exc).split(': ', 2)[-1]}") from None
+    return points

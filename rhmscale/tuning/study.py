@@ -1,0 +1,160 @@
+"""The studies of a study folder, in Optuna's JournalStorage (a file on the shared file system).
+
+<root>/<name>/: study.yaml (the spec), journal.log (every study's trials; optuna-dashboard
+opens it), runs/<run_id>/ (each trial an ordinary run folder, with trial.json saying which
+trials it answered), jobs.jsonl and submitit/ (the workers). One study per cell, or one shared
+(spec.per_cell). A trial's run id is its config's, so a trial that repeats another's parameters
+reuses its run instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from rhmscale.config import RunConfig
+from rhmscale.config_io import set_dotted, validate_config
+from rhmscale.store.atomic import atomic_write_json
+from rhmscale.store.folders import SweepDir, read_field
+from rhmscale.store.lock import file_lock
+from rhmscale.sweeps.grid import Point, base_tree
+from rhmscale.tuning.spec import StudySpec, cells
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # its one line per study opened is noise
+
+SPEC_FILE = "study.yaml"
+JOURNAL = "journal.log"
+# Trials that count against the budget: all but failed ones (a failed trial is retried).
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+           optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    study_name: str
+    point: Point  # the cell's config (the base with its grid values)
+
+
+def study_cells(spec: StudySpec) -> list[Cell]:
+    """One study per cell (named '<name>/<grid values>'), or one shared by every cell."""
+    points = cells(spec)
+    if not spec.per_cell:
+        return [Cell(spec.name, point) for point in points]
+    if len(points) == 1:
+        return [Cell(spec.name, points[0])]
+    return [Cell(f"{spec.name}/{cell_label(p)}", p) for p in points]
+
+
+def cell_label(point: Point) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.values.items())
+
+
+def storage(folder: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL)))
+
+
+def make_sampler(spec: StudySpec, worker: int, restart: int = 0) -> optuna.samplers.BaseSampler:
+    # Each worker, and each start of it, its own stream: samplers seeded alike would propose
+    # the same parameters (keep one sampler per worker and study: it advances its stream).
+    seed = spec.sampler.seed + 1000 * worker + 1_000_000 * restart
+    if spec.sampler.kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, spec.budget.trials // 2))
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Intermediate values are reported at evaluation i (0, 1, ...), so all trials compare at
+    the same points of their training whatever their step counts."""
+    if spec.pruner.kind == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=spec.pruner.startup_trials, n_warmup_steps=spec.pruner.warmup_evals
+    )
+
+
+def open_study(
+    folder: Path, spec: StudySpec, name: str, worker: int = 0, restart: int = 0
+) -> optuna.Study:
+    study = optuna.create_study(
+        storage=storage(folder),
+        study_name=name,
+        direction=spec.objective.study_direction,
+        sampler=make_sampler(spec, worker, restart),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    if "created" not in study.user_attrs:
+        study.set_user_attr("created", time.time())
+    return study
+
+
+def lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a worker counts a study's trials and asks for one: the budget holds."""
+    return file_lock(Path(folder) / ".tune.lock")
+
+
+def budget_left(study: optuna.Study, spec: StudySpec) -> bool:
+    counted = study.get_trials(deepcopy=False, states=COUNTED)
+    if len(counted) >= spec.budget.trials:
+        return False
+    if spec.budget.time_min is None:
+        return True
+    return time.time() - study.user_attrs["created"] < 60 * spec.budget.time_min
+
+
+def trial_config(spec: StudySpec, cell: Cell, params: dict[str, Any], trial: dict) -> RunConfig:
+    """The cell's config with the trial's parameters; W&B: job type trial, group the study."""
+    tree = base_tree(spec)
+    for key, value in {**cell.point.values, **params}.items():
+        set_dotted(tree, key, value)
+    tree["tracking"] |= {"job_type": "trial", "group": cell.study_name, "trial": trial}
+    return validate_config(tree, f"study {cell.study_name}, trial {trial.get('number')}")
+
+
+def record_trial(run_dir: Path, entry: dict[str, Any]) -> None:
+    """trial.json in the run folder: every trial the run answered (one, unless repeated)."""
+    path = Path(run_dir) / "trial.json"
+    entries = read_field(path, "trials") or []
+    if entry not in entries:
+        atomic_write_json(path, {"trials": [*entries, entry]})
+
+
+def objective_value(spec: StudySpec, history: list[dict[str, Any]], final: bool = True) -> float:
+    """The objective from a run's evaluation rows. samples_to_learn: samples seen at the first
+    evaluation where the level's novel accuracy reached the threshold; a run that has not
+    learned it scores twice the samples it has seen (so it ranks behind any that did)."""
+    objective = spec.objective
+    if objective.samples_to_learn is not None:
+        level = int(objective.samples_to_learn["level"])
+        threshold = objective.samples_to_learn.get("threshold", 0.5)
+        for row in history:
+            if row.get(f"gen/novel_acc_l{level}", 0.0) >= threshold:
+                return float(row["samples_seen"])
+        return 2.0 * float(history[-1]["samples_seen"])
+    scored = [r for r in history if math.isfinite(r.get("val/loss", math.nan))]
+    row = history[-1]
+    if objective.at == "best" and final and scored:
+        row = min(scored, key=lambda r: r["val/loss"])
+    if objective.metric not in row:
+        raise KeyError(f"metric {objective.metric} is not recorded (have: {', '.join(row)})")
+    return float(row[objective.metric])
+
+
+def study_dir(root: Path, name: str) -> SweepDir:
+    return SweepDir((Path(root) / name).resolve())
+
+
+def iter_studies(folder: Path, spec: StudySpec) -> Iterator[tuple[Cell, optuna.Study]]:
+    for cell in study_cells(spec):
+        yield cell, open_study(folder, spec, cell.study_name)
