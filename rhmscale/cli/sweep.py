@@ -17,15 +17,35 @@ if TYPE_CHECKING:
 sweep_app = typer.Typer(help="Plan, submit and follow sweeps of runs.", no_args_is_help=True)
 
 
+ParamsFromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A study folder (rhmscale tune): train each run with its cell's best parameters."
+    ),
+]
+
+
+def load_sweep(spec: str, params_from: Path | None) -> Any:
+    from rhmscale.sweeps.spec import load_spec
+
+    sweep = load_spec(spec)
+    if params_from is None:
+        return sweep
+    from rhmscale.tuning.handoff import with_params
+
+    return with_params(sweep, params_from)
+
+
 @sweep_app.command("plan")
-def sweep_plan(spec: SpecArg, root: RootOpt = Path("runs")) -> None:
+def sweep_plan(
+    spec: SpecArg, root: RootOpt = Path("runs"), params_from: ParamsFromOpt = None
+) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted."""
     from rhmscale.cli.tables import packs_table, status_table
     from rhmscale.sweeps.dispatch import prepare
     from rhmscale.sweeps.grouping import pack_plan
-    from rhmscale.sweeps.spec import load_spec
 
-    sweep = load_spec(spec)
+    sweep = load_sweep(spec, params_from)
     prepared = prepare(sweep, root)
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
@@ -50,12 +70,12 @@ def sweep_submit(
     *,
     overrides: dict[str, Any],
     wait: WaitOpt = None,
+    params_from: ParamsFromOpt = None,
 ) -> None:
     """Submit every run that is not done (nor queued or running) as one job array."""
     from rhmscale.sweeps.dispatch import submit
-    from rhmscale.sweeps.spec import load_spec
 
-    sweep = load_spec(spec)
+    sweep = load_sweep(spec, params_from)
     with writing(root / sweep.name):
         submission = submit(sweep, root, executor=overrides)
     follow(submission, wait)

@@ -132,3 +132,20 @@ def tune_cancel(path: StudyPathArg) -> None:
     console.print(f"cancelled: {', '.join(cancelled) or 'nothing was queued or running'}")
     if complaints:
         console.print(f"[yellow]scancel: {complaints}[/]")
+
+
+@tune_app.command("report")
+def tune_report(
+    path: StudyPathArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("tune-report"),
+    wandb: Annotated[
+        str | None, typer.Option(help="W&B mode of the summary run (default: the spec's).")
+    ] = None,
+) -> None:
+    """Best parameters per study, trials table and Optuna's figures; report.md, trials.csv,
+    best.json and a W&B summary run."""
+    from rhmscale.tuning.report import write_tune_report
+
+    with writing(out):
+        report = write_tune_report(path, out, wandb)
+    make_console().print(f"wrote {report}")

@@ -141,6 +141,29 @@ def log_to_wandb(
     result: FitResult, figures: list[Path], folder: Path, title: str, settings: dict[str, Any]
 ) -> str | None:
     """The tables and figures as one W&B run (job_type "report") in the sweep's group."""
+    stats = result.to_dict()["stats"]
+    summary = {f"report/{k}": v for k, v in stats.items() if v is not None}
+    summary |= {f"report/exponent/{r.term}": r.estimate for r in result.exponents.itertuples()}
+    return log_summary_run(
+        {"exponents": result.exponents, "p_star": result.crossings},
+        figures,
+        summary,
+        folder,
+        title,
+        settings | {"job_type": "report", "config": vars(result.options)},
+    )
+
+
+def log_summary_run(
+    tables: dict[str, pd.DataFrame],
+    figures: list[Path],
+    summary: dict[str, Any],
+    folder: Path,
+    title: str,
+    settings: dict[str, Any],
+) -> str | None:
+    """One W&B run holding tables, figures and a summary (a report's, a study's); settings:
+    mode, project, entity, group, job_type, config. Where it went (URL or folder), or None."""
     from rhmscale.store.wandb_mirror import resolve_mode
 
     mode = resolve_mode(settings.get("mode", "auto"))
@@ -153,23 +176,20 @@ def log_to_wandb(
         project=settings.get("project", "rhmscale"),
         entity=settings.get("entity"),
         group=settings.get("group"),
-        job_type="report",
-        name=f"{title} (report)",
+        job_type=settings.get("job_type", "report"),
+        name=f"{title} ({settings.get('job_type', 'report')})",
         dir=str(folder),
         mode=mode,
-        config=vars(result.options),
+        config=settings.get("config", {}),
         settings=wandb.Settings(silent=True, console="off"),
         reinit="create_new",
     )
     try:
-        for name, frame in (("exponents", result.exponents), ("p_star", result.crossings)):
+        for name, frame in tables.items():
             if not frame.empty:
                 run.log({f"report/{name}": wandb.Table(dataframe=pd.DataFrame(frame))})
         run.log({f"report/{f.stem}": wandb.Image(str(f)) for f in figures})
-        stats = result.to_dict()["stats"]
-        run.summary.update({f"report/{k}": v for k, v in stats.items() if v is not None})
-        for row in result.exponents.itertuples():
-            run.summary[f"report/exponent/{row.term}"] = row.estimate
+        run.summary.update(summary)
         location = run.url if mode == "online" else str(Path(run.dir).parent)
     finally:
         run.finish()

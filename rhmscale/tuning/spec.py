@@ -13,6 +13,7 @@ shared study, `per_cell`), `executor` and `tracking`, plus::
     sampler: {kind: tpe, seed: 0}         # tpe | random
     pruner: {kind: median, warmup_evals: 2}   # median | hyperband | none
     workers: 4                            # array tasks asking the studies for trials
+    enqueue: [{train.lr: 1.0e-3}]         # trials every study runs first (a known recipe)
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ class StudySpec(SweepSpec):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     per_cell: bool = True
     workers: int = Field(2, ge=1, le=10_000)
+    # Trials to run first in every study, e.g. the recipe in use: {key: value} of searched keys.
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _enqueued_keys(self) -> StudySpec:
+        for i, params in enumerate(self.enqueue):
+            unknown = sorted(set(params) - set(self.search))
+            if unknown:
+                raise ValueError(f"enqueue[{i}]: {', '.join(unknown)} is not a searched key")
+        return self
 
     @field_validator("search")
     @classmethod
@@ -159,8 +170,12 @@ def load_study_spec(path: str | Path) -> StudySpec:
 
 def cells(spec: StudySpec) -> list[Point]:
     """The grid's points: each a cell (with no grid, one cell: the base)."""
-    grid = spec.grid if spec.grid else {"seed": [spec.base.get("seed", 0)]}
-    return expand_points(spec.model_copy(update={"grid": grid})).points
+    if spec.grid:
+        return expand_points(spec).points
+    (point,) = expand_points(
+        spec.model_copy(update={"grid": {"seed": [spec.base.get("seed", 0)]}})
+    ).points
+    return [Point(point.config, {}, point.run_id)]  # the base alone: a cell with no grid values
 
 
 def check_search(spec: StudySpec) -> list[Point]:
@@ -172,11 +187,13 @@ def check_search(spec: StudySpec) -> list[Point]:
     if clash:
         raise UserError(f"study {spec.name}: {', '.join(clash)} is both searched and in the grid")
     corners = [[(key, v) for v in dist.corners()] for key, dist in spec.search.items()]
+    combos = [*itertools.islice(itertools.product(*corners), 256)]
+    combos += [tuple(params.items()) for params in spec.enqueue]
     for point in points:
-        for combo in itertools.islice(itertools.product(*corners), 256):
+        for combo in combos:
             grid = {**point.values, **{k: [v] for k, v in combo}}
             grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
-            where = f"study {spec.name}: search corner " + ", ".join(f"{k}={v}" for k, v in combo)
+            where = f"study {spec.name}: search point " + ", ".join(f"{k}={v}" for k, v in combo)
             try:
                 expand_points(SweepSpec(name=spec.name, base=spec.base, grid=grid))
             except UserError as exc:

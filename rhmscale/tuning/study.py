@@ -31,9 +31,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # its one line per study o
 
 SPEC_FILE = "study.yaml"
 JOURNAL = "journal.log"
-# Trials that count against the budget: all but failed ones (a failed trial is retried).
+# Trials that count against the budget: those asked, but failed ones (a failed trial is
+# retried). Enqueued trials wait to be asked (ask() takes them first), so they count then.
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-           optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)  # fmt: skip
+           optuna.trial.TrialState.RUNNING)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ def open_study(
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
-    if "created" not in study.user_attrs:
+    if "created" not in study.user_attrs:  # a new study: its clock starts, its first trials
         study.set_user_attr("created", time.time())
+        for params in spec.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
     return study
 
 

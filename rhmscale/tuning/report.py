@@ -1,0 +1,176 @@
+"""`rhmscale tune report`: per study its best parameters, its trials, and Optuna's figures
+(optimisation history, parameter importances, parallel coordinates); report.md, trials.csv,
+best.json (what `sweep submit --params-from` reads) and one W&B summary run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from rhmscale.store.atomic import atomic_write_text
+from rhmscale.tuning.dispatch import load_folder
+from rhmscale.tuning.study import iter_studies
+
+BEST_FILE = "best.json"
+
+
+@dataclass
+class StudyReport:
+    name: str
+    cell: dict[str, Any]  # the cell's grid values ({} for one shared study)
+    trials: pd.DataFrame
+    best: dict[str, Any] | None  # {"number", "value", "params", "run_id"}
+    figures: list[Path]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "evaluations": len(t.intermediate_values),
+            "seconds": t.duration.total_seconds() if t.duration else None,
+            "run_id": t.user_attrs.get("run_id"),
+            **t.params,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    return pd.DataFrame(rows)
+
+
+def study_figures(study: optuna.Study, folder: Path, stem: str) -> list[Path]:
+    """Optuna's matplotlib figures; one that needs more trials than there are is left out."""
+    from optuna.visualization import matplotlib as ov
+
+    plots = {
+        "history": ov.plot_optimization_history,
+        "importances": ov.plot_param_importances,
+        "parallel": ov.plot_parallel_coordinate,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks these experimental
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError):  # e.g. importances of fewer than 2 trials
+                continue
+        figure = getattr(axes, "figure", None) or axes.flat[0].figure
+        path = folder / f"{stem}-{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def study_reports(path: Path, out: Path) -> list[StudyReport]:
+    folder, spec = load_folder(path)
+    reports = []
+    for i, (cell, study) in enumerate(iter_studies(folder.path, spec)):
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        best = None
+        if complete:
+            t = study.best_trial
+            best = {"number": t.number, "value": t.value, "params": t.params,
+                    "run_id": t.user_attrs.get("run_id")}  # fmt: skip
+        figures = study_figures(study, out / "figures", f"study{i}") if complete else []
+        reports.append(
+            StudyReport(
+                cell.study_name,
+                cell.point.values if spec.per_cell else {},
+                trials_frame(study),
+                best,
+                figures,
+            )  # fmt: skip
+        )
+    return reports
+
+
+def cell_text(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"  # NaN: empty
+    return "" if value is None else str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell_text(v) for v in row) + " |" for row in frame.to_numpy()]
+    return "\n".join([header, rule, *rows])
+
+
+def markdown(title: str, reports: list[StudyReport], out: Path, spec_text: str) -> str:
+    lines = [f"# Study {title}", ""]
+    for r in reports:
+        lines += [f"## {r.name}", ""]
+        if r.best:
+            params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                               for k, v in r.best["params"].items())  # fmt: skip
+            lines += [f"Best: trial {r.best['number']}, value {r.best['value']:.4g} ({params}; "
+                      f"run {r.best['run_id']}).", ""]  # fmt: skip
+        else:
+            lines += ["No trial has completed yet.", ""]
+        counts = r.trials["state"].value_counts().to_dict() if len(r.trials) else {}
+        lines += ["Trials: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), ""]
+        if len(r.trials):
+            lines += [markdown_table(r.trials), ""]
+        lines += [f"![{f.stem}]({f.relative_to(out)})" for f in r.figures] + [""]
+    lines += ["## Study spec", "", f"```yaml\n{spec_text.rstrip()}\n```", ""]
+    return "\n".join(lines)
+
+
+def write_tune_report(path: Path, out: Path, wandb_mode: str | None = None) -> Path:
+    from rhmscale.results.report import log_summary_run
+
+    out = Path(out)
+    folder, spec = load_folder(path)
+    reports = study_reports(path, out)
+    spec_text = (folder.path / "study.yaml").read_text()
+    best = {r.name: {"cell": r.cell, **(r.best or {})} for r in reports}
+    atomic_write_text(out / BEST_FILE, json.dumps(best, indent=2, default=str) + "\n")
+    trials = pd.concat([r.trials.assign(study=r.name) for r in reports], ignore_index=True)
+    atomic_write_text(out / "trials.csv", trials.to_csv(index=False))
+    report = out / "report.md"
+    atomic_write_text(report, markdown(spec.name, reports, out, spec_text))
+    tracking = spec.tracking
+    log_summary_run(
+        {"trials": trials.astype({c: str for c in trials.columns if trials[c].dtype == object})},
+        [f for r in reports for f in r.figures],
+        {f"best/{r.name}": r.best["value"] for r in reports if r.best},
+        out,
+        spec.name,
+        {
+            "mode": wandb_mode or tracking.get("wandb", "auto"),
+            "project": tracking.get("project", "rhmscale"),
+            "entity": tracking.get("entity"),
+            "group": spec.name,
+            "job_type": "tune-report",
+            "config": {"study": spec.name},
+        },
+    )
+    return report
+
+
+def read_best(path: Path) -> dict[str, dict[str, Any]]:
+    """Each study's cell and best parameters, straight from the journal (no report needed)."""
+    folder, spec = load_folder(path)
+    best = {}
+    for cell, study in iter_studies(folder.path, spec):
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if done:
+            best[cell.study_name] = {
+                "cell": cell.point.values if spec.per_cell else {},
+                "params": study.best_trial.params,
+            }
+    return best
