@@ -1,0 +1,138 @@
+"""Tuning without SLURM: study specs are validated whole (bad ones exit 2 and leave nothing),
+objectives are computed from a run's rows, a study on the debug executor reloads from its
+journal in a fresh process, and its tuned recipe reaches a sweep's runs (--params-from)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rhmscale.errors import UserError
+from rhmscale.sweeps.grid import expand_points
+from rhmscale.sweeps.spec import parse_spec
+from rhmscale.tuning.dispatch import submit
+from rhmscale.tuning.handoff import with_params
+from rhmscale.tuning.spec import check_search, parse_study_spec
+from rhmscale.tuning.study import objective_value, study_cells
+
+RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
+BASE = {
+    "grammar": {"L": 2, "m": 2},
+    "data": {"P": 8, "n_test": 4},
+    "model": {"arch": "tree_unet", "width": 16},
+    "train": {"max_steps": 20, "device": "cpu", "checkpoint_every": 10},
+    "eval": {"n_samples": 16, "n_evals": 2},
+}
+STUDY = {
+    "name": "cells",
+    "base": BASE,
+    "grid": {"grammar.v": [4, 8]},
+    "search": {"train.lr": {"float": [1.0e-3, 1.0e-1], "log": True}},
+    "objective": {"metric": "val/loss", "direction": "minimize"},
+    "budget": {"trials": 2},
+    "workers": 1,
+    "executor": {"kind": "debug"},
+    "tracking": {"wandb": "disabled"},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"search": {"train.lrr": {"float": [0.1, 1]}}}, "unknown key 'train.lrr'"),
+        ({"search": {"train.lr": {"float": [0, 1], "log": True}}}, "lower bound above 0"),
+        ({"search": {"train.lr": {"float": [1, 0.1]}}}, "the lower must be below"),
+        ({"search": {"train.lr": {"float": [0.1, 1], "choices": [1]}}}, "exactly one of"),
+        ({"search": {"seed": {"int": [0, 9]}}}, "cannot be searched"),
+        ({"search": {"grammar.v": {"choices": [4, 8]}}}, "both searched and in the grid"),
+        ({"search": {"model.width": {"int": [0, 16]}}}, "search point model.width=0"),
+        ({"enqueue": [{"train.wd": 0.1}]}, "not a searched key"),
+        ({"objective": {"metric": "val/loss"}}, "direction"),
+        ({"objective": {"samples_to_learn": {"level": 2, "threshold": 2}}}, "0 < t < 1"),
+        ({"budget": {"trials": 0}}, "budget.trials"),
+    ],
+)
+def test_a_bad_study_spec_exits_2_before_anything_is_submitted(tmp_path, change, message):
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(STUDY | change))
+    root = tmp_path / "runs"
+    out = subprocess.run(
+        [RHMSCALE, "tune", "submit", str(spec), "--root", str(root)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not root.exists()  # nothing written, nothing submitted
+
+
+def test_cells_are_studies_unless_shared():
+    per_cell = parse_study_spec(STUDY)
+    assert [c.study_name for c in study_cells(per_cell)] == [
+        "cells/grammar.v=4",
+        "cells/grammar.v=8",
+    ]
+    shared = parse_study_spec(STUDY | {"per_cell": False})
+    assert {c.study_name for c in study_cells(shared)} == {"cells"}
+    assert len(check_search(per_cell)) == 2
+
+
+def test_objectives_from_a_runs_rows():
+    rows = [
+        {"step": 10, "samples_seen": 160, "val/loss": 2.0, "gen/novel_acc_l2": 0.2},
+        {"step": 20, "samples_seen": 320, "val/loss": 1.5, "gen/novel_acc_l2": 0.6},
+        {"step": 30, "samples_seen": 480, "val/loss": 1.7, "gen/novel_acc_l2": 0.9},
+    ]
+    accuracy = {"metric": "gen/novel_acc_l2", "direction": "maximize"}
+    best = parse_study_spec(STUDY | {"objective": accuracy})
+    assert objective_value(best, rows) == 0.6  # at the lowest val/loss
+    final = parse_study_spec(STUDY | {"objective": accuracy | {"at": "final"}})
+    assert objective_value(final, rows) == 0.9
+    learn = parse_study_spec(STUDY | {"objective": {"samples_to_learn": {"level": 2}}})
+    assert learn.objective.study_direction == "minimize"
+    assert objective_value(learn, rows) == 320  # first evaluation at >= 0.5
+    assert objective_value(learn, rows[:1]) == 2 * 160  # not learned: twice the samples seen
+
+
+def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
+    spec = parse_study_spec(STUDY)
+    submitted = submit(spec, tmp_path)
+    for job in submitted.jobs:
+        job.result()
+    folder = tmp_path / "cells"
+    # The journal reloads in a fresh process: tune status --json.
+    out = subprocess.run(
+        [RHMSCALE, "tune", "status", str(folder), "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    studies = {s["name"]: s for s in json.loads(out.stdout)["studies"]}
+    assert {n: s["counts"] for n, s in studies.items()} == {
+        "cells/grammar.v=4": {"complete": 2},
+        "cells/grammar.v=8": {"complete": 2},
+    }
+    best = {n: s["best_params"]["train.lr"] for n, s in studies.items()}
+    sweep = parse_spec(
+        {
+            "name": "swp",
+            "base": BASE | {"data": {"n_test": 4}},
+            "grid": [
+                {"grammar.v": [4], "data.P": [8, 16], "seed": [0, 1]},
+                {"grammar.v": [8], "data.P": [8, 32]},
+            ],
+        }
+    )
+    tuned = with_params(sweep, folder)
+    lrs = {(p.config.grammar.v, p.config.data.P, p.config.seed): p.config.train.lr
+           for p in expand_points(tuned).points}  # fmt: skip
+    assert len(lrs) == 6
+    assert all(lr == best[f"cells/grammar.v={v}"] for (v, _, _), lr in lrs.items())
+    with pytest.raises(UserError, match="varies train.lr"):
+        with_params(sweep.model_copy(update={"grid": {"train.lr": [0.1]}}), folder)
+    outside = sweep.model_copy(update={"grid": {"grammar.v": [4, 16], "data.P": [8]}})
+    with pytest.raises(UserError, match="exactly one tuned cell"):
+        with_params(outside, folder)
