@@ -136,3 +136,33 @@ def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
     outside = sweep.model_copy(update={"grid": {"grammar.v": [4, 16], "data.P": [8]}})
     with pytest.raises(UserError, match="exactly one tuned cell"):
         with_params(outside, folder)
+
+
+def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
+    """With a packing executor the later trials of a pack take the first's shape (model.width)
+    and differ in what members may (train.grad_clip); every trial is told."""
+    spec = parse_study_spec(
+        STUDY
+        | {
+            "grid": {"grammar.v": [4]},
+            "search": {
+                "model.width": {"choices": [16, 32]},
+                "train.grad_clip": {"float": [0.1, 1.0]},
+            },
+            "budget": {"trials": 4},
+            "executor": {"kind": "debug", "pack": True, "runs_per_task": 2},
+        }
+    )
+    for job in submit(spec, tmp_path).jobs:
+        job.result()
+    import optuna
+
+    from rhmscale.tuning.study import storage
+
+    trials = optuna.load_study(study_name="cells", storage=storage(tmp_path / "cells")).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    for first, second in (trials[0:2], trials[2:4]):  # asked together, trained together
+        assert first.params["model.width"] == second.params["model.width"]
+        assert first.params["train.grad_clip"] != second.params["train.grad_clip"]
+        log = (tmp_path / "cells" / "runs" / first.user_attrs["run_id"] / "run.log").read_text()
+        assert "(2 run(s) train together)" in log

@@ -1,22 +1,26 @@
-"""What one worker of a study does: ask a study for a trial, train it as a run, tell the result;
-again, until every study's budget is spent.
+"""What one worker of a study does: ask a study for trials, train them as runs, tell the
+results; again, until every study's budget is spent.
 
-A worker remembers the trial it is on (workers/<index>.json): a worker requeued after a
-preemption (submitit Checkpointable, SIGUSR2) or resubmitted by `tune retry` after it was
-killed goes on with that trial, from the run's checkpoint, reporting to the same Optuna trial.
-So no trial is lost, and none is trained twice.
+With a packing executor (executor.pack, runs_per_task K) a worker asks K trials at once, the
+later ones fixed to the first's shape (the searched keys a pack must share), and trains them as
+one pack; their per-member keys (learning rate, clipping, ...) differ. A worker remembers the
+trials it is on (workers/<index>.json): requeued after a preemption (submitit Checkpointable,
+SIGUSR2) or resubmitted by `tune retry` after it was killed, it goes on with them, from the
+runs' checkpoints, reporting to the same Optuna trials. So no trial is lost or trained twice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import submitit
 
+from rhmscale.config import member_keys
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
 from rhmscale.sweeps.job import guard_requeue_handler, requeue_requested, set_threads
@@ -46,6 +50,15 @@ def history_of(run_dir: Path) -> list[dict[str, Any]]:
     return pd.read_parquet(store.metrics).to_dict("records")
 
 
+@dataclass
+class Job:
+    """Trials of one study that a worker trains together."""
+
+    cell: Cell
+    study: optuna.Study
+    trials: list[optuna.Trial]
+
+
 class Worker:
     def __init__(self, folder: Path, spec: StudySpec, index: int) -> None:
         self.folder, self.spec, self.index = Path(folder), spec, index
@@ -62,33 +75,48 @@ class Worker:
             )
         return self.studies[cell.study_name]
 
-    def held_trial(self) -> tuple[Cell, optuna.Study, optuna.Trial] | None:
-        """The trial this worker was on when it stopped, if it is still running."""
-        name, number = read_field(self.state_file, "study"), read_field(self.state_file, "number")
+    @property
+    def pack_size(self) -> int:
+        """Trials trained together: executor.runs_per_task when the executor packs."""
+        return self.spec.executor.runs_per_task if self.spec.executor.pack else 1
+
+    def held(self) -> Job | None:
+        """The trials this worker was on when it stopped, those still running."""
+        name, numbers = read_field(self.state_file, "study"), read_field(self.state_file, "numbers")
         cell = next((c for c in self.cells if c.study_name == name), None)
-        if cell is None or number is None:
+        if cell is None or not numbers:
             return None
         study = self.study(cell)
-        frozen = study.get_trials(deepcopy=False)[number]
-        if frozen.state != State.RUNNING:
-            return None
-        return cell, study, optuna.Trial(study, frozen._trial_id)
+        frozen = study.get_trials(deepcopy=False)
+        trials = [
+            optuna.Trial(study, frozen[n]._trial_id)
+            for n in numbers
+            if frozen[n].state == State.RUNNING
+        ]
+        return Job(cell, study, trials) if trials else None
 
-    def ask(self) -> tuple[Cell, optuna.Study, optuna.Trial] | None:
-        """A new trial from the first study with budget left (workers start at their own cell)."""
+    def ask(self) -> Job | None:
+        """New trials from the first study with budget left (workers start at their own cell):
+        one, or a pack whose later trials take the first's shape (the searched keys that a pack
+        shares: architecture, width, ...; per-member keys such as train.lr vary)."""
         n = len(self.cells)
+        shared = [k for k in self.spec.search if k not in member_keys()]
         for cell in (self.cells[(self.index + i) % n] for i in range(n)):
-            with lock(self.folder):
+            with lock(self.folder):  # enqueue and ask together: no other worker takes ours
                 study = self.study(cell)
-                if not budget_left(study, self.spec):
+                trials: list[optuna.Trial] = []
+                while len(trials) < self.pack_size and budget_left(study, self.spec):
+                    if trials:
+                        study.enqueue_trial({k: trials[0].params[k] for k in shared})
+                    trial = study.ask()
+                    for key, dist in self.spec.search.items():
+                        dist.suggest(trial, key)
+                    trials.append(trial)
+                if not trials:
                     continue
-                trial = study.ask()
-                for key, dist in self.spec.search.items():
-                    dist.suggest(trial, key)
-                atomic_write_json(
-                    self.state_file, {"study": cell.study_name, "number": trial.number}
-                )
-            return cell, study, trial
+                numbers = [t.number for t in trials]
+                atomic_write_json(self.state_file, {"study": cell.study_name, "numbers": numbers})
+            return Job(cell, study, trials)
         return None
 
     def run(self, threads: int) -> list[dict[str, Any]]:
@@ -96,41 +124,65 @@ class Worker:
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        told = []
-        job = self.held_trial()
+        told: list[dict[str, Any]] = []
+        job = self.held()
         while job is not None or not stop_requested():
             job = job or self.ask()
             if job is None:
                 break
-            state = self.train(*job, should_stop)
-            if state == "interrupted":
+            states = self.train(job, should_stop)
+            if states is None:  # interrupted: the runs checkpointed
                 if requeue and requeue_requested():
-                    requeue()  # the run checkpointed; the requeued worker goes on with it
+                    requeue()  # the requeued worker goes on with them
                 break
-            told.append({"study": job[0].study_name, "number": job[2].number, "state": state})
+            told += [
+                {"study": job.cell.study_name, "number": t.number, "state": state}
+                for t, state in zip(job.trials, states, strict=True)
+            ]
             job = None
         return told
 
-    def train(self, cell: Cell, study: optuna.Study, trial: optuna.Trial, should_stop) -> str:
-        """Train the trial's run; tell the study how it ended (unless interrupted)."""
+    def train(self, job: Job, should_stop) -> list[str] | None:
+        """Train the trials' runs (one pack); tell the study how each ended. None when the
+        runs were interrupted (the trials stay running, held by this worker)."""
         from rhmscale.training import execute
 
-        entry = {"study": cell.study_name, "number": trial.number, "params": trial.params}
-        config = trial_config(self.spec, cell, trial.params, entry)
-        run_dir = self.folder / "runs" / config.run_id()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record_trial(run_dir, entry)
-        trial.set_user_attr("run_id", config.run_id())
+        configs, trial_of = {}, {}
+        for trial in job.trials:
+            entry = {"study": job.cell.study_name, "number": trial.number, "params": trial.params}
+            config = trial_config(self.spec, job.cell, trial.params, entry)
+            run_dir = self.folder / "runs" / config.run_id()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record_trial(run_dir, entry)
+            trial.set_user_attr("run_id", config.run_id())
+            configs.setdefault(config.run_id(), config)  # repeated parameters: one run
+            trial_of.setdefault(config.run_id(), []).append(trial)
+        run_dirs = [self.folder / "runs" / rid for rid in configs]
+        pruners = [self.pruner(trial_of[rid], d) for rid, d in zip(configs, run_dirs, strict=True)]
+        outcomes = execute(list(configs.values()), run_dirs, should_stop=should_stop, prune=pruners)
+        if any(o.state == "interrupted" for o in outcomes):
+            return None
+        for outcome, run_dir, rid in zip(outcomes, run_dirs, configs, strict=True):
+            for trial in trial_of[rid]:
+                self.tell(job.study, trial, outcome, run_dir)
+        self.state_file.unlink(missing_ok=True)
+        frozen = job.study.get_trials(deepcopy=False)
+        return [frozen[t.number].state.name.lower() for t in job.trials]
+
+    def pruner(self, trials: list[optuna.Trial], run_dir: Path):
+        """Asked at each evaluation row of the run: report it to its trial(s), prune or not."""
         rows = history_of(run_dir)
 
         def prune(row: dict[str, Any]) -> bool:
             rows.append(row)
-            trial.report(objective_value(self.spec, rows, final=False), len(rows) - 1)
-            return trial.should_prune()
+            value = objective_value(self.spec, rows, final=False)
+            for trial in trials:
+                trial.report(value, len(rows) - 1)
+            return all(trial.should_prune() for trial in trials)
 
-        outcome = execute([config], [run_dir], should_stop=should_stop, prune=[prune])[0]
-        if outcome.state == "interrupted":
-            return "interrupted"
+        return prune
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, run_dir: Path) -> None:
         if outcome.state == "done" and outcome.result.get("pruned"):
             study.tell(trial, state=State.PRUNED)
         elif outcome.state == "done":
@@ -138,8 +190,6 @@ class Worker:
         else:  # failed, or trained elsewhere (a repeat of a running trial's parameters)
             trial.set_user_attr("error", (outcome.error or outcome.state)[:500])
             study.tell(trial, state=State.FAIL)
-        self.state_file.unlink(missing_ok=True)
-        return study.get_trials(deepcopy=False)[trial.number].state.name.lower()
 
 
 class TuneTask(submitit.helpers.Checkpointable):
