@@ -190,7 +190,7 @@ def test_a_run_moves_between_lone_and_packed_training(tmp_path):
 def test_mismatched_shapes_are_refused_naming_the_key(tmp_path):
     for override, key in [
         ("model.width=64", "model.width"),
-        ("train.lr=1e-2", "train.lr"),
+        ("train.batch_size=16", "train.batch_size"),
         ("grammar.v=5", "grammar.v"),
     ]:
         configs = [small(*MEMBERS[0]), small(*MEMBERS[1], override)]
