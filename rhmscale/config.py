@@ -11,7 +11,7 @@ derives from it (key_roles):
   bookkeeping  in neither: where and how a run executes (device, precision, compilation,
                checkpointing, evaluation batch size, W&B), not what it computes.
 `per_member=True` marks what the members of one pack may differ in (pack_key); the rest they
-share, because the stacked parameters need one shape and the step loop one schedule.
+share, because the stacked parameters need one shape and the loop one clock (steps, evaluations).
 """
 
 from __future__ import annotations
@@ -142,10 +142,10 @@ class DiffusionConfig(_Strict):
 class TrainConfig(_Strict):
     max_steps: int = setting(2000, SCIENCE, gt=0)
     batch_size: int = setting(256, SCIENCE, gt=0)
-    lr: float = setting(1e-3, SCIENCE, gt=0)
-    weight_decay: float = setting(0.0, SCIENCE, ge=0)
-    warmup_steps: int = setting(100, SCIENCE, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = setting("constant", SCIENCE)
+    lr: float = setting(1e-3, SCIENCE, per_member=True, gt=0)
+    weight_decay: float = setting(0.0, SCIENCE, per_member=True, ge=0)
+    warmup_steps: int = setting(100, SCIENCE, per_member=True, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = setting("constant", SCIENCE, per_member=True)
     grad_clip: float = setting(
         1.0, SCIENCE, per_member=True, ge=0, description="max gradient norm; 0 disables clipping"
     )

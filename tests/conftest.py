@@ -1,6 +1,8 @@
+import functools
 import os
 
 import pytest
+import torch
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
@@ -15,3 +17,14 @@ def _wandb_sandbox(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     if "WANDB_MODE" not in os.environ:
         monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """torch.compile with the aot_eager backend (tests/test_training.py says why; also used by
+    tests/test_per_member_optim.py)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(compile_, backend="aot_eager"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

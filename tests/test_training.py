@@ -1,7 +1,6 @@
 """The one trainer on CPU: a member of a pack is its lone run (a pack of one), step for step and
 on disk; checkpoints move a run between lone and packed training; compiled steps follow eager."""
 
-import functools
 import json
 import subprocess
 import sys
@@ -191,7 +190,7 @@ def test_a_run_moves_between_lone_and_packed_training(tmp_path):
 def test_mismatched_shapes_are_refused_naming_the_key(tmp_path):
     for override, key in [
         ("model.width=64", "model.width"),
-        ("train.lr=1e-2", "train.lr"),
+        ("train.batch_size=16", "train.batch_size"),
         ("grammar.v=5", "grammar.v"),
     ]:
         configs = [small(*MEMBERS[0]), small(*MEMBERS[1], override)]
@@ -241,17 +240,9 @@ def test_each_member_has_its_own_wandb_run(tmp_path):
 
 # --- compiled steps (what runs do on GPUs) follow the eager ones ------------------------------
 # Inductor needs a C++ compiler and minutes on a CPU, so torch.compile is pointed at the
-# aot_eager backend here: Dynamo still traces our step (vmap, functional_call, the per-member
-# clipping) and AOTAutograd still builds its backward, which is where tracing goes wrong.
-
-
-@pytest.fixture
-def aot_eager(monkeypatch):
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", functools.partial(compile_, backend="aot_eager"))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+# aot_eager backend here (the aot_eager fixture, tests/conftest.py): Dynamo still traces our
+# step (vmap, functional_call, the per-member clipping) and AOTAutograd still builds its
+# backward, which is where tracing goes wrong.
 
 
 @pytest.mark.slow

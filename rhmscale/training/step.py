@@ -4,7 +4,7 @@ CUDA graph.
 Why a graph: at the batch sizes the science uses (256) a small model's step is a few hundred
 short kernels, and launching them takes longer than running them (the GPU was busy 13-16% of
 the wall time). Captured once, the whole step (minibatch gather, corruption, forward, loss,
-backward, per-member clipping, fused AdamW, the running loss sum) is one launch.
+backward, per-member clipping, AdamW, the running loss sum) is one launch.
 
 What stays outside the graph is each member's random draws, from its own generators: that is
 what makes a member's trajectory its lone run's whatever pack it is in. The draws are written
@@ -30,6 +30,7 @@ import torch
 
 from rhmscale.models import MaskedDiffusion
 from rhmscale.models.stacked import StackedDenoiser
+from rhmscale.training.adamw import set_lr
 
 # Eager steps before capture: compilation, autotuning and lazy CUDA initialisation happen
 # there (they cannot happen inside a capture). They are real training steps.
@@ -61,22 +62,8 @@ def clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> None:
         g.mul_(coef.view(k, *[1] * (g.dim() - 1)))
 
 
-def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float):
-    """AdamW over the stacked tensors: elementwise, so each member is updated as if alone.
-
-    On a GPU: fused and capturable, its learning rate a device tensor refilled before each step
-    (a Python float would be baked into a CUDA graph); the same whether the step is graphed or
-    not, so graphed and ungraphed steps compute the same thing."""
-    if not params[0].is_cuda:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    lr_tensor = torch.tensor(lr, device=params[0].device)
-    return torch.optim.AdamW(
-        params, lr=lr_tensor, weight_decay=weight_decay, fused=True, capturable=True
-    )
-
-
 class TrainStep:
-    """Callable: one step of every member at a learning rate; returns the losses (K,).
+    """Callable: one step of every member at its learning rate; returns the losses (K,).
 
     Before each call the trainer draws into `batch_index`, `time_noise` and `mask_noise`
     (draw()). The returned tensor is overwritten by the next step: clone it to keep it.
@@ -123,13 +110,10 @@ class TrainStep:
             torch.rand(self.time_noise[k].shape, generator=ng, out=self.time_noise[k])
             torch.rand(self.mask_noise[k].shape, generator=ng, out=self.mask_noise[k])
 
-    def __call__(self, lr: float) -> torch.Tensor:
+    def __call__(self, lrs: list[float]) -> torch.Tensor:
+        """lrs: the pack's learning rate, or each member's (adamw.recipes_of)."""
         self.calls += 1
-        for group in self.optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+        set_lr(self.optimizer, lrs)
         if not self.plan.graphed:
             return self._step()
         if self.graph is None:

@@ -16,8 +16,9 @@ Why member k's trajectory equals its lone run's (tests/test_training.py checks i
 - initial weights: stack_denoisers seeds each member with its own seed;
 - minibatches and diffusion noise: per-member generators seeded seed*2+1 and seed*2+2, drawn
   in the same order whatever the pack;
-- one AdamW over the stacked tensors is elementwise, hence per member; learning rate and weight
-  decay are shared by a pack (config: per_member); gradients are clipped by each member's norm;
+- one AdamW over the stacked tensors is elementwise, hence per member; each member has its own
+  learning rate, warm-up, schedule and weight decay (training.adamw: torch's fused AdamW when
+  the pack shares them) and its gradients are clipped by its own norm;
 - evaluation at the same steps, with a generator seeded by (seed, step).
 """
 
@@ -39,6 +40,7 @@ from rhmscale.rhm.data import Datasets
 from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
+from rhmscale.training.adamw import make_optimizer, recipes_of
 from rhmscale.training.evaluation import (
     EvalRecorder,
     eval_generators,
@@ -47,7 +49,7 @@ from rhmscale.training.evaluation import (
 )
 from rhmscale.training.fabric import progress_bar
 from rhmscale.training.schedule import StepClock, eval_steps, lr_factor, stopped_early
-from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep, make_optimizer
+from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep
 
 
 class Diverged(Exception):
@@ -123,7 +125,8 @@ class Trainer:
         self.wall_offset = np.zeros(len(members))
         self.loss_count = 0
         plan = StepPlan.of(cfg.train.compile, self.device)
-        optimizer = make_optimizer(self.stack.parameters(), cfg.train.lr, cfg.train.weight_decay)
+        self.recipes = recipes_of([m.config.train for m in members])
+        optimizer = make_optimizer(self.stack.parameters(), self.recipes, plan.compile_mode)
         clips = [m.config.train.grad_clip for m in members]
         self.train_step = TrainStep(
             self.stack,
@@ -223,10 +226,12 @@ class Trainer:
 
     def advance(self) -> torch.Tensor:
         """One optimiser step of every member; its losses (K,), overwritten by the next step."""
-        train = self.config.train
-        lr = train.lr * lr_factor(self.step, train.warmup_steps, train.max_steps, train.lr_schedule)
+        lrs = [
+            t.lr * lr_factor(self.step, t.warmup_steps, t.max_steps, t.lr_schedule)
+            for t in self.recipes
+        ]
         self.train_step.draw(self.sizes, self.batch_gens, self.noise_gens)
-        losses = self.train_step(lr)
+        losses = self.train_step(lrs)
         self.step += 1
         self.loss_count += 1
         self.clock.stepped()
