@@ -140,7 +140,7 @@ def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
 
 def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
     """With a packing executor the later trials of a pack take the first's shape (model.width)
-    and differ in what members may (train.grad_clip); every trial is told."""
+    and differ in what members may (learning rate, clipping); every trial is told."""
     spec = parse_study_spec(
         STUDY
         | {
@@ -148,6 +148,7 @@ def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
             "search": {
                 "model.width": {"choices": [16, 32]},
                 "train.grad_clip": {"float": [0.1, 1.0]},
+                "train.lr": {"float": [1.0e-3, 1.0e-1], "log": True},
             },
             "budget": {"trials": 4},
             "executor": {"kind": "debug", "pack": True, "runs_per_task": 2},
@@ -164,5 +165,6 @@ def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
     for first, second in (trials[0:2], trials[2:4]):  # asked together, trained together
         assert first.params["model.width"] == second.params["model.width"]
         assert first.params["train.grad_clip"] != second.params["train.grad_clip"]
+        assert first.params["train.lr"] != second.params["train.lr"]
         log = (tmp_path / "cells" / "runs" / first.user_attrs["run_id"] / "run.log").read_text()
         assert "(2 run(s) train together)" in log
