@@ -168,3 +168,26 @@ def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
         assert first.params["train.lr"] != second.params["train.lr"]
         log = (tmp_path / "cells" / "runs" / first.user_attrs["run_id"] / "run.log").read_text()
         assert "(2 run(s) train together)" in log
+
+
+def test_a_trials_wandb_run_says_study_trial_and_parameters(tmp_path):
+    """Offline W&B, read back from the .wandb log: group = study, job type trial, and the
+    trial's number and parameters in the run's config."""
+    from rhmscale.results.wandb_log import read_offline_log
+
+    spec = parse_study_spec(
+        STUDY
+        | {
+            "grid": {"grammar.v": [4]},
+            "budget": {"trials": 1},
+            "tracking": {"wandb": "offline"},
+        }  # fmt: skip
+    )
+    for job in submit(spec, tmp_path).jobs:
+        job.result()
+    (log_file,) = (tmp_path / "cells" / "runs").glob("*/wandb/offline-run-*/run-*.wandb")
+    log = read_offline_log(log_file)
+    assert (log.group, log.job_type) == ("cells", "trial")
+    trial = log.config["tracking.trial"]
+    assert trial["number"] == 0 and trial["study"] == "cells"
+    assert trial["params"]["train.lr"] == log.config["train.lr"]

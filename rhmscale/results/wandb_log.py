@@ -85,6 +85,8 @@ class OfflineLog:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     start_time: float = 0.0
+    group: str = ""
+    job_type: str = ""
 
 
 def read_offline_log(path: Path) -> OfflineLog:
@@ -101,6 +103,7 @@ def read_offline_log(path: Path) -> OfflineLog:
             run = record.run
             log.run_id = run.run_id or log.run_id
             log.start_time = run.start_time.seconds + run.start_time.nanos / 1e9
+            log.group, log.job_type = run.run_group or log.group, run.job_type or log.job_type
             apply_updates(log.config, run.config.update, run.config.remove)
             apply_updates(log.summary, run.summary.update, run.summary.remove)
         elif kind == "config":
