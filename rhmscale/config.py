@@ -113,7 +113,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["transformer", "tree_unet"] = setting("transformer", SCIENCE)
+    arch: Literal["transformer", "tree_unet"] = setting("tree_unet", SCIENCE)
     width: int = setting(256, SCIENCE, gt=0, description="embedding width / channels")
     depth: int = setting(4, SCIENCE, gt=0, description="transformer layers (ignored by tree_unet)")
     heads: int = setting(4, SCIENCE, gt=0, description="attention heads (transformer)")

@@ -51,7 +51,7 @@ def test_counts_and_keys():
 def test_the_config_refuses_what_the_models_cannot_build():
     # Checked once, where the value enters (the models trust a validated config).
     with pytest.raises(UserError, match="divisible"):
-        build_config({}, ["model.width=30", "model.heads=4"])
+        build_config({}, ["model.arch=transformer", "model.width=30", "model.heads=4"])
     with pytest.raises(UserError, match="'linear' or 'cosine'"):
         build_config({}, ["diffusion.schedule=quadratic"])
     with pytest.raises(UserError, match="'transformer' or 'tree_unet'"):
