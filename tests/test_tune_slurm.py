@@ -143,3 +143,23 @@ def test_a_hopeless_trial_is_pruned_before_its_last_evaluation(slurm_cluster, tm
     )
     assert result["pruned"] and result["final"]["step"] < 60
     assert max(hopeless.intermediate_values) < 5  # stopped at an early evaluation
+
+
+def test_cancel_stops_the_workers_and_retry_finishes_the_study(slurm_cluster, tmp_path):
+    base = {**BASE, "train": {**BASE["train"], "max_steps": 400, "checkpoint_every": 20}}
+    spec = study_spec("cancel", base=base, workers=1, budget={"trials": 1})
+    submitted = submit(spec, tmp_path)
+    folder = tmp_path / "cancel"
+    wait_until(lambda: any(folder.glob("runs/*/checkpoints/last.ckpt")), 120, "a checkpoint")
+    rhmscale = str(Path(sys.executable).with_name("rhmscale"))
+    out = subprocess.run([rhmscale, "tune", "cancel", str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0 and submitted.jobs[0].job_id.split("_")[0] in out.stdout
+    finish(submitted)
+    status = subprocess.run(
+        [rhmscale, "tune", "status", str(folder), "--json"], capture_output=True, text=True
+    )
+    (study,) = json.loads(status.stdout)["studies"]
+    assert study["counts"] == {"running": 1} and json.loads(status.stdout)["workers"] == {}
+    finish(retry(folder))
+    (trial,) = trials_of(folder, "cancel")
+    assert trial.state.name == "COMPLETE"
