@@ -17,7 +17,7 @@ from rhmscale.store.folders import RunDir
 from rhmscale.tuning.dispatch import retry, submit
 from rhmscale.tuning.spec import parse_study_spec
 from rhmscale.tuning.study import storage
-from tests.test_sweep_slurm import BASE, EXECUTOR, wait_until
+from tests.test_sweep_slurm import BASE, EXECUTOR, wait_for_requeue, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -163,3 +163,24 @@ def test_cancel_stops_the_workers_and_retry_finishes_the_study(slurm_cluster, tm
     finish(retry(folder))
     (trial,) = trials_of(folder, "cancel")
     assert trial.state.name == "COMPLETE"
+
+
+def test_a_preempted_worker_requeues_and_its_trial_resumes(slurm_cluster, tmp_path):
+    """USR2 (a preemption, a time limit): the trial's run checkpoints, submitit requeues the
+    worker, and the requeued worker goes on with the same trial from that checkpoint."""
+    base = {**BASE, "train": {**BASE["train"], "max_steps": 600, "checkpoint_every": 50}}
+    spec = study_spec("preempt", base=base, workers=1, budget={"trials": 1})
+    submitted = submit(spec, tmp_path)
+    (job,) = submitted.jobs
+    folder = tmp_path / "preempt"
+    wait_until(lambda: any(folder.glob("runs/*/checkpoints/last.ckpt")), 120, "a checkpoint")
+    out = subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    wait_for_requeue(job)
+    finish(submitted)
+    (trial,) = trials_of(folder, "preempt")
+    assert trial.state.name == "COMPLETE"
+    log = (folder / "runs" / trial.user_attrs["run_id"] / "run.log").read_text()
+    assert "stopped at a checkpoint" in log and re.search(r"from step [1-9]\d* ", log)
+    logs = "".join(p.read_text() for p in (folder / "submitit").glob("*_log.out"))
+    assert "Requeued job" in logs
