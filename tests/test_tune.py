@@ -191,3 +191,30 @@ def test_a_trials_wandb_run_says_study_trial_and_parameters(tmp_path):
     trial = log.config["tracking.trial"]
     assert trial["number"] == 0 and trial["study"] == "cells"
     assert trial["params"]["train.lr"] == log.config["train.lr"]
+
+
+def test_tune_report_writes_best_trials_figures_and_a_wandb_run(tmp_path):
+    from rhmscale.results.wandb_log import read_offline_log
+
+    spec = parse_study_spec(STUDY | {"budget": {"trials": 3}})
+    for job in submit(spec, tmp_path).jobs:
+        job.result()
+    out = tmp_path / "report"
+    out_proc = subprocess.run(
+        [RHMSCALE, "tune", "report", str(tmp_path / "cells"), "-o", str(out), "--wandb", "offline"],
+        capture_output=True,
+        text=True,
+    )
+    assert out_proc.returncode == 0, out_proc.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert set(best) == {"cells/grammar.v=4", "cells/grammar.v=8"}
+    assert all("train.lr" in b["params"] and b["cell"] for b in best.values())
+    text = (out / "report.md").read_text()
+    assert text.count("Best: trial") == 2 and "## Study spec" in text
+    trials = (out / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 6  # 3 trials in each of 2 studies
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "study0-history.png" in figures and "study1-history.png" in figures
+    (log_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    log = read_offline_log(log_file)
+    assert (log.group, log.job_type) == ("cells", "tune-report")
