@@ -50,6 +50,8 @@ def tune_retry(path: StudyPathArg, *, overrides: dict[str, Any], wait: WaitOpt =
 
 
 def follow(submitted: Submitted, wait: bool | None) -> None:
+    from rhmscale.sweeps.dispatch import wait_jobs
+
     folder, jobs = submitted.folder.path, submitted.jobs
     console = make_console()
     if not jobs:
@@ -64,12 +66,7 @@ def follow(submitted: Submitted, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale tune status {folder}")
         return
     console.print("waiting for the workers ...")
-    errors = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as exc:  # noqa: BLE001 - shown; the trials hold the details
-            errors.append(f"{job.job_id}: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+    errors = wait_jobs(jobs)
     for err in errors:
         console.print(f"[red]{err}[/]")
     print_status(folder)

@@ -131,23 +131,29 @@ def submit_prepared(prepared: Prepared) -> Submission:
         for item in task:
             Path(item["run_dir"]).mkdir(parents=True, exist_ok=True)
     jobs = submit_tasks(ex, sweep.submitit, spec.name, prepared.tasks)
-    record = {
+    run_ids = [[item["run_id"] for item in task] for task in prepared.tasks]
+    record = submit_record(ex, jobs, run_ids) | {"n_runs": len(prepared.run_ids)}
+    atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))  # after sbatch accepted it
+    sweep.append_job_line(record)
+    return Submission(prepared, jobs, record)
+
+
+def submit_record(ex: ExecutorSpec, jobs: list[Any], run_ids: list[list[str]]) -> dict[str, Any]:
+    """jobs.jsonl's line for a submission: each job and the runs (or workers) it holds, which
+    queue.latest_jobs reads back to tell what is queued or running."""
+    return {
         "event": "submit",
         "time": now(),
         "kind": ex.kind,
         "array_id": str(jobs[0].job_id).split("_")[0] if ex.kind == "slurm" else None,
-        "n_runs": len(prepared.run_ids),
         "tasks": [
-            {"job_id": str(job.job_id), "run_ids": [item["run_id"] for item in task]}
-            for job, task in zip(jobs, prepared.tasks, strict=True)
+            {"job_id": str(job.job_id), "run_ids": ids}
+            for job, ids in zip(jobs, run_ids, strict=True)
         ],
         "executor": ex.model_dump(mode="json"),
         "host": os.uname().nodename,
         "python": sys.executable,
     }
-    atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))  # after sbatch accepted it
-    sweep.append_job_line(record)
-    return Submission(prepared, jobs, record)
 
 
 def submit(
@@ -179,8 +185,14 @@ def retry(path: Path, *, executor: dict[str, Any] | None = None) -> Submission:
 
 def wait(submission: Submission) -> list[str]:
     """Wait for every job of a submission; the error messages of jobs that failed."""
+    return wait_jobs(submission.jobs)
+
+
+def wait_jobs(jobs: list[Any]) -> list[str]:
+    """Wait for submitit jobs (a sweep's tasks, a study's workers); the errors of those that
+    failed, one line each."""
     errors = []
-    for job in submission.jobs:
+    for job in jobs:
         try:
             job.result()
         except Exception as exc:  # noqa: BLE001 - reported, the runs hold the details

@@ -194,4 +194,5 @@ def parse_spec(tree: dict[str, Any], where: str = "sweep spec") -> SweepSpec:
 def spec_to_yaml(spec: SweepSpec) -> str:
     import yaml
 
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    # by_alias: a study spec's distributions are written as they are read ({float: [lo, hi]})
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -6,22 +6,19 @@ tells which are queued or running with one squeue call, no sacct).
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.store.folders import SweepDir, read_field
-from rhmscale.sweeps.dispatch import apply_executor_overrides, cancel_jobs, now
+from rhmscale.sweeps.dispatch import apply_executor_overrides, cancel_jobs, submit_record
 from rhmscale.sweeps.executors import submit_calls
 from rhmscale.sweeps.queue import active_states, latest_jobs
+from rhmscale.sweeps.spec import spec_to_yaml
 from rhmscale.tuning.spec import StudySpec, check_search, parse_study_spec
-from rhmscale.tuning.study import SPEC_FILE, iter_studies, study_dir
+from rhmscale.tuning.study import SPEC_FILE, best_trial, iter_studies, study_dir
 from rhmscale.tuning.worker import TuneTask, read_spec
 
 
@@ -36,9 +33,7 @@ class Submitted:
     kind: str  # the executor's
 
 
-def submit(
-    spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None, workers=None
-) -> Submitted:
+def submit(spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None) -> Submitted:
     """Validate the whole study (every cell at every corner of the search space), create its
     studies in the journal, then submit the workers that are not queued or running."""
     ex = apply_executor_overrides(spec.executor, executor)
@@ -56,38 +51,17 @@ def submit(
                 f"{folder.path} holds study '{spec.name}' with another spec; use another name, "
                 f"or `rhmscale tune retry {folder.path}` to go on with the one it holds"
             )
-        atomic_write_text(stored, spec_to_yaml_by_alias(spec))
+        atomic_write_text(stored, spec_to_yaml(spec))
         for _ in iter_studies(folder.path, spec):
             pass  # every study exists in the journal before a worker starts
         active = active_states(latest_jobs(folder.read_job_lines())[0], strict=True)
-        n = workers or spec.workers
-        todo = [i for i in range(n) if worker_name(i) not in active]
+        todo = [i for i in range(spec.workers) if worker_name(i) not in active]
         if not todo:
             return Submitted(folder, [], ex.kind)
         jobs = submit_calls(ex, folder.submitit, spec.name, TuneTask(),
                             [(str(folder.path), i) for i in todo])  # fmt: skip
-        folder.append_job_line(
-            {
-                "event": "submit",
-                "time": now(),
-                "kind": ex.kind,
-                "array_id": str(jobs[0].job_id).split("_")[0] if ex.kind == "slurm" else None,
-                "tasks": [
-                    {"job_id": str(job.job_id), "run_ids": [worker_name(i)]}
-                    for job, i in zip(jobs, todo, strict=True)
-                ],
-                "executor": ex.model_dump(mode="json"),
-                "host": os.uname().nodename,
-                "python": sys.executable,
-            }
-        )
+        folder.append_job_line(submit_record(ex, jobs, [[worker_name(i)] for i in todo]))
     return Submitted(folder, jobs, ex.kind)
-
-
-def spec_to_yaml_by_alias(spec: StudySpec) -> str:
-    import yaml
-
-    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
 def load_folder(path: Path) -> tuple[SweepDir, StudySpec]:
@@ -147,8 +121,7 @@ def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
                     "error": t.user_attrs.get("error"),
                 }
             )
-        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        best = study.best_trial if done else None
+        best = best_trial(study)
         out.append(
             StudyStatus(
                 cell.study_name,

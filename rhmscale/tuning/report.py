@@ -16,7 +16,7 @@ import pandas as pd
 
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.tuning.dispatch import load_folder
-from rhmscale.tuning.study import iter_studies
+from rhmscale.tuning.study import best_trial, iter_studies
 
 BEST_FILE = "best.json"
 
@@ -78,13 +78,11 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
     folder, spec = load_folder(path)
     reports = []
     for i, (cell, study) in enumerate(iter_studies(folder.path, spec)):
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        best = None
-        if complete:
-            t = study.best_trial
+        t, best = best_trial(study), None
+        if t is not None:
             best = {"number": t.number, "value": t.value, "params": t.params,
                     "run_id": t.user_attrs.get("run_id")}  # fmt: skip
-        figures = study_figures(study, out / "figures", f"study{i}") if complete else []
+        figures = study_figures(study, out / "figures", f"study{i}") if best else []
         reports.append(
             StudyReport(
                 cell.study_name,
@@ -167,10 +165,10 @@ def read_best(path: Path) -> dict[str, dict[str, Any]]:
     folder, spec = load_folder(path)
     best = {}
     for cell, study in iter_studies(folder.path, spec):
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if done:
+        trial = best_trial(study)
+        if trial is not None:
             best[cell.study_name] = {
                 "cell": cell.point.values if spec.per_cell else {},
-                "params": study.best_trial.params,
+                "params": trial.params,
             }
     return best

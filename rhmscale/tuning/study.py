@@ -102,6 +102,12 @@ def open_study(
     return study
 
 
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's best completed trial, or None while none has completed."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return study.best_trial if done else None
+
+
 def lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Held while a worker counts a study's trials and asks for one: the budget holds."""
     return file_lock(Path(folder) / ".tune.lock")
