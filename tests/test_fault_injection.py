@@ -50,7 +50,8 @@ def inject(task: str, fault: str) -> None:
 
 
 def damage(sweep, rng: random.Random, counts: Counter) -> None:
-    """Between submissions: cut a finished run's result or metrics short, or its checkpoint."""
+    """Between submissions: cut a finished run's result or metrics short, or an interrupted
+    run's newest checkpoint."""
     runs = [RunDir(p) for p in sorted((sweep / "runs").iterdir())]
     done = [r for r in runs if r.state() == "done"]
     interrupted = [r for r in runs if r.state() == "interrupted"]
@@ -59,8 +60,10 @@ def damage(sweep, rng: random.Random, counts: Counter) -> None:
         target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
         counts[f"damaged {target.name}"] += 1
     for run in rng.sample(interrupted, min(1, len(interrupted))):
-        run.last_checkpoint.write_bytes(run.last_checkpoint.read_bytes()[:2000])
-        counts["damaged last.ckpt"] += 1
+        # the newest whole checkpoint: last.ckpt, or prev.ckpt alone if the kill came mid-write
+        newest = run.resumable_checkpoints()[0]
+        newest.write_bytes(newest.read_bytes()[:2000])
+        counts[f"damaged {newest.name}"] += 1
 
 
 def test_faults_leave_every_run_done_once_with_undisturbed_metrics(slurm_cluster, tmp_path):
