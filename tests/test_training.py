@@ -345,19 +345,21 @@ def test_val_loss_draws_the_same_t_and_masks_at_every_evaluation():
     assert loss_a[0] != loss_a[1]  # each member its own draws
 
 
-def test_a_pruned_member_stops_at_that_evaluation_and_says_so(tmp_path):
-    """A tuning trial's pruner stops its run at the evaluation it says so, in a pack whose
-    other member trains to the end; the pruned run is done, with "pruned": true."""
+@pytest.mark.parametrize("verdict", ["pruned", "settled"])
+def test_a_judged_member_stops_at_that_evaluation_and_says_why(tmp_path, verdict):
+    """A tuning trial's judge stops its run at the evaluation it says so, in a pack whose
+    other member trains to the end; the stopped run is done, with its verdict true."""
     configs = pack_configs("eval.every=10", n=2)
     asked = []
 
-    def prune_at_20(row):
+    def stop_at_20(row):
         asked.append(row["step"])
-        return row["step"] >= 20
+        return verdict if row["step"] >= 20 else None
 
-    outcomes = execute(configs, dirs(tmp_path, configs), prune=[prune_at_20, None])
-    pruned, other = (o.result for o in outcomes)
+    outcomes = execute(configs, dirs(tmp_path, configs), judge=[stop_at_20, None])
+    judged, other = (o.result for o in outcomes)
     assert [o.state for o in outcomes] == ["done", "done"]
-    assert pruned["pruned"] and pruned["stopped_early"] and pruned["final"]["step"] == 20
+    assert judged[verdict] and judged["stopped_early"] and judged["final"]["step"] == 20
+    assert not judged[{"pruned": "settled", "settled": "pruned"}[verdict]]
     assert asked == sorted(set(asked)) and asked[-1] == 20  # once per evaluation row
-    assert not other["pruned"] and other["final"]["step"] == 60
+    assert not other["pruned"] and not other["settled"] and other["final"]["step"] == 60

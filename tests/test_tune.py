@@ -18,7 +18,7 @@ from rhmscale.sweeps.spec import parse_spec
 from rhmscale.tuning.dispatch import submit
 from rhmscale.tuning.handoff import with_params
 from rhmscale.tuning.spec import check_search, parse_study_spec
-from rhmscale.tuning.study import objective_value, study_cells
+from rhmscale.tuning.study import objective_settled, objective_value, study_cells
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 BASE = {
@@ -90,13 +90,49 @@ def test_objectives_from_a_runs_rows():
     ]
     accuracy = {"metric": "gen/novel_acc_l2", "direction": "maximize"}
     best = parse_study_spec(STUDY | {"objective": accuracy})
-    assert objective_value(best, rows) == 0.6  # at the lowest val/loss
     final = parse_study_spec(STUDY | {"objective": accuracy | {"at": "final"}})
-    assert objective_value(final, rows) == 0.9
-    learn = parse_study_spec(STUDY | {"objective": {"samples_to_learn": {"level": 2}}})
+    cell = study_cells(best)[0]
+    assert objective_value(best, cell, rows) == 0.6  # at the lowest val/loss
+    assert objective_value(final, cell, rows) == 0.9
+    learn = parse_study_spec(
+        STUDY | {"objective": {"samples_to_learn": {"level": 2}},
+                 "search": {"train.batch_size": {"choices": [8, 16, 32]}}}
+    )  # fmt: skip
     assert learn.objective.study_direction == "minimize"
-    assert objective_value(learn, rows) == 320  # first evaluation at >= 0.5
-    assert objective_value(learn, rows[:1]) == 2 * 160  # not learned: twice the samples seen
+    assert objective_value(learn, cell, rows) == 320  # first evaluation at >= 0.5
+    # Not learned: behind any trial that did, closer ones ahead, whatever its own batch size.
+    cap = 20 * 32  # BASE's max_steps x the largest batch size searched
+    assert objective_value(learn, cell, rows[:1]) == cap * (2 - 0.2 / 0.5)
+    assert objective_value(learn, cell, [{**rows[0], "gen/novel_acc_l2": 0.0}]) == 2 * cap
+    # learned: more training cannot change the value, so the trial's run stops there
+    assert [objective_settled(learn, rows[:n]) for n in (1, 2, 3)] == [False, True, True]
+    assert not objective_settled(final, rows)
+
+
+def test_a_trial_stops_once_its_objective_is_settled(tmp_path):
+    """samples_to_learn: a trial's run stops at the evaluation where the level is learned
+    (result.json: settled, not pruned), and the trial's value is the samples seen there."""
+    goal = {"samples_to_learn": {"level": 1, "threshold": 0.05}}  # chance is about 1/4
+    base = BASE | {
+        "train": BASE["train"] | {"max_steps": 40},
+        "eval": {"n_samples": 64, "every": 10, "n_evals": 2, "min_novel": 1},
+    }
+    spec = parse_study_spec(
+        STUDY | {"grid": {"grammar.v": [4]}, "base": base, "objective": goal,
+                 "budget": {"trials": 1}}
+    )  # fmt: skip
+    for job in submit(spec, tmp_path).jobs:
+        job.result()
+    import optuna
+
+    from rhmscale.tuning.study import storage
+
+    (trial,) = optuna.load_study(study_name="cells", storage=storage(tmp_path / "cells")).trials
+    run = tmp_path / "cells" / "runs" / trial.user_attrs["run_id"]
+    result = json.loads((run / "result.json").read_text())
+    assert result["settled"] and not result["pruned"] and result["final"]["step"] < 40
+    assert trial.state.name == "COMPLETE"
+    assert trial.value == result["final"]["samples_seen"]
 
 
 def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):

@@ -29,6 +29,7 @@ from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_jso
 from rhmscale.store.folders import RunDir, read_field
 from rhmscale.store.lock import try_lock
 from rhmscale.training import stop
+from rhmscale.training.schedule import VERDICTS, Verdict
 
 
 @dataclass
@@ -47,7 +48,7 @@ def execute(
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, Any], None] | None = None,
-    prune: Sequence[Callable[[dict[str, Any]], bool] | None] | None = None,
+    judge: Sequence[Callable[[dict[str, Any]], Verdict | None] | None] | None = None,
 ) -> list[RunOutcome]:
     """Run (or resume, or skip if done) one run, or runs of one shape together.
 
@@ -61,8 +62,9 @@ def execute(
     training (its folder's lock is held) is left to it, outcome "running"; for a lone run that
     is a UserError saying where it runs.
     on_step(step, losses (K,)) is called after every optimiser step of a (sub-)pack (tests).
-    prune[i], when given, is asked with each new evaluation row of run i (a tuning trial's
-    pruner): True stops the run there, recorded done with "pruned": true in result.json.
+    judge[i], when given, is asked with each new evaluation row of run i (a tuning trial's):
+    "pruned" stops the run there, recorded done with "pruned": true in result.json; "settled"
+    (its objective can no longer change) stops it with "settled": true; None trains on.
     """
     check_packable(configs)
     stores = [RunDir(Path(path)) for path in run_dirs]
@@ -91,8 +93,8 @@ def execute(
             held.append(lock)
             todo.append(i)
         if todo:
-            pruners = [prune[i] if prune else None for i in todo]
-            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo], pruners)
+            judges = [judge[i] if judge else None for i in todo]
+            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo], judges)
             with runs.logs(), stop.honour_stop_signals():
                 done = runs.run(progress, stop_at_step, stop.combined(should_stop), on_step)
             outcomes.update(zip(todo, done, strict=True))
@@ -142,8 +144,8 @@ def now() -> str:
 class _Runs:
     """The runs still to train: their set-up, sub-packs by resume step, and their records."""
 
-    def __init__(self, configs: list[RunConfig], stores: list[RunDir], pruners: list) -> None:
-        self.configs, self.stores, self.pruners = configs, stores, pruners
+    def __init__(self, configs: list[RunConfig], stores: list[RunDir], judges: list) -> None:
+        self.configs, self.stores, self.judges = configs, stores, judges
         self.started = time.perf_counter()
         self.log = [logging.getLogger(f"rhmscale.run.{c.run_id()}") for c in configs]
         self.members: dict[int, Any] = {}  # i -> trainer.Member
@@ -216,7 +218,7 @@ class _Runs:
                 store.write_metrics(state["history"])  # whatever happened to metrics.parquet
             mirror = wandb_mirror.open_run(config, store)
             self.members[i] = Member(
-                config, data, store, mirror=mirror, state=state, prune=self.pruners[i]
+                config, data, store, mirror=mirror, state=state, judge=self.judges[i]
             )
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(i, exc, mirror)
@@ -285,13 +287,13 @@ class _Runs:
             result = result_record(
                 config, member.history, fabric.device.type, precision_of(fabric), self.started
             )
-            result["pruned"] = member.pruned
+            result |= {verdict: member.verdict == verdict for verdict in VERDICTS}
             self.finish_wandb(i, summary={f"final/{k}": v for k, v in result["final"].items()})
             atomic_write_json(store.result, result)  # last: its presence means done
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(i, exc)
             return
-        how = "pruned" if result["pruned"] else "stopped early"
+        how = member.verdict or "stopped early"
         early = f", {how} at step {result['final']['step']}" * result["stopped_early"]
         self.log[i].info("run %s done%s", config.run_id(), early)
         self.outcomes[i] = RunOutcome("done", store.path, result)

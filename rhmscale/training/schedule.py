@@ -1,13 +1,20 @@
 """When things happen along training: the learning-rate schedule, the evaluation steps, early
-stopping, and whether re-stacking a pack whose members stopped pays for its start-up."""
+stopping and why a tuning trial stops, and whether re-stacking a pack whose members stopped
+pays for its start-up."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
+
+# Why a tuning trial's judge stops its run: pruned (hopeless), or settled (its objective, e.g.
+# the samples it needed to learn a level, can no longer change: training on would only cost).
+Verdict = Literal["pruned", "settled"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:

@@ -48,7 +48,13 @@ from rhmscale.training.evaluation import (
     val_generators,
 )
 from rhmscale.training.fabric import progress_bar
-from rhmscale.training.schedule import StepClock, eval_steps, lr_factor, stopped_early
+from rhmscale.training.schedule import (
+    StepClock,
+    Verdict,
+    eval_steps,
+    lr_factor,
+    stopped_early,
+)
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep
 
 
@@ -74,10 +80,10 @@ class Member:
     state: dict[str, Any] | None = None  # its checkpoint, to resume from
     history: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None  # its own evaluation or checkpoint failed
-    stopped: bool = False  # early: converged before max_steps, or pruned
-    # Asked with each new evaluation row (a tuning trial's pruner): True stops the run there.
-    prune: Callable[[dict[str, Any]], bool] | None = None
-    pruned: bool = False
+    stopped: bool = False  # early: converged before max_steps, pruned or settled
+    # Asked with each new evaluation row (a tuning trial's judge): a Verdict stops the run there.
+    judge: Callable[[dict[str, Any]], Verdict | None] | None = None
+    verdict: Verdict | None = None
 
 
 class Trainer:
@@ -243,12 +249,12 @@ class Trainer:
 
     def stop_converged(self) -> None:
         """Stop the members whose val/loss has not improved for their patience, and those their
-        pruner stops (asked once per evaluation row)."""
+        judge stops (asked once per evaluation row)."""
         for k, m in list(self.active()):
             train = m.config.train
-            if m.prune is not None and m.history and m.history[-1]["step"] == self.step:
-                m.pruned = m.prune(m.history[-1])
-            if m.pruned or stopped_early(m.history, train.early_stop_patience, train.min_steps):
+            if m.judge is not None and m.history and m.history[-1]["step"] == self.step:
+                m.verdict = m.judge(m.history[-1])
+            if m.verdict or stopped_early(m.history, train.early_stop_patience, train.min_steps):
                 m.stopped = True
                 self.train_step.active[k] = 0.0  # its loss no longer reaches the update
                 if self.on_member_done is not None:

@@ -139,18 +139,24 @@ def record_trial(run_dir: Path, entry: dict[str, Any]) -> None:
         atomic_write_json(path, {"trials": [*entries, entry]})
 
 
-def objective_value(spec: StudySpec, history: list[dict[str, Any]], final: bool = True) -> float:
+def objective_value(
+    spec: StudySpec, cell: Cell, history: list[dict[str, Any]], final: bool = True
+) -> float:
     """The objective from a run's evaluation rows. samples_to_learn: samples seen at the first
-    evaluation where the level's novel accuracy reached the threshold; a run that has not
-    learned it scores twice the samples it has seen (so it ranks behind any that did)."""
+    evaluation where the level's novel accuracy reached the threshold. A run that has not
+    learned it scores cap * (2 - best accuracy / threshold), cap = the most samples any trial
+    of the cell can see: behind every run that learned, closer ones ahead (so the sampler and
+    the pruner see progress), and independent of its own batch size (a small batch must not
+    look cheaper for having seen fewer samples)."""
     objective = spec.objective
     if objective.samples_to_learn is not None:
-        level = int(objective.samples_to_learn["level"])
-        threshold = objective.samples_to_learn.get("threshold", 0.5)
-        for row in history:
-            if row.get(f"gen/novel_acc_l{level}", 0.0) >= threshold:
-                return float(row["samples_seen"])
-        return 2.0 * float(history[-1]["samples_seen"])
+        goal = objective.samples_to_learn
+        learned = learned_at(goal, history)
+        if learned is not None:
+            return float(learned["samples_seen"])
+        accuracy = [row.get(level_key(goal), math.nan) for row in history]
+        best = max((a for a in accuracy if math.isfinite(a)), default=0.0)
+        return samples_cap(spec, cell) * (2.0 - best / goal.get("threshold", 0.5))
     scored = [r for r in history if math.isfinite(r.get("val/loss", math.nan))]
     row = history[-1]
     if objective.at == "best" and final and scored:
@@ -158,6 +164,35 @@ def objective_value(spec: StudySpec, history: list[dict[str, Any]], final: bool 
     if objective.metric not in row:
         raise KeyError(f"metric {objective.metric} is not recorded (have: {', '.join(row)})")
     return float(row[objective.metric])
+
+
+def objective_settled(spec: StudySpec, history: list[dict[str, Any]]) -> bool:
+    """Whether more evaluations cannot change the objective: samples_to_learn, once the level
+    is learned (its value is the samples seen then)."""
+    goal = spec.objective.samples_to_learn
+    return goal is not None and learned_at(goal, history) is not None
+
+
+def learned_at(goal: dict[str, float], history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first evaluation row where the level's novel accuracy reached the threshold."""
+    key, threshold = level_key(goal), goal.get("threshold", 0.5)
+    return next((row for row in history if row.get(key, 0.0) >= threshold), None)
+
+
+def level_key(goal: dict[str, float]) -> str:
+    return f"gen/novel_acc_l{int(goal['level'])}"
+
+
+def samples_cap(spec: StudySpec, cell: Cell) -> float:
+    """The most samples a trial of the cell can see: max_steps x batch size, each at the
+    largest the search allows."""
+    train = cell.point.config.train
+
+    def largest(key: str, value: int) -> float:
+        return max(spec.search[key].corners()) if key in spec.search else value
+
+    steps = largest("train.max_steps", train.max_steps)
+    return steps * largest("train.batch_size", train.batch_size)
 
 
 def study_dir(root: Path, name: str) -> SweepDir:

@@ -24,12 +24,14 @@ from rhmscale.config import member_keys
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
 from rhmscale.sweeps.job import guard_requeue_handler, requeue_requested, set_threads
+from rhmscale.training.schedule import Verdict
 from rhmscale.training.stop import requested as stop_requested
 from rhmscale.tuning.spec import StudySpec
 from rhmscale.tuning.study import (
     Cell,
     budget_left,
     lock,
+    objective_settled,
     objective_value,
     open_study,
     record_trial,
@@ -158,35 +160,43 @@ class Worker:
             configs.setdefault(config.run_id(), config)  # repeated parameters: one run
             trial_of.setdefault(config.run_id(), []).append(trial)
         run_dirs = [self.folder / "runs" / rid for rid in configs]
-        pruners = [self.pruner(trial_of[rid], d) for rid, d in zip(configs, run_dirs, strict=True)]
-        outcomes = execute(list(configs.values()), run_dirs, should_stop=should_stop, prune=pruners)
+        judges = [
+            self.judge(job.cell, trial_of[rid], d) for rid, d in zip(configs, run_dirs, strict=True)
+        ]
+        outcomes = execute(list(configs.values()), run_dirs, should_stop=should_stop, judge=judges)
         if any(o.state == "interrupted" for o in outcomes):
             return None
         for outcome, run_dir, rid in zip(outcomes, run_dirs, configs, strict=True):
             for trial in trial_of[rid]:
-                self.tell(job.study, trial, outcome, run_dir)
+                self.tell(job.study, job.cell, trial, outcome, run_dir)
         self.state_file.unlink(missing_ok=True)
         frozen = job.study.get_trials(deepcopy=False)
         return [frozen[t.number].state.name.lower() for t in job.trials]
 
-    def pruner(self, trials: list[optuna.Trial], run_dir: Path):
-        """Asked at each evaluation row of the run: report it to its trial(s), prune or not."""
+    def judge(self, cell: Cell, trials: list[optuna.Trial], run_dir: Path):
+        """Asked at each evaluation row of the run: report it to its trial(s); stop the run when
+        its objective is settled (level learned: more training cannot change it) or when every
+        trial it answers should be pruned."""
         rows = history_of(run_dir)
 
-        def prune(row: dict[str, Any]) -> bool:
+        def judge(row: dict[str, Any]) -> Verdict | None:
             rows.append(row)
-            value = objective_value(self.spec, rows, final=False)
+            if objective_settled(self.spec, rows):
+                return "settled"
+            value = objective_value(self.spec, cell, rows, final=False)
             for trial in trials:
                 trial.report(value, len(rows) - 1)
-            return all(trial.should_prune() for trial in trials)
+            return "pruned" if all(trial.should_prune() for trial in trials) else None
 
-        return prune
+        return judge
 
-    def tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, run_dir: Path) -> None:
+    def tell(
+        self, study: optuna.Study, cell: Cell, trial: optuna.Trial, outcome: Any, run_dir: Path
+    ) -> None:
         if outcome.state == "done" and outcome.result.get("pruned"):
             study.tell(trial, state=State.PRUNED)
         elif outcome.state == "done":
-            study.tell(trial, objective_value(self.spec, history_of(run_dir)))
+            study.tell(trial, objective_value(self.spec, cell, history_of(run_dir)))
         else:  # failed, or trained elsewhere (a repeat of a running trial's parameters)
             trial.set_user_attr("error", (outcome.error or outcome.state)[:500])
             study.tell(trial, state=State.FAIL)
