@@ -133,6 +133,10 @@ def test_a_trial_stops_once_its_objective_is_settled(tmp_path):
     assert result["settled"] and not result["pruned"] and result["final"]["step"] < 40
     assert trial.state.name == "COMPLETE"
     assert trial.value == result["final"]["samples_seen"]
+    from rhmscale.tuning.report import study_reports
+
+    (report,) = study_reports(tmp_path / "cells", tmp_path / "report")
+    assert report.trials["learned l1"].tolist() == [True]
 
 
 def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):

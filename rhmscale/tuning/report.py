@@ -16,7 +16,8 @@ import pandas as pd
 
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.tuning.dispatch import load_folder
-from rhmscale.tuning.study import best_trial, iter_studies
+from rhmscale.tuning.spec import StudySpec
+from rhmscale.tuning.study import Cell, best_trial, iter_studies, samples_cap
 
 BEST_FILE = "best.json"
 
@@ -30,7 +31,9 @@ class StudyReport:
     figures: list[Path]
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, spec: StudySpec, cell: Cell) -> pd.DataFrame:
+    """One row per trial; with samples_to_learn, whether it learned the level (its value is
+    then samples seen, else a score above the most samples a trial can see)."""
     rows = [
         {
             "trial": t.number,
@@ -43,7 +46,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         }
         for t in study.get_trials(deepcopy=False)
     ]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    goal = spec.objective.samples_to_learn
+    if goal is not None and len(frame):
+        learned = frame["value"] <= samples_cap(spec, cell)
+        frame.insert(3, f"learned l{int(goal['level'])}", learned.where(frame["value"].notna()))
+    return frame
 
 
 def study_figures(study: optuna.Study, folder: Path, stem: str) -> list[Path]:
@@ -87,7 +95,7 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
             StudyReport(
                 cell.study_name,
                 cell.point.values if spec.per_cell else {},
-                trials_frame(study),
+                trials_frame(study, spec, cell),
                 best,
                 figures,
             )  # fmt: skip
