@@ -137,6 +137,7 @@ def test_a_trial_stops_once_its_objective_is_settled(tmp_path):
 
     (report,) = study_reports(tmp_path / "cells", tmp_path / "report")
     assert report.trials["learned l1"].tolist() == [True]
+    assert "study0-curves.png" in [f.name for f in report.figures]  # novel_acc_l1 vs samples
 
 
 def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
@@ -255,6 +256,7 @@ def test_tune_report_writes_best_trials_figures_and_a_wandb_run(tmp_path):
     assert len(trials) == 1 + 6  # 3 trials in each of 2 studies
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "study0-history.png" in figures and "study1-history.png" in figures
+    assert "study0-curves.png" in figures and "study1-curves.png" in figures
     (log_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     log = read_offline_log(log_file)
     assert (log.group, log.job_type) == ("cells", "tune-report")

@@ -17,7 +17,8 @@ import pandas as pd
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.tuning.dispatch import load_folder
 from rhmscale.tuning.spec import StudySpec
-from rhmscale.tuning.study import Cell, best_trial, iter_studies, samples_cap
+from rhmscale.tuning.study import Cell, best_trial, iter_studies, level_key, samples_cap
+from rhmscale.tuning.worker import history_of
 
 BEST_FILE = "best.json"
 
@@ -82,6 +83,43 @@ def study_figures(study: optuna.Study, folder: Path, stem: str) -> list[Path]:
     return written
 
 
+def curves_figure(
+    study: optuna.Study, spec: StudySpec, runs: Path, path: Path, best: int | None
+) -> Path | None:
+    """Each trial's objective metric against the samples it saw (the best trial bold, enqueued
+    ones, e.g. the recipe in use, dashed; with samples_to_learn the threshold): how the trials
+    learned, not just where they ended. None when no trial has recorded an evaluation yet."""
+    import matplotlib.pyplot as plt
+
+    goal = spec.objective.samples_to_learn
+    metric = level_key(goal) if goal is not None else spec.objective.metric
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = 0
+    for t in study.get_trials(deepcopy=False):
+        rows = pd.DataFrame(history_of(runs / str(t.user_attrs.get("run_id"))))
+        if metric not in rows:
+            continue
+        top, enqueued = t.number == best, "fixed_params" in t.system_attrs
+        style = {"lw": 0.9, "alpha": 0.5, "color": "tab:blue", "label": None}
+        if enqueued:
+            style |= {"ls": "--", "alpha": 0.9, "label": f"enqueued: trial {t.number}"}
+        if top:
+            style |= {"lw": 2.4, "alpha": 1, "color": "tab:red", "label": f"best: trial {t.number}"}
+        ax.plot(rows["samples_seen"], rows[metric], **style)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    if goal is not None:
+        ax.axhline(goal.get("threshold", 0.5), ls=":", color="black", lw=1, label="threshold")
+    ax.set(xscale="log", xlabel="samples seen", ylabel=metric, title=f"{study.study_name}: "
+           f"{drawn} trials")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def study_reports(path: Path, out: Path) -> list[StudyReport]:
     folder, spec = load_folder(path)
     reports = []
@@ -91,6 +129,9 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
             best = {"number": t.number, "value": t.value, "params": t.params,
                     "run_id": t.user_attrs.get("run_id")}  # fmt: skip
         figures = study_figures(study, out / "figures", f"study{i}") if best else []
+        curves_path = out / "figures" / f"study{i}-curves.png"
+        curves = curves_figure(study, spec, folder.path / "runs", curves_path, t and t.number)
+        figures += [curves] if curves else []
         reports.append(
             StudyReport(
                 cell.study_name,
