@@ -18,7 +18,13 @@ from rhmscale.sweeps.spec import parse_spec
 from rhmscale.tuning.dispatch import submit
 from rhmscale.tuning.handoff import with_params
 from rhmscale.tuning.spec import check_search, parse_study_spec
-from rhmscale.tuning.study import objective_settled, objective_value, study_cells
+from rhmscale.tuning.study import (
+    make_pruner,
+    objective_settled,
+    objective_value,
+    report_step,
+    study_cells,
+)
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 BASE = {
@@ -107,6 +113,42 @@ def test_objectives_from_a_runs_rows():
     # learned: more training cannot change the value, so the trial's run stops there
     assert [objective_settled(learn, rows[:n]) for n in (1, 2, 3)] == [False, True, True]
     assert not objective_settled(final, rows)
+
+
+def test_samples_to_learn_prunes_at_equal_samples_not_equal_steps():
+    """Two trials that learn at the same rate per sample, one with a 4x smaller batch: the
+    small-batch one is behind at every step but not at any number of samples, so it must not
+    be pruned (on a step axis it was, and a study lost every batch-64 trial)."""
+    import optuna
+
+    spec = parse_study_spec(
+        STUDY | {"objective": {"samples_to_learn": {"level": 3}},
+                 "pruner": {"kind": "median", "startup_trials": 1, "warmup_evals": 1},
+                 "search": {"train.batch_size": {"choices": [64, 256]}}}
+    )  # fmt: skip
+    cell = study_cells(spec)[0]
+
+    def rows(batch):  # evaluations every 250 steps; novel accuracy 0.5 at 256k samples
+        return [{"step": s, "samples_seen": s * batch, "gen/novel_acc_l3": s * batch / 512_000}
+                for s in range(250, 4001, 250)]  # fmt: skip
+
+    def pruned_at(step_of) -> int | None:
+        study = optuna.create_study(direction="minimize", pruner=make_pruner(spec))
+        done = study.ask()
+        for i, row in enumerate(rows(256)[:3]):  # learned at the 4th: settled, not reported
+            done.report(objective_value(spec, cell, rows(256)[: i + 1], final=False),
+                        step_of(row, i))  # fmt: skip
+        study.tell(done, objective_value(spec, cell, rows(256)))
+        small = study.ask()
+        for i, row in enumerate(rows(64)):
+            small.report(objective_value(spec, cell, rows(64)[: i + 1], final=False),
+                         step_of(row, i))  # fmt: skip
+            if i + 1 > spec.pruner.warmup_evals and small.should_prune():
+                return row["step"]
+        return None
+
+    assert pruned_at(lambda row, i: report_step(spec, row, i)) is None
+    assert pruned_at(lambda row, i: i) == 500  # at evaluation 1: 32k samples against 128k
 
 
 def test_a_trial_stops_once_its_objective_is_settled(tmp_path):

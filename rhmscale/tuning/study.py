@@ -73,15 +73,24 @@ def make_sampler(spec: StudySpec, worker: int, restart: int = 0) -> optuna.sampl
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """Intermediate values are reported at evaluation i (0, 1, ...), so all trials compare at
-    the same points of their training whatever their step counts."""
+    """Trials are compared where report_step puts their values; the median pruner's warm-up
+    (evaluations, whatever the step unit) is the worker's: it asks only after warmup_evals."""
     if spec.pruner.kind == "none":
         return optuna.pruners.NopPruner()
     if spec.pruner.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=spec.pruner.startup_trials, n_warmup_steps=spec.pruner.warmup_evals
-    )
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.startup_trials)
+
+
+def report_step(spec: StudySpec, row: dict[str, Any], index: int) -> int:
+    """Where an intermediate value is reported, i.e. where trials are compared. samples_to_learn:
+    at the samples seen, so a trial with a small batch is compared with others at as many
+    samples, not at as many steps (where it has seen fewer and looks behind: a step axis
+    pruned every batch-64 trial of a study whose best trials had batch 64). Otherwise at
+    evaluation `index` (0, 1, ...): the same point of training whatever the step counts."""
+    if spec.objective.samples_to_learn is not None:
+        return int(row["samples_seen"])
+    return index
 
 
 def open_study(

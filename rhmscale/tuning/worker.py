@@ -35,6 +35,7 @@ from rhmscale.tuning.study import (
     objective_value,
     open_study,
     record_trial,
+    report_step,
     study_cells,
     trial_config,
 )
@@ -184,8 +185,11 @@ class Worker:
             if objective_settled(self.spec, rows):
                 return "settled"
             value = objective_value(self.spec, cell, rows, final=False)
+            step = report_step(self.spec, row, len(rows) - 1)
             for trial in trials:
-                trial.report(value, len(rows) - 1)
+                trial.report(value, step)
+            if len(rows) <= self.spec.pruner.warmup_evals:
+                return None
             return "pruned" if all(trial.should_prune() for trial in trials) else None
 
         return judge
