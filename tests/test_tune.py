@@ -221,6 +221,23 @@ def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
         with_params(outside, folder)
 
 
+def test_a_seeded_study_draws_the_same_trials_when_run_again(tmp_path):
+    """sampler.seed: two fresh study folders of one spec get the same parameters, trial by
+    trial (a worker's stream changes only when it is started again in the same folder)."""
+    import optuna
+
+    from rhmscale.tuning.study import storage
+
+    spec = parse_study_spec(STUDY | {"grid": {"grammar.v": [4]}, "budget": {"trials": 3}})
+    drawn = []
+    for root in (tmp_path / "a", tmp_path / "b"):
+        for job in submit(spec, root).jobs:
+            job.result()
+        study = optuna.load_study(study_name="cells", storage=storage(root / "cells"))
+        drawn.append([t.params for t in study.trials])
+    assert drawn[0] == drawn[1] and len({p["train.lr"] for p in drawn[0]}) == 3
+
+
 def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
     """With a packing executor the later trials of a pack take the first's shape (model.width)
     and differ in what members may (learning rate, clipping); every trial is told."""

@@ -12,7 +12,6 @@ runs' checkpoints, reporting to the same Optuna trials. So no trial is lost or t
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ class Worker:
         self.cells = study_cells(spec)
         self.state_file = self.folder / "workers" / f"{index}.json"
         self.studies: dict[str, optuna.Study] = {}
-        self.restart = time.time_ns() % 997  # a requeued worker draws anew
+        self.restart = 0  # set by run(): how many times this worker started before
 
     def study(self, cell: Cell) -> optuna.Study:
         """One Study (one sampler, whose stream advances) per cell for this worker's life."""
@@ -77,6 +76,15 @@ class Worker:
                 self.folder, self.spec, cell.study_name, self.index, self.restart
             )
         return self.studies[cell.study_name]
+
+    def count_start(self) -> int:
+        """The starts of this worker before this one: 0 in a fresh study folder, so a seeded
+        study draws the same trials when run again; a requeued or retried worker (whose
+        sampler must not repeat what it drew) a new stream each time."""
+        path = self.state_file.with_suffix(".starts")
+        starts = read_field(path, "starts") or 0
+        atomic_write_json(path, {"starts": starts + 1})
+        return starts
 
     @property
     def pack_size(self) -> int:
@@ -127,6 +135,7 @@ class Worker:
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.restart = self.count_start()
         told: list[dict[str, Any]] = []
         job = self.held()
         while job is not None or not stop_requested():
