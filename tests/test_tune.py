@@ -24,6 +24,7 @@ from rhmscale.tuning.study import (
     objective_value,
     report_step,
     study_cells,
+    trial_config,
 )
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
@@ -58,6 +59,13 @@ STUDY = {
         ({"search": {"grammar.v": {"choices": [4, 8]}}}, "both searched and in the grid"),
         ({"search": {"model.width": {"int": [0, 16]}}}, "search point model.width=0"),
         ({"enqueue": [{"train.wd": 0.1}]}, "not a searched key"),
+        (
+            {
+                "objective": {"samples_to_learn": {"level": 2}},
+                "search": {"train.max_steps": {"int": [10, 20]}},
+            },
+            "search train.batch_size, not train.max_steps",
+        ),  # fmt: skip
         ({"objective": {"metric": "val/loss"}}, "direction"),
         ({"objective": {"samples_to_learn": {"level": 2, "threshold": 2}}}, "0 < t < 1"),
         ({"budget": {"trials": 0}}, "budget.trials"),
@@ -110,6 +118,11 @@ def test_objectives_from_a_runs_rows():
     cap = 20 * 32  # BASE's max_steps x the largest batch size searched
     assert objective_value(learn, cell, rows[:1]) == cap * (2 - 0.2 / 0.5)
     assert objective_value(learn, cell, [{**rows[0], "gen/novel_acc_l2": 0.0}]) == 2 * cap
+    # ... and every trial may see those samples: a smaller batch trains for more steps
+    steps = {b: trial_config(learn, cell, {"train.batch_size": b}, {}).train.max_steps
+             for b in (8, 16, 32)}  # fmt: skip
+    assert steps == {8: 80, 16: 40, 32: 20}
+    assert trial_config(best, cell, {"train.lr": 0.01}, {}).train.max_steps == 20
     # learned: more training cannot change the value, so the trial's run stops there
     assert [objective_settled(learn, rows[:n]) for n in (1, 2, 3)] == [False, True, True]
     assert not objective_settled(final, rows)

@@ -138,6 +138,15 @@ class StudySpec(SweepSpec):
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _samples_budget(self) -> StudySpec:
+        if self.objective.samples_to_learn is not None and "train.max_steps" in self.search:
+            raise ValueError(
+                "samples_to_learn gives every trial the same samples (train.max_steps x the "
+                "largest batch size searched): search train.batch_size, not train.max_steps"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _enqueued_keys(self) -> StudySpec:
         for i, params in enumerate(self.enqueue):
             unknown = sorted(set(params) - set(self.search))

@@ -132,12 +132,21 @@ def budget_left(study: optuna.Study, spec: StudySpec) -> bool:
 
 
 def trial_config(spec: StudySpec, cell: Cell, params: dict[str, Any], trial: dict) -> RunConfig:
-    """The cell's config with the trial's parameters; W&B: job type trial, group the study."""
+    """The cell's config with the trial's parameters; W&B: job type trial, group the study.
+    samples_to_learn: every trial may see the same samples (samples_cap), so a trial with a
+    smaller batch trains for more steps; with a fixed max_steps it saw fewer samples and
+    ranked behind a larger batch that was less sample-efficient but saw more."""
     tree = base_tree(spec)
     for key, value in {**cell.point.values, **params}.items():
         set_dotted(tree, key, value)
     tree["tracking"] |= {"job_type": "trial", "group": cell.study_name, "trial": trial}
-    return validate_config(tree, f"study {cell.study_name}, trial {trial.get('number')}")
+    where = f"study {cell.study_name}, trial {trial.get('number')}"
+    config = validate_config(tree, where)
+    if spec.objective.samples_to_learn is None:
+        return config
+    steps = math.ceil(samples_cap(spec, cell) / config.train.batch_size)
+    set_dotted(tree, "train.max_steps", steps)
+    return validate_config(tree, where)
 
 
 def record_trial(run_dir: Path, entry: dict[str, Any]) -> None:
@@ -193,15 +202,11 @@ def level_key(goal: dict[str, float]) -> str:
 
 
 def samples_cap(spec: StudySpec, cell: Cell) -> float:
-    """The most samples a trial of the cell can see: max_steps x batch size, each at the
-    largest the search allows."""
+    """The samples every trial of the cell may see: the cell's max_steps x the largest batch
+    size the search allows (train.max_steps cannot be searched with samples_to_learn)."""
     train = cell.point.config.train
-
-    def largest(key: str, value: int) -> float:
-        return max(spec.search[key].corners()) if key in spec.search else value
-
-    steps = largest("train.max_steps", train.max_steps)
-    return steps * largest("train.batch_size", train.batch_size)
+    batch = spec.search.get("train.batch_size")
+    return train.max_steps * (max(batch.corners()) if batch else train.batch_size)
 
 
 def study_dir(root: Path, name: str) -> SweepDir:
