@@ -99,7 +99,9 @@ def curves_figure(
         rows = pd.DataFrame(history_of(runs / str(t.user_attrs.get("run_id"))))
         if metric not in rows:
             continue
-        top, enqueued = t.number == best, "fixed_params" in t.system_attrs
+        # the spec's enqueued recipes (a pack's later trials are enqueued too, by shape only)
+        enqueued = any(all(t.params.get(k) == v for k, v in e.items()) for e in spec.enqueue)
+        top = t.number == best
         style = {"lw": 0.9, "alpha": 0.5, "color": "tab:blue", "label": None}
         if enqueued:
             style |= {"ls": "--", "alpha": 0.9, "label": f"enqueued: trial {t.number}"}
@@ -111,7 +113,7 @@ def curves_figure(
         plt.close(fig)
         return None
     if goal is not None:
-        ax.axhline(goal.get("threshold", 0.5), ls=":", color="black", lw=1, label="threshold")
+        ax.axhline(goal["threshold"], ls=":", color="black", lw=1, label="threshold")
     ax.set(xscale="log", xlabel="samples seen", ylabel=metric, title=f"{study.study_name}: "
            f"{drawn} trials")  # fmt: skip
     ax.legend(loc="upper left", fontsize=8)

@@ -95,6 +95,9 @@ class Objective(BaseModel):
             threshold = self.samples_to_learn.get("threshold", 0.5)
             if not keys <= {"level", "threshold"} or "level" not in keys or not 0 < threshold < 1:
                 raise ValueError("samples_to_learn takes {level: k, threshold: t}, 0 < t < 1")
+            # the default written in: every reader takes goal["threshold"]
+            level = self.samples_to_learn["level"]
+            self.samples_to_learn = {"level": level, "threshold": threshold}
         return self
 
     @property

@@ -174,7 +174,7 @@ def objective_value(
             return float(learned["samples_seen"])
         accuracy = [row.get(level_key(goal), math.nan) for row in history]
         best = max((a for a in accuracy if math.isfinite(a)), default=0.0)
-        return samples_cap(spec, cell) * (2.0 - best / goal.get("threshold", 0.5))
+        return samples_cap(spec, cell) * (2.0 - best / goal["threshold"])
     scored = [r for r in history if math.isfinite(r.get("val/loss", math.nan))]
     row = history[-1]
     if objective.at == "best" and final and scored:
@@ -193,8 +193,8 @@ def objective_settled(spec: StudySpec, history: list[dict[str, Any]]) -> bool:
 
 def learned_at(goal: dict[str, float], history: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first evaluation row where the level's novel accuracy reached the threshold."""
-    key, threshold = level_key(goal), goal.get("threshold", 0.5)
-    return next((row for row in history if row.get(key, 0.0) >= threshold), None)
+    key = level_key(goal)
+    return next((row for row in history if row.get(key, 0.0) >= goal["threshold"]), None)
 
 
 def level_key(goal: dict[str, float]) -> str:
