@@ -73,6 +73,8 @@ def make_trainer(
         for i in range(k)
     ]
     data = make_datasets(configs[0])  # members' data sets do not change the speed
+    for i in range(k):
+        (folder / str(i)).mkdir()
     members = [Member(c, data, RunDir(folder / str(i))) for i, c in enumerate(configs)]
     return Trainer(members, make_fabric(configs[0]))
 
@@ -83,15 +85,67 @@ def sync() -> None:
 
 
 def fabric_loop(trainer: Trainer, args) -> float:
-    """Steps/s of our loop."""
+    """Steps/s of our loop: `--steps` steps, or as many as fit in `--seconds` from `--start-at`
+    (an epoch time: processes started together time the same window, sharing the GPU)."""
     for _ in range(args.warmup):
         trainer.advance()
     sync()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.advance()
+    if args.start_at:
+        time.sleep(max(0.0, args.start_at - time.time()))
+    start, steps = time.perf_counter(), 0
+    trainer.series = []  # (seconds, steps) about every second of a --seconds window
+    while steps < args.steps if not args.seconds else time.perf_counter() - start < args.seconds:
+        for _ in range(10):
+            trainer.advance()
+        steps += 10
+        if args.seconds:
+            sync()
+            now = time.perf_counter() - start
+            if not trainer.series or now - trainer.series[-1][0] >= 1.0:
+                trainer.series.append((round(now, 2), steps))
     sync()
-    return args.steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start)
+
+
+def eval_seconds(trainer: Trainer, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one evaluation of the pack (no W&B): sampling and val/loss on the
+    device, then the whole evaluation with each member's record (metrics, metrics.parquet)."""
+    from rhmscale.training.evaluation import eval_generators, sample_and_score, val_generators
+
+    configs = [m.config for m in trainer.members]
+
+    def device_part() -> None:
+        with trainer.fabric.autocast():
+            samples, _ = sample_and_score(
+                trainer.diffusion, trainer.stack, trainer.config, trainer.test_data,
+                eval_generators(configs, trainer.step, trainer.device),
+                val_generators(configs, trainer.device),
+            )  # fmt: skip
+        samples.cpu()
+
+    trainer.started = time.perf_counter()  # fit() sets it: wall_s of the records
+
+    def whole() -> None:
+        for m in trainer.members:
+            m.history.clear()
+        trainer.loss_count = 1  # as if a step had run since the last evaluation
+        trainer.evaluate()
+        failed = [m.error for m in trainer.members if m.error is not None]
+        if failed:
+            raise failed[0]
+
+    times = {}
+    for name, fn in (("eval_device_s", device_part), ("eval_s", whole)):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            runs.append(time.perf_counter() - start)
+        times[name] = sorted(runs)[len(runs) // 2]
+    return times
 
 
 def lightning_trainer_loop(trainer: Trainer, args) -> float:
@@ -151,6 +205,10 @@ def measure(sizes, arch, k, mode, driver, args, batch_k: int = 1) -> dict:
         trainer = make_trainer(sizes, arch, k, mode, args, Path(tmp), batch)
         loop = fabric_loop if driver == "fabric" else lightning_trainer_loop
         rate = loop(trainer, args)
+        startup = trainer.clock.startup_s
+        extra = {"series": trainer.series} if trainer.series else {}
+        extra["compiled_from_step"] = trainer.train_step.compiled_from
+        evals = eval_seconds(trainer) if args.eval and driver == "fabric" else {}
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     k = k * batch_k  # a ceiling row stands for a pack of batch_k runs
     row = {
@@ -164,6 +222,9 @@ def measure(sizes, arch, k, mode, driver, args, batch_k: int = 1) -> dict:
         "samples_per_s": k * rate * sizes["batch"],
         "runs_per_gpu_hour": 3600 * k * rate / args.max_steps,
         "peak_mem_gib": peak,
+        "startup_s": startup,  # set-up, compilation and capture: the first steps
+        **evals,
+        **extra,
     }
     print(row, flush=True)
     return row
@@ -177,12 +238,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing")
     parser.add_argument("--max-steps", type=int, default=10_000, help="steps of one run")
+    parser.add_argument("--grammar", nargs="+", help="grammar overrides (default L=5 v=32 m=8)")
+    parser.add_argument("--seconds", type=float, help="time a window of this length instead")
+    parser.add_argument("--start-at", type=float, help="epoch time at which the window starts")
+    parser.add_argument("--eval", action="store_true", help="also time one pack evaluation")
+    parser.add_argument("--no-trainer-row", action="store_true", help="skip the Lightning row")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ceiling", action="store_true", help="also one run at batch K x 256")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (smoke)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.grammar:
+        sizes["grammar"] = args.grammar
     if args.quick:
         args.device, args.steps, args.warmup = "cpu", 5, 2
     rows = []
@@ -191,7 +259,8 @@ def main() -> None:
             rows += [measure(sizes, arch, k, mode, "fabric", args) for mode in args.modes]
             if args.ceiling and k > 1:
                 rows.append(measure(sizes, arch, 1, args.modes[-1], "fabric", args, batch_k=k))
-        rows.append(measure(sizes, arch, 1, args.modes[-1], "lightning-trainer", args))
+        if not args.no_trainer_row:
+            rows.append(measure(sizes, arch, 1, args.modes[-1], "lightning-trainer", args))
         config = build_config(
             {}, [*sizes["grammar"], f"model.arch={arch}", *sizes[arch], "data.n_test=64"]
         )
@@ -204,7 +273,8 @@ def main() -> None:
         "grammar": sizes["grammar"],
         "batch_size": sizes["batch"],
         "max_steps": args.max_steps,
-        "timed_steps": args.steps,
+        "timed_steps": None if args.seconds else args.steps,
+        "timed_seconds": args.seconds,
         "warmup_steps": args.warmup,
         "rows": rows,
     }
