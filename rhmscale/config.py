@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
 ROLES = (SCIENCE, SEED, SIZE, BOOKKEEPING)
 # train.compile (and `rhmscale run --compile`): auto = compiled with CUDA graphs on a GPU and
-# eager on a CPU; off = eager; or a torch.compile mode (training.compiled says what each does).
-COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+# eager on a CPU; off = eager; graph = eager, replayed as one CUDA graph on a GPU (nothing to
+# compile); or a torch.compile mode (training.step says what each does).
+COMPILE_SETTINGS = ("auto", "off", "graph", "default", "reduce-overhead", "max-autotune")
 
 
 def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = False, **kw) -> Any:

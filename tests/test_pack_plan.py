@@ -45,18 +45,32 @@ def test_packs_fill_across_cells_of_one_shape(tmp_path):
     assert sorted(prepared.run_ids) == sorted({i["run_id"] for t in tasks for i in t})
 
 
-def test_local_tasks_hold_whole_packs():
+def test_local_workers_share_one_queue_of_whole_packs_longest_first():
     items = [
         {"run_id": str(i), "config": {"grammar": {"v": 8}, "data": {"P": 32 + i}}}
         for i in range(10)
     ]
     tasks = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=2))
-    assert len(tasks) == 2 and sum(len(t) for t in tasks) == 10
+    # Each worker holds every pack, in the same order, tagged with one queue: a pack goes to
+    # the worker that claims it first (SweepTask).
+    assert len(tasks) == 2 and tasks[0] == tasks[1] and len(tasks[0]) == 10
+    assert len({item["queue"] for item in tasks[0]}) == 1
     packs = {}
-    for number, task in enumerate(tasks):
-        for item in task:
-            packs.setdefault(item["pack"], set()).add(number)
-    assert len(packs) == 3 and all(len(where) == 1 for where in packs.values())
+    for item in tasks[0]:
+        packs.setdefault(item["pack"], []).append(item["config"]["data"]["P"])
+    assert sorted(len(p) for p in packs.values()) == [3, 3, 4]
+    largest = [max(packs[number]) for number in sorted(packs)]
+    assert largest == sorted(largest, reverse=True)  # pack 0 holds the largest P
+    one = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=1))
+    assert len(one) == 1 and "queue" not in one[0][0]  # one worker needs no queue
+
+
+def test_a_pack_is_claimed_by_one_worker_of_a_queue(tmp_path):
+    from rhmscale.store.folders import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.claim("q1") and not run.claim("q1")  # the second worker leaves it
+    assert run.claim("q2")  # a later submission's queue claims it anew
 
 
 def test_plan_shows_the_packs(tmp_path):

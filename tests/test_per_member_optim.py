@@ -94,7 +94,7 @@ def test_a_pack_that_shares_its_recipe_keeps_torch_adamw(tmp_path, monkeypatch):
 def test_on_a_gpu_a_shared_recipe_is_fused_and_capturable():
     params = [torch.zeros(3, 4, device="cuda", requires_grad=True)]
     recipes = adamw.recipes_of([config.train for config in pack_configs()])
-    optimizer = adamw.make_optimizer(params, recipes, "default")
+    optimizer = adamw.make_optimizer(params, recipes)
     assert type(optimizer) is torch.optim.AdamW
     assert optimizer.defaults["fused"] and optimizer.defaults["capturable"]
 

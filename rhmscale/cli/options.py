@@ -191,6 +191,10 @@ EXECUTOR_OPTIONS: Options = {
     ),
     "cpus_per_task": (Annotated[int | None, typer.Option(help="CPUs of a task.")], None),
     "gpus_per_task": (Annotated[int | None, typer.Option(help="GPUs of a task.")], None),
+    "tasks_per_gpu": (
+        Annotated[int | None, typer.Option(help="Local: workers sharing each GPU.")],
+        None,
+    ),
 }
 
 

@@ -49,7 +49,8 @@ def run(
         str | None,
         typer.Option(
             help="torch.compile the training step (train.compile): auto (compiled with CUDA "
-            "graphs on a GPU), off, or a mode (default, reduce-overhead, max-autotune)."
+            "graphs on a GPU), off, graph (eager with CUDA graphs: no compilation), or a mode "
+            "(default, reduce-overhead, max-autotune)."
         ),
     ] = None,
 ) -> None:

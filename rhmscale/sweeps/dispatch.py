@@ -53,7 +53,8 @@ class Prepared:
 
     @property
     def run_ids(self) -> list[str]:
-        return [item["run_id"] for task in self.tasks for item in task]
+        """Each run once (local workers that share a queue each hold every run)."""
+        return list(dict.fromkeys(item["run_id"] for task in self.tasks for item in task))
 
     @property
     def n_runs(self) -> int:

@@ -73,7 +73,8 @@ def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
 
 def submit_tasks(ex: ExecutorSpec, folder: Path, name: str, tasks: list[list[Item]]) -> list[Any]:
     """One submitit job per task, each running SweepTask on the task's items."""
-    return submit_calls(ex, folder, name, SweepTask(), [(task,) for task in tasks])
+    task_fn = SweepTask(gpu_share=1 / ex.tasks_per_gpu)
+    return submit_calls(ex, folder, name, task_fn, [(task,) for task in tasks])
 
 
 def submit_calls(

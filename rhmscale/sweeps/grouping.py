@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,14 @@ def visible_gpu_count() -> int:
 
 
 def local_workers(ex: ExecutorSpec) -> int:
-    """Local tasks at once: `workers`, else one per `gpus_per_task` GPUs, else per CPUs."""
+    """Local tasks at once: `workers`, else `tasks_per_gpu` per `gpus_per_task` GPUs, else one
+    per `cpus_per_task` cores."""
     if ex.workers:
         return ex.workers
     if ex.gpus_per_task:
         n_gpus = visible_gpu_count()
         if n_gpus:
-            return max(1, n_gpus // ex.gpus_per_task)
+            return max(1, n_gpus // ex.gpus_per_task) * ex.tasks_per_gpu
     return max(1, (os.cpu_count() or 1) // ex.cpus_per_task)
 
 
@@ -81,15 +83,30 @@ def make_packs(items: list[Item], size: int) -> list[list[Item]]:
 
 
 def group_packed_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
-    """Each item gets its pack number; a task holds whole packs (one, except local/debug)."""
-    packs = make_packs(items, ex.runs_per_task)
+    """Each item gets its pack number; a task holds whole packs (one, except local/debug).
+
+    Packs are numbered longest first (the pack of the largest data.P: with early stopping,
+    runs on more data train longer), so that workers start the long packs together and the
+    short ones fill in after them, rather than one worker ending alone on a long pack.
+    """
+    packs = sorted(make_packs(items, ex.runs_per_task), key=lambda pack: -largest_p(pack))
     for number, pack in enumerate(packs):
         for item in pack:
             item["pack"] = number
     if ex.kind == "slurm":
         return packs
     n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
-    return [[item for pack in packs[i::n] for item in pack] for i in range(n)]
+    every = [item for pack in packs for item in pack]
+    if n == 1:
+        return [every]
+    # Local workers share one queue, longest first: a worker that ends a pack takes the next
+    # one nobody has claimed (SweepTask), so none is left alone with a list dealt in advance.
+    queue = uuid.uuid4().hex[:12]
+    return [[item | {"queue": queue} for item in every] for _ in range(n)]
+
+
+def largest_p(pack: list[Item]) -> int:
+    return max(item["config"]["data"]["P"] for item in pack)
 
 
 @dataclass
@@ -119,18 +136,18 @@ def distinct(values: list[Any]) -> list[Any]:
 
 
 def pack_plan(tasks: list[list[Item]]) -> PackPlan:
-    members: dict[int, list[dict[str, Any]]] = {}
-    for task in tasks:
+    members: dict[int, dict[str, dict[str, Any]]] = {}
+    for task in tasks:  # a run once, also when workers share a queue of every pack
         for item in task:
-            members.setdefault(item["pack"], []).append(flatten(item["config"]))
-    flat = [config for pack in members.values() for config in pack]
+            members.setdefault(item["pack"], {})[item["run_id"]] = flatten(item["config"])
+    flat = [config for pack in members.values() for config in pack.values()]
     per_member = set(member_keys())
 
     def varies(key: str, configs: list[dict[str, Any]]) -> bool:
         return len({repr(c.get(key)) for c in configs}) > 1
 
     shared = [k for k in key_roles() if k not in per_member]
-    firsts = [pack[0] for pack in members.values()]
+    firsts = [next(iter(pack.values())) for pack in members.values()]
     shape_keys = [k for k in shared if varies(k, firsts)]
     varying = [k for k in member_keys() if varies(k, flat)]
     packs = [
@@ -140,6 +157,6 @@ def pack_plan(tasks: list[list[Item]]) -> PackPlan:
             {k: configs[0].get(k) for k in shape_keys},
             {k: distinct([c.get(k) for c in configs]) for k in varying},
         )
-        for number, configs in sorted(members.items())
+        for number, configs in ((n, list(pack.values())) for n, pack in sorted(members.items()))
     ]
     return PackPlan(shape_keys, varying, packs)

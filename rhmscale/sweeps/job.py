@@ -38,6 +38,17 @@ def set_threads(default: int) -> int:
     return n
 
 
+def limit_gpu_memory(share: float) -> None:
+    """Tasks that share a GPU each take at most their share of its memory: one that needs
+    more fails with torch's out-of-memory error, instead of starving the others."""
+    if share >= 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share)
+
+
 # Set while submitit's USR2 handler checkpoints and requeues this process (module-level, so
 # it is not pickled into the requeued task along with the SweepTask).
 _REQUEUE: dict[str, float] = {}
@@ -136,19 +147,37 @@ class SweepTask(submitit.helpers.Checkpointable):
     """One array task: runs its runs in sequence; requeued with the same arguments on USR2.
 
     items: [{"run_id", "config" (RunConfig as JSON), "run_dir",
-    plus "pack" when packed: consecutive items of one pack train together}]. A run that
-    fails leaves its failed.json and the task goes on with the next unit; the task raises at
-    the end so the scheduler marks it failed.
+    plus "pack" when packed: consecutive items of one pack train together, and "queue" when
+    the packs are a queue shared by several local workers: each pack goes to the first worker
+    that claims it}]. A run that fails leaves its failed.json and the task goes on with the
+    next unit; the task raises at the end so the scheduler marks it failed.
     """
 
+    gpu_share = 1.0  # of its GPU's memory (executor.tasks_per_gpu)
+
+    def __init__(self, gpu_share: float = 1.0) -> None:
+        self.gpu_share = gpu_share
+
     def __call__(self, items: list[dict[str, Any]], threads: int = 1) -> list[dict[str, Any]]:
-        set_threads(threads)
+        from rhmscale.config import RunConfig
+        from rhmscale.training import compile_ahead
+
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
         outcomes: list[dict[str, Any]] = []
+        torch_ready = False
         for unit in units_of(items):
             if requeue and requeue_requested():
                 requeue()
+            queue = unit[0].get("queue")
+            if queue and not RunDir(Path(unit[0]["run_dir"])).claim(queue):
+                continue  # another worker of this submission took the pack
+            # Before torch is imported (the first time) and the runs are set up: see why there.
+            compile_ahead.start_early([RunConfig.model_validate(item["config"]) for item in unit])
+            if not torch_ready:
+                set_threads(threads)
+                limit_gpu_memory(self.gpu_share)
+                torch_ready = True
             try:
                 outcomes += run_unit(unit, should_stop)
             except Exception as exc:  # noqa: BLE001 - recorded in the runs' failed.json

@@ -112,6 +112,13 @@ class ExecutorSpec(BaseModel):
     workers: int | None = Field(
         None, ge=1, description="local: parallel workers (default: GPUs, else cores/cpus)"
     )
+    tasks_per_gpu: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="local: workers sharing each GPU, each limited to its share of the GPU's "
+        "memory; one fills the GPU while another sets up, compiles or evaluates",
+    )
     sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -124,6 +131,23 @@ class ExecutorSpec(BaseModel):
                 f"set base: {{train: {{compile: {value}}}}} in the spec instead"
             )
         return data
+
+    @model_validator(mode="after")
+    def _shared_gpus(self) -> ExecutorSpec:
+        if self.tasks_per_gpu == 1:
+            return self
+        if self.kind == "slurm":
+            raise ValueError(
+                "executor.tasks_per_gpu is for the local executor; on SLURM a GPU is shared "
+                "through GPU shards, which rhmscale does not request yet: set tasks_per_gpu: 1, "
+                "or run the sweep on a GPU machine with --executor local"
+            )
+        if self.gpus_per_task != 1:
+            raise ValueError(
+                f"executor.tasks_per_gpu={self.tasks_per_gpu} shares one GPU between tasks: "
+                f"set gpus_per_task: 1 (it is {self.gpus_per_task})"
+            )
+        return self
 
     @field_validator("sbatch")
     @classmethod

@@ -30,15 +30,13 @@ def recipes_of(trains: list[TrainConfig]) -> list[TrainConfig]:
     return trains[:1] if shared else trains
 
 
-def make_optimizer(
-    params: list[torch.Tensor], recipes: list[TrainConfig], compile_mode: str | None
-) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.Tensor], recipes: list[TrainConfig]) -> torch.optim.Optimizer:
     """torch's AdamW for one recipe (recipes_of), StackedAdamW for one per member."""
     device = params[0].device
     if len(recipes) > 1:
         lr = torch.tensor([t.lr for t in recipes], device=device)
         weight_decay = torch.tensor([t.weight_decay for t in recipes], device=device)
-        return StackedAdamW(params, lr, weight_decay, compile_mode)
+        return StackedAdamW(params, lr, weight_decay)
     lr, weight_decay = recipes[0].lr, recipes[0].weight_decay
     if not params[0].is_cuda:
         return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=weight_decay)
@@ -104,14 +102,15 @@ class StackedAdamW(torch.optim.Optimizer):
         params: list[torch.Tensor],
         lr: torch.Tensor,
         weight_decay: torch.Tensor,
-        compile_mode: str | None = None,
     ) -> None:
         # capturable: load_state_dict then puts `step` on the parameters' device, where the
         # graph reads it (torch's own convention for that key).
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "capturable": True})
         self.update: Callable[..., None] = stacked_adamw_
-        if compile_mode is not None:
-            self.update = torch.compile(stacked_adamw_, mode=compile_mode, dynamic=False)
+
+    def compile(self, mode: str) -> None:
+        """Its update compiled (the training step does it with its own functions)."""
+        self.update = torch.compile(stacked_adamw_, mode=mode, dynamic=False)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:

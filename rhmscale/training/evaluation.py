@@ -91,7 +91,10 @@ class EvalRecorder:
         val_loss: float,
         train_loss: float,
         wall_s: float,
+        table: bool = True,
     ) -> dict[str, Any]:
+        """Append the evaluation's row to the history, metrics.parquet and W&B (with a table
+        of samples when `table`)."""
         cfg = self.config
         metrics = generation_metrics(
             self.data.grammar, samples, self.train_index, cfg.eval.min_novel
@@ -109,7 +112,7 @@ class EvalRecorder:
         self.run_dir.write_metrics(history)
         if self.mirror is not None:
             self.mirror.log({k: v for k, v in row.items() if k != "step"}, step)
-            if cfg.tracking.n_table_samples:
+            if table and cfg.tracking.n_table_samples:
                 self.mirror.log_samples(step, self.sample_rows(samples))
         return row
 

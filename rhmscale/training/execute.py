@@ -236,6 +236,7 @@ class _Runs:
                     on_step=on_step,
                     on_member_error=lambda k, exc, g=group: self.fail(g[k], exc),
                     on_member_done=lambda k, g=group: self.record_done(g[k], fabric),
+                    on_note=lambda message, g=group: self.note(g, message),
                 )
                 self.log_start(group, trainer.step, fabric)
                 ended = trainer.fit(
@@ -262,6 +263,11 @@ class _Runs:
                 self.record_done(i, fabric)
             else:
                 self.interrupted([i])
+
+    def note(self, group: list[int], message: str) -> None:
+        """A line about the pack in the run.log of each of its runs still training."""
+        for i in self.training(group):
+            self.log[i].info(message)
 
     def log_start(self, group: list[int], step: int, fabric: Any) -> None:
         ids = ", ".join(self.configs[i].run_id() for i in group)

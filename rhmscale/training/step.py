@@ -11,8 +11,10 @@ what makes a member's trajectory its lone run's whatever pack it is in. The draw
 into static buffers the step reads, so eager, compiled and graphed steps compute the same thing.
 
 train.compile (config.COMPILE_SETTINGS) -> how the step runs (StepPlan):
-  auto             GPU: compiled (inductor) and graphed; CPU: eager
+  auto             GPU: graphed at once, eager, while another process compiles the step
+                   (training.compile_ahead); then compiled and graphed. CPU: eager
   off              eager
+  graph            eager and graphed on a GPU (no compilation: starts in seconds)
   default          compiled
   max-autotune     compiled in that mode (inductor's own CUDA graphs included)
   reduce-overhead  compiled and graphed on a GPU (the whole step; torch's own mode of that name
@@ -30,7 +32,7 @@ import torch
 
 from rhmscale.models import MaskedDiffusion
 from rhmscale.models.stacked import StackedDenoiser
-from rhmscale.training.adamw import set_lr
+from rhmscale.training.adamw import StackedAdamW, set_lr
 
 # Eager steps before capture: compilation, autotuning and lazy CUDA initialisation happen
 # there (they cannot happen inside a capture). They are real training steps.
@@ -41,13 +43,20 @@ WARMUP_STEPS = 3
 class StepPlan:
     compile_mode: str | None  # torch.compile mode, None for eager
     graphed: bool  # capture the whole step as one CUDA graph
+    # Start eager (graphed) and compile in another process, then switch (use_compiled): see
+    # training.compile_ahead for why.
+    compile_ahead: bool = False
 
     @classmethod
     def of(cls, setting: str, device: torch.device) -> StepPlan:
         gpu = device.type == "cuda"
         if setting == "off" or (setting == "auto" and not gpu):
             return cls(None, False)
-        if setting in ("auto", "reduce-overhead"):
+        if setting == "graph":
+            return cls(None, gpu)
+        if setting == "auto":
+            return cls("default", True, compile_ahead=True)
+        if setting == "reduce-overhead":
             return cls("default", gpu)
         return cls(setting, False)
 
@@ -93,12 +102,11 @@ class TrainStep:
         # reaches the update (a tensor the graph reads, so stopping needs no recapture).
         self.active = torch.ones(k, device=device)
         self.loss, self.clip = self._forward_loss, clip_per_member
-        if plan.compile_mode is not None:
-            # dynamic=False: one graph per shape; vmap's batched tensors cannot take the
-            # symbolic sizes that automatic dynamic shapes would give a second pack shape.
-            self.loss = torch.compile(self._forward_loss, mode=plan.compile_mode, dynamic=False)
-            self.clip = torch.compile(clip_per_member, mode=plan.compile_mode, dynamic=False)
-        self.calls = 0
+        self.compiled_from: int | None = None  # steps taken when the compiled step took over
+        if plan.compile_mode is not None and not plan.compile_ahead:
+            self.use_compiled()
+        self.steps_taken = 0
+        self.calls = 0  # since the step's functions last changed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_losses: torch.Tensor | None = None
 
@@ -110,9 +118,23 @@ class TrainStep:
             torch.rand(self.time_noise[k].shape, generator=ng, out=self.time_noise[k])
             torch.rand(self.mask_noise[k].shape, generator=ng, out=self.mask_noise[k])
 
+    def use_compiled(self) -> None:
+        """Compile the loss, the clipping and a per-member AdamW (torch.compile; with the caches
+        warm from compile_ahead this takes seconds); warm-up steps and a capture follow."""
+        mode = self.plan.compile_mode or "default"
+        # dynamic=False: one graph per shape; vmap's batched tensors cannot take the symbolic
+        # sizes that automatic dynamic shapes would give a second pack shape.
+        self.loss = torch.compile(self._forward_loss, mode=mode, dynamic=False)
+        self.clip = torch.compile(clip_per_member, mode=mode, dynamic=False)
+        if isinstance(self.optimizer, StackedAdamW):
+            self.optimizer.compile(mode)
+        self.graph, self.graph_losses, self.calls = None, None, 0
+        self.compiled_from = getattr(self, "steps_taken", 0)
+
     def __call__(self, lrs: list[float]) -> torch.Tensor:
         """lrs: the pack's learning rate, or each member's (adamw.recipes_of)."""
         self.calls += 1
+        self.steps_taken += 1
         set_lr(self.optimizer, lrs)
         if not self.plan.graphed:
             return self._step()
@@ -128,9 +150,7 @@ class TrainStep:
         return self.diffusion.loss_from_logits(logits, x0, x_t, t).mean(dim=-1)
 
     def _step(self) -> torch.Tensor:
-        x0 = self.train_data[self.batch_index + self.offsets]  # (K, B, n)
-        t = self.diffusion.times_from_noise(self.time_noise, x0.shape[-2])
-        x_t = self.diffusion.corrupt_with_noise(x0, t, self.mask_noise)
+        x0, t, x_t = self.inputs()
         with self.autocast():
             losses = self.loss(self.stack.params, x0, x_t, t)
         (losses * self.active).sum().backward()  # member k's gradient: its own loss only
@@ -156,6 +176,12 @@ class TrainStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.graph_losses = self._step()
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x0, t, x_t of the drawn minibatch (what the loss takes besides the parameters)."""
+        x0 = self.train_data[self.batch_index + self.offsets]  # (K, B, n)
+        t = self.diffusion.times_from_noise(self.time_noise, x0.shape[-2])
+        return x0, t, self.diffusion.corrupt_with_noise(x0, t, self.mask_noise)
 
     def pop_mean_losses(self, count: int) -> list[float]:
         """Mean training loss of each member over the last `count` steps (one device sync)."""

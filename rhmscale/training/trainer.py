@@ -4,13 +4,12 @@ A lone run is a pack of one.
 Lightning Fabric owns the device, the precision (bf16 autocast on GPUs), checkpoint IO and the
 SLURM environment (its auto-requeue off: submitit requeues); the loop is ours, short enough to
 read top to bottom, and its step is compiled and captured as one CUDA graph (training.step).
-Why Fabric rather than Lightning's Trainer with manual optimisation: speed does not decide it
-(driving the same graphed step, the Trainer ran 549 steps/s against our loop's 552 for the
-transformer, 1,005 against 1,016 for the tree U-Net, H100, bench/results/one_trainer_h100.json);
-fit does. A pack is K runs, each with its own evaluation, checkpoint file, W&B run and failure,
-stopped mid-loop by a signal; the Trainer models one run (one logger, one checkpoint with its
-loop state, global_step advanced only through its own optimiser wrappers), which is what made
-the old lone-run checkpoints a format of their own that packs could read and lone runs could not.
+Why Fabric rather than Lightning's Trainer with manual optimisation: not speed (the same graphed
+step ran as fast, bench/results/one_trainer_h100.json) but fit. A pack is K runs, each with its
+own evaluation, checkpoint file, W&B run and failure, stopped mid-loop by a signal; the Trainer
+models one run (one logger, one checkpoint with its loop state, global_step advanced only
+through its own optimiser wrappers), which made the old lone-run checkpoints a format of their
+own that packs could read and lone runs could not.
 
 Why member k's trajectory equals its lone run's (tests/test_training.py checks it to 1e-5):
 - initial weights: stack_denoisers seeds each member with its own seed;
@@ -41,6 +40,7 @@ from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
 from rhmscale.training.adamw import make_optimizer, recipes_of
+from rhmscale.training.compile_ahead import for_pack
 from rhmscale.training.evaluation import (
     EvalRecorder,
     eval_generators,
@@ -107,6 +107,7 @@ class Trainer:
         on_step: Callable[[int, torch.Tensor], None] | None = None,
         on_member_error: Callable[[int, BaseException], None] | None = None,
         on_member_done: Callable[[int], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         gpu = fabric.device.type == "cuda"
         self.clock = StepClock(WARMUP_STEPS, sync=torch.cuda.synchronize if gpu else lambda: None)
@@ -118,8 +119,12 @@ class Trainer:
         self.step = steps.pop()
         self.on_step, self.on_member_error = on_step, on_member_error
         self.on_member_done = on_member_done
+        self.on_note = on_note or (lambda message: None)
         self.fabric, self.device = fabric, fabric.device
         self.eval_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals, cfg.eval.every))
+        # W&B sample tables at the log-spaced evaluations only: a table per member at every
+        # evaluation cost more host time than the rest of its record (0.4 s a pack of 27).
+        self.table_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals))
         self.diffusion = MaskedDiffusion(
             cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic
         )
@@ -132,7 +137,7 @@ class Trainer:
         self.loss_count = 0
         plan = StepPlan.of(cfg.train.compile, self.device)
         self.recipes = recipes_of([m.config.train for m in members])
-        optimizer = make_optimizer(self.stack.parameters(), self.recipes, plan.compile_mode)
+        optimizer = make_optimizer(self.stack.parameters(), self.recipes)
         clips = [m.config.train.grad_clip for m in members]
         self.train_step = TrainStep(
             self.stack,
@@ -146,6 +151,7 @@ class Trainer:
         )
         if self.step:
             self.restore(optimizer)
+        self.ahead = for_pack([m.config for m in members]) if plan.compile_ahead else None
 
     # --- set-up -----------------------------------------------------------------------------
     def generator(self, seed: int) -> torch.Generator:
@@ -198,8 +204,15 @@ class Trainer:
 
         should_stop() is asked after every step (a preemption signal arrived); stop_at_step
         stops the same way at a given step (tests)."""
-        train = self.config.train
         self.started = time.perf_counter()
+        try:
+            return self._fit(stop_at_step, should_stop, progress)
+        finally:
+            if self.ahead is not None:
+                self.on_note(self.ahead.close())
+
+    def _fit(self, stop_at_step, should_stop, progress) -> str:
+        train = self.config.train
         with progress_bar(progress, train.max_steps, self.step) as bar:
             while self.step < train.max_steps and any(True for _ in self.active()):
                 losses = self.advance()
@@ -241,6 +254,11 @@ class Trainer:
         self.step += 1
         self.loss_count += 1
         self.clock.stepped()
+        if self.ahead is not None and self.ahead.ready() is not None:
+            ahead, self.ahead = self.ahead, None  # the helper process has ended
+            if ahead.ready():
+                self.train_step.use_compiled()  # from the caches it filled: seconds
+            self.on_note(ahead.close(self.step))
         return losses
 
     def active(self) -> Iterator[tuple[int, Member]]:
@@ -263,6 +281,8 @@ class Trainer:
     def restack_pays(self) -> bool:
         """Half the pack or more is done (stopped or failed) while others train, and a smaller
         pack would save more than twice its start-up (schedule.StepClock)."""
+        if self.ahead is not None:
+            return False  # its compilation would be thrown away, and the new pack's begun
         k, training = len(self.members), sum(1 for _ in self.active())
         steps_left = self.config.train.max_steps - self.step
         return 0 < training <= k // 2 and self.clock.restack_pays(steps_left, 1 - training / k)
@@ -290,10 +310,8 @@ class Trainer:
         if not rows:
             return {}
         top = f"gen/novel_acc_l{self.config.grammar.L}"
-        return {
-            "val_loss": f"{np.mean([r['val/loss'] for r in rows]):.3f}",
-            "acc_top": f"{np.mean([r[top] for r in rows]):.2f}",
-        }
+        mean = {key: np.mean([r[key] for r in rows]) for key in ("val/loss", top)}
+        return {"val_loss": f"{mean['val/loss']:.3f}", "acc_top": f"{mean[top]:.2f}"}
 
     # --- evaluation and checkpoints -------------------------------------------------------
     def wall_s(self) -> np.ndarray:
@@ -331,6 +349,7 @@ class Trainer:
                     val_loss=val_loss[k],
                     train_loss=train_loss[k],
                     wall_s=float(wall[k]),
+                    table=step in self.table_at,
                 )
             except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
                 self.fail(k, exc)
