@@ -161,75 +161,82 @@ def reference_rates(runs: list[dict], pack_size: int) -> list[dict]:
     return rows
 
 
+PHASE_COLORS = {  # "fit" first: the phases that run inside it are drawn over it
+    "fit": "tab:green",
+    "set-up": "tab:orange",
+    "build": "tab:brown",
+    "compile": "tab:red",
+    "evaluate": "tab:blue",
+    "checkpoint": "tab:purple",
+    "finish": "tab:gray",
+}
+
+
+def is_helper(record: dict) -> bool:
+    return "compile_ahead" in " ".join(record.get("argv", []))
+
+
 def figure(path: Path, t0: float, records: list[dict], samples: list, title: str) -> None:
+    """One row per process (grey: alive), its phases in colour; below, GPU utilisation.
+    samples: [seconds since t0, utilisation %]."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {
-        "set-up": "tab:orange",
-        "build": "tab:brown",
-        "compile": "tab:red",
-        "fit": "tab:green",
-        "evaluate": "tab:blue",
-        "checkpoint": "tab:purple",
-        "finish": "tab:gray",
-    }
+    records = sorted(records, key=lambda r: (not is_helper(r), r["started"]))
     fig, (ax, gpu) = plt.subplots(
         2,
         1,
-        figsize=(11, 2 + 0.45 * len(records)),
+        figsize=(11, 2.6 + 0.4 * len(records)),
         sharex=True,
         gridspec_kw={"height_ratios": [max(2, len(records)), 2]},
     )
-    records = sorted(records, key=lambda r: r["started"])
     for row, record in enumerate(records):
-        ax.barh(
-            row,
-            record["ended"] - record["started"],
-            left=record["started"] - t0,
-            color="0.9",
-            height=0.8,
-        )
-        for name in colors:  # fit first, the phases inside it on top
+        alive = record["ended"] - record["started"]
+        ax.barh(row, alive, left=record["started"] - t0, color="0.88", height=0.8)
+        for name, color in PHASE_COLORS.items():
             spans = [(s - t0, e - s) for n, s, e in record["events"] if n == name]
-            ax.broken_barh(
-                spans, (row - 0.4, 0.8), color=colors[name], label=name if row == 0 else None
-            )
+            ax.broken_barh(spans, (row - 0.4, 0.8), color=color)
     ax.set_yticks(range(len(records)))
-    helper = ["compile_ahead" in " ".join(r.get("argv", [])) for r in records]
-    ax.set_yticklabels(["compile helper" if h else "worker" for h in helper], fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax.legend(
-        handles,
-        [("steps (fit)" if n == "fit" else n) for n in colors],
-        ncol=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 1.25),
-        fontsize=8,
-    )
-    ax.set_title(title, pad=28)
-    if samples:
-        gpu.plot([s[0] - t0 for s in samples], [s[1] for s in samples], lw=0.8)
+    ax.set_yticklabels(["compile helper" if is_helper(r) else "worker" for r in records])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ["0.88", *PHASE_COLORS.values()]]
+    names = ["alive", "training steps", *list(PHASE_COLORS)[1:]]
+    fig.legend(handles, names, ncol=8, loc="upper center", fontsize=8, frameon=False)
+    ax.set_title(title, pad=8)
+    gpu.plot([t for t, _ in samples], [u for _, u in samples], lw=0.8)
     gpu.set_ylim(0, 105)
     gpu.set_ylabel("GPU util %")
     gpu.set_xlabel("seconds since submit")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=120)
+
+
+def replot(report_path: Path, root: Path, out: Path) -> None:
+    """The figure of an earlier breakdown, from its JSON and its root's probe records."""
+    report = json.loads(report_path.read_text())
+    records = [json.loads(p.read_text()) for p in sorted((root / "probe").glob("*.json"))]
+    # Reports before started_at: the submit returned as its last worker ended.
+    t0 = report.get("started_at") or max(r["ended"] for r in records) - report["wall_s"]
+    title = f"{report['label'] or report['spec']}: {report['wall_s']:.0f} s, {report['device']}"
+    figure(out, t0, records, report["gpu_samples"], title)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="a preset name or spec file")
+    parser.add_argument("spec", help="a preset name or spec file (--replot: a report JSON)")
     parser.add_argument("--root", type=Path, required=True, help="a new folder for the runs")
     parser.add_argument("--code", type=Path, default=Path.cwd(), help="checkout to run")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--label", default="")
     parser.add_argument("--reference", action="store_true", help="training-only rates too")
+    parser.add_argument("--replot", action="store_true", help="redraw the figure of a report")
     args = parser.parse_args()
     root = args.root.resolve()
+    if args.replot:
+        replot(Path(args.spec), root, args.figure)
+        return
     probe_dir = root / "probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     sampler = GpuSampler()
@@ -238,8 +245,8 @@ def main() -> None:
     sampler.stop()
     wall = end - start
     records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("*.json"))]
-    helpers = [r for r in records if "compile_ahead" in " ".join(r.get("argv", []))]
-    records = [r for r in records if r not in helpers]
+    helpers = [r for r in records if is_helper(r)]
+    records = [r for r in records if not is_helper(r)]
     per_process = [process_phases(r) for r in records]
     totals = {p: round(sum(pp.get(p, 0.0) for pp in per_process), 2) for p in [*PHASES, "other"]}
     fits = [(s, e) for r in records for n, s, e in r["events"] if n == "fit"]
@@ -250,6 +257,7 @@ def main() -> None:
     report = {
         "label": args.label,
         "spec": args.spec,
+        "started_at": start,
         "runs_done": len(runs),
         "wall_s": round(wall, 1),
         "member_steps": member_steps,
@@ -284,8 +292,8 @@ def main() -> None:
     name = sampler.name
     write_report(report, name if isinstance(name, str) else name.decode(), args.out)
     if args.figure:
-        title = f"{args.label or args.spec}: {wall:.0f} s, {len(records)} worker(s), {name}"
-        figure(args.figure, start, records + helpers, window, title)
+        title = f"{args.label or args.spec}: {wall:.0f} s, {name}"
+        figure(args.figure, start, records + helpers, report["gpu_samples"], title)
 
 
 def largest_pack(sweep: Path) -> int:
