@@ -468,3 +468,49 @@ def test_a_unit_that_execute_refuses_is_recorded_as_failed(tmp_path, monkeypatch
     assert all(
         r.message == "UserError: train.device=cuda but no GPU is visible here" for r in status.runs
     )
+
+
+@pytest.mark.slow
+def test_local_workers_take_each_pack_of_a_shared_queue_once(tmp_path):
+    """Three local workers, five packs: every pack is trained by exactly one worker."""
+    from rhmscale.sweeps.dispatch import submit, wait
+
+    base = {
+        **BASE,
+        "grammar": {"m": 2, "s": 2, "L": 2},
+        "data": {"n_test": 8},
+        "model": {"arch": "tree_unet", "width": 8},
+        "train": {"max_steps": 10, "batch_size": 8, "device": "cpu"},
+        "eval": {"n_samples": 8, "n_evals": 1},
+    }
+    executor = {"kind": "local", "runs_per_task": 2, "pack": True, "workers": 3}
+    s = parse_spec(
+        {
+            "name": "queue",
+            "base": base,
+            "grid": {"grammar.v": [4], "data.P": [8, 12, 16, 20, 24], "seed": [0, 1]},
+            "executor": executor,
+        }
+    )
+    submission = submit(s, tmp_path)
+    assert len(submission.jobs) == 3 and submission.n_submitted == 10
+    assert not wait(submission)
+    assert sweep_status(tmp_path / "queue", s).counts == {"done": 10}
+    logs = [p.read_text() for p in (tmp_path / "queue" / "runs").glob("*/run.log")]
+    assert all(log.count("training 2 run(s) from step 0") == 1 for log in logs)
+    claims = list((tmp_path / "queue" / "runs").glob("*/.claim-*"))
+    assert len(logs) == 10 and len(claims) == 5  # one claim a pack, by its first run
+
+
+def test_workers_share_a_gpu_only_locally_one_gpu_each(monkeypatch):
+    from rhmscale.sweeps.grouping import local_workers
+
+    with pytest.raises(ValueError, match="for the local executor"):
+        ExecutorSpec(kind="slurm", gpus_per_task=1, tasks_per_gpu=2)
+    with pytest.raises(ValueError, match="gpus_per_task: 1"):
+        ExecutorSpec(kind="local", gpus_per_task=2, tasks_per_gpu=2)
+    with pytest.raises(UserError, match="tasks_per_gpu"):
+        parse_spec({"name": "x", "executor": {"kind": "local", "tasks_per_gpu": 2}})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_workers(ExecutorSpec(kind="local", gpus_per_task=1, tasks_per_gpu=3)) == 6
+    assert local_workers(ExecutorSpec(kind="local", gpus_per_task=1)) == 2

@@ -238,6 +238,26 @@ def test_each_member_has_its_own_wandb_run(tmp_path):
         assert cfg.run_id() in summary and "final/gen/acc_l3" in summary
 
 
+@pytest.mark.slow
+def test_wandb_gets_sample_tables_at_the_log_spaced_evaluations_only(tmp_path):
+    cfg = small("data.P=64", "tracking.wandb=offline", "train.max_steps=40", "eval.every=10")
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_evals": 2})})
+    (outcome,) = execute([cfg], dirs(tmp_path, [cfg]))
+    (offline,) = (outcome.run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    rows = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    evaluated = [row["step"] for row in rows if "val/loss" in row]
+    tabled = [row["step"] for row in rows if "gen/samples.nrows" in row]
+    assert evaluated == [1, 10, 20, 30, 40] and tabled == [1, 40]  # log-spaced: 1 and 40
+
+
 # --- compiled steps (what runs do on GPUs) follow the eager ones ------------------------------
 # Inductor needs a C++ compiler and minutes on a CPU, so torch.compile is pointed at the
 # aot_eager backend here (the aot_eager fixture, tests/conftest.py): Dynamo still traces our
