@@ -4,9 +4,11 @@ For the default transformer (width 256, depth 4) and the tree U-Net on L=5, s=2,
 batch 256 per run, bf16 on a GPU, it times training steps only (Trainer.advance: the members'
 draws and one optimiser step; no evaluation, no checkpoints) after warm-up steps (compilation
 and CUDA-graph capture happen there), between torch.cuda.synchronize calls:
-  - K = 1 and K = 32 with train.compile off (eager), default (compiled) and auto (compiled and
-    the whole step replayed as one CUDA graph, what runs do on a GPU);
-  - K = 1, auto, driven by Lightning's Trainer (manual optimisation, one training_step per
+  - K = 1 and K = 32 with train.compile off (eager), default (compiled) and reduce-overhead
+    (compiled, the whole step replayed as one CUDA graph: what runs reach on a GPU once `auto`
+    has compiled; graph: the eager step graphed; auto: graphed eager until the compile helper
+    is done, so time it with --seconds);
+  - K = 1, the last mode, driven by Lightning's Trainer (manual optimisation, one training_step per
     step) instead of our Fabric loop: what the Trainer's per-step hooks cost;
   - with --ceiling, for each K > 1: one run at batch K x 256 (compiled, graphed), the speed a
     pack of K could at best reach (the same arithmetic in one model).
@@ -234,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["transformer", "tree_unet"])
     parser.add_argument("--ks", nargs="+", type=int, help="pack sizes (default 1 32)")
-    parser.add_argument("--modes", nargs="+", default=["off", "default", "auto"])
+    parser.add_argument("--modes", nargs="+", default=["off", "default", "reduce-overhead"])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing")
     parser.add_argument("--max-steps", type=int, default=10_000, help="steps of one run")
