@@ -172,8 +172,11 @@ class SweepTask(submitit.helpers.Checkpointable):
             queue = unit[0].get("queue")
             if queue and not RunDir(Path(unit[0]["run_dir"])).claim(queue):
                 continue  # another worker of this submission took the pack
-            # Before torch is imported (the first time) and the runs are set up: see why there.
-            compile_ahead.start_early([RunConfig.model_validate(item["config"]) for item in unit])
+            if any(RunDir(Path(item["run_dir"])).state() != "done" for item in unit):
+                # Before torch is imported (the first time) and the runs are set up: see why
+                # in compile_ahead.
+                configs = [RunConfig.model_validate(item["config"]) for item in unit]
+                compile_ahead.start_early(configs)
             if not torch_ready:
                 set_threads(threads)
                 limit_gpu_memory(self.gpu_share)

@@ -102,10 +102,10 @@ class TrainStep:
         # reaches the update (a tensor the graph reads, so stopping needs no recapture).
         self.active = torch.ones(k, device=device)
         self.loss, self.clip = self._forward_loss, clip_per_member
+        self.steps_taken = 0
         self.compiled_from: int | None = None  # steps taken when the compiled step took over
         if plan.compile_mode is not None and not plan.compile_ahead:
             self.use_compiled()
-        self.steps_taken = 0
         self.calls = 0  # since the step's functions last changed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_losses: torch.Tensor | None = None
@@ -129,7 +129,7 @@ class TrainStep:
         if isinstance(self.optimizer, StackedAdamW):
             self.optimizer.compile(mode)
         self.graph, self.graph_losses, self.calls = None, None, 0
-        self.compiled_from = getattr(self, "steps_taken", 0)
+        self.compiled_from = self.steps_taken
 
     def __call__(self, lrs: list[float]) -> torch.Tensor:
         """lrs: the pack's learning rate, or each member's (adamw.recipes_of)."""
