@@ -97,3 +97,35 @@ def test_pack_plan_names_what_tells_packs_apart_and_what_members_vary_in(tmp_pat
     for pack in plan.packs:
         assert pack.shape["grammar.v"] in (8, 16) and len(pack.members["data.P"]) == 1
         assert pack.members["grammar.m"] == [2, 4] and pack.members["seed"] == [0, 1, 2]
+
+
+def test_every_worker_of_a_shared_queue_counts_for_status_and_cancel(tmp_path):
+    """A run of a shared queue may be trained by any of its workers: it is running while one
+    of them lives, and cancel stops them all (stand-in workers: sleeping processes)."""
+    import subprocess
+    import time
+
+    from rhmscale.store.folders import SweepDir
+    from rhmscale.sweeps.dispatch import cancel_jobs
+    from rhmscale.sweeps.queue import active_states, latest_jobs
+
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    try:
+        pids = [str(p.pid) for p in [*sleepers, ended]]
+        sweep = SweepDir(tmp_path / "s")
+        tasks = [{"job_id": pid, "run_ids": ["a", "b"]} for pid in pids]  # the last has ended
+        sweep.append_job_line({"event": "submit", "kind": "local", "tasks": tasks})
+        latest, _ = latest_jobs(sweep.read_job_lines())
+        assert latest["a"].job_ids == tuple(pids)
+        assert active_states(latest) == {"a": "running", "b": "running"}
+        cancelled, _ = cancel_jobs(sweep)
+        assert sorted(cancelled) == sorted(pids[:2])
+        deadline = time.monotonic() + 10
+        while any(p.poll() is None for p in sleepers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(p.poll() is not None for p in sleepers)
+    finally:
+        for p in sleepers:
+            p.kill()

@@ -27,7 +27,7 @@ from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.executors import submit_tasks
 from rhmscale.sweeps.grid import Expansion, expand_points
 from rhmscale.sweeps.grouping import Item, group_tasks
-from rhmscale.sweeps.queue import active_states, latest_jobs
+from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, spec_to_yaml
 from rhmscale.sweeps.status import SweepStatus, load_sweep_spec, status_of
 
@@ -218,7 +218,8 @@ def cancel_jobs(sweep: SweepDir) -> tuple[list[str], str]:
     latest, _ = latest_jobs(sweep.read_job_lines())
     active = active_states(latest, strict=True)
     slurm_ids = sorted({latest[r].array_id for r in active if latest[r].kind == "slurm"})
-    local_ids = sorted({latest[r].job_id for r in active if latest[r].kind == "local"})
+    local = {pid for r in active if latest[r].kind == "local" for pid in latest[r].job_ids}
+    local_ids = sorted(pid for pid in local if pid_alive(pid))
     complaints = ""
     if slurm_ids:
         if shutil.which("scancel") is None:

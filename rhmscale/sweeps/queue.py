@@ -72,6 +72,12 @@ class RunJob:
     kind: str
     job_id: str  # the task's job id ("123_4" on SLURM, a pid locally)
     array_id: str
+    # Local workers that share a queue of packs all hold the run: any of them may train it.
+    peers: tuple[str, ...] = ()
+
+    @property
+    def job_ids(self) -> tuple[str, ...]:
+        return self.peers or (self.job_id,)
 
 
 def latest_jobs(records: list[dict[str, Any]]) -> tuple[dict[str, RunJob], set[str]]:
@@ -85,12 +91,15 @@ def latest_jobs(records: list[dict[str, Any]]) -> tuple[dict[str, RunJob], set[s
         if rec.get("event") != "submit":
             continue
         kind = rec.get("kind", "slurm")
+        holders: dict[str, list[str]] = {}
         for task in rec.get("tasks", []):
             jid = str(task["job_id"])
-            job = RunJob(kind, jid, jid.split("_")[0])
+            cancelled.discard(jid)  # a resubmitted id is not the cancelled one
             for rid in task["run_ids"]:
-                latest[rid] = job
-                cancelled.discard(jid)  # a resubmitted id is not the cancelled one
+                holders.setdefault(rid, []).append(jid)
+        for rid, jids in holders.items():
+            peers = tuple(jids) if len(jids) > 1 else ()
+            latest[rid] = RunJob(kind, jids[0], jids[0].split("_")[0], peers)
     return latest, cancelled
 
 
@@ -108,8 +117,9 @@ def active_states(latest: dict[str, RunJob], strict: bool = False) -> dict[str, 
             elif state is not None and state not in ENDED:
                 active[rid] = "queued"
         elif job.kind == "local":
-            if job.job_id not in alive:
-                alive[job.job_id] = pid_alive(job.job_id)
-            if alive[job.job_id]:
+            for jid in job.job_ids:
+                if jid not in alive:
+                    alive[jid] = pid_alive(jid)
+            if any(alive[jid] for jid in job.job_ids):
                 active[rid] = "running"
     return active
