@@ -24,7 +24,7 @@ class StandIn:
 
     def close(self, step=None):
         if step is None:
-            return "the pack ended before its compiled step was ready"
+            return "the pack ended before it used a compiled step"
         return f"compiled step from step {step}" if self.ok else "compiling the step failed (x)"
 
 

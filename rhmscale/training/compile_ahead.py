@@ -66,7 +66,7 @@ class CompileAhead:
             self.process.kill()
             self.process.wait()
         if step is None:
-            said = "the pack ended before its compiled step was ready"
+            said = "the pack ended before it used a compiled step"
         elif self.process.returncode == 0:
             said = f"compiled step from step {step} (compiled in {self.seconds:.0f} s)"
         else:
