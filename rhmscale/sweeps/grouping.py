@@ -136,18 +136,19 @@ def distinct(values: list[Any]) -> list[Any]:
 
 
 def pack_plan(tasks: list[list[Item]]) -> PackPlan:
-    members: dict[int, dict[str, dict[str, Any]]] = {}
+    by_run: dict[int, dict[str, dict[str, Any]]] = {}
     for task in tasks:  # a run once, also when workers share a queue of every pack
         for item in task:
-            members.setdefault(item["pack"], {})[item["run_id"]] = flatten(item["config"])
-    flat = [config for pack in members.values() for config in pack.values()]
+            by_run.setdefault(item["pack"], {})[item["run_id"]] = flatten(item["config"])
+    members = {number: list(pack.values()) for number, pack in by_run.items()}
+    flat = [config for pack in members.values() for config in pack]
     per_member = set(member_keys())
 
     def varies(key: str, configs: list[dict[str, Any]]) -> bool:
         return len({repr(c.get(key)) for c in configs}) > 1
 
     shared = [k for k in key_roles() if k not in per_member]
-    firsts = [next(iter(pack.values())) for pack in members.values()]
+    firsts = [pack[0] for pack in members.values()]
     shape_keys = [k for k in shared if varies(k, firsts)]
     varying = [k for k in member_keys() if varies(k, flat)]
     packs = [
@@ -157,6 +158,6 @@ def pack_plan(tasks: list[list[Item]]) -> PackPlan:
             {k: configs[0].get(k) for k in shape_keys},
             {k: distinct([c.get(k) for c in configs]) for k in varying},
         )
-        for number, configs in ((n, list(pack.values())) for n, pack in sorted(members.items()))
+        for number, configs in sorted(members.items())
     ]
     return PackPlan(shape_keys, varying, packs)

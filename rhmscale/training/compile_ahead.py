@@ -3,14 +3,14 @@
 Why: compiling the step of a pack of 27 tree U-Nets takes 29 s of host time on an H200
 machine, during which a pack that waits for it leaves its GPU idle, while the eager step,
 replayed as one CUDA graph, is captured in 0.6 s and runs at half the compiled speed
-(bench/results/pack_scaling_h200.json). Compiling on a thread of the training process instead
-held the interpreter for seconds at a time and took over 45 s. So `train.compile: auto` on a
-GPU starts the pack on the eager graph and runs `python -m rhmscale.training.compile_ahead`,
-which builds the same pack (same configs, device, precision) and takes one compiled step:
-that fills torch's compile caches (inductor's FX graph and kernel caches, shared by the
-processes of one machine). When it exits, the trainer compiles its own step, which now finds
-every kernel in the caches (about 6 s instead of 29), and goes on compiled. A pack that ends
-first never compiles: short packs did not pay for it.
+(bench/results/trainer_l3_v64_graph_vs_compiled_h200.json). Compiling on a thread of the
+training process instead held the interpreter for seconds at a time and took over 45 s. So
+`train.compile: auto` on a GPU starts the pack on the eager graph and runs
+`python -m rhmscale.training.compile_ahead`, which builds the same pack (same configs, device,
+precision) and takes one compiled step: that fills torch's compile caches (inductor's FX graph
+and kernel caches, shared by the processes of one machine). When it exits, the trainer
+compiles its own step, which now finds every kernel in the caches (about 6 s instead of 29),
+and goes on compiled. A pack that ends first never compiles: short packs did not pay for it.
 
 A sweep task starts the helper of the pack it is about to train before it imports torch and
 sets up the runs (start_early), so that the two start-ups overlap; the pack's trainer adopts
