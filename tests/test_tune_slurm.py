@@ -146,7 +146,9 @@ def test_a_hopeless_trial_is_pruned_before_its_last_evaluation(slurm_cluster, tm
 
 
 def test_cancel_stops_the_workers_and_retry_finishes_the_study(slurm_cluster, tmp_path):
-    base = {**BASE, "train": {**BASE["train"], "max_steps": 400, "checkpoint_every": 20}}
+    # Long enough that the trial cannot finish between its first checkpoint and the cancel
+    # (400 steps did, once, on CI's 2-core machine).
+    base = {**BASE, "train": {**BASE["train"], "max_steps": 4000, "checkpoint_every": 50}}
     spec = study_spec("cancel", base=base, workers=1, budget={"trials": 1})
     submitted = submit(spec, tmp_path)
     folder = tmp_path / "cancel"
