@@ -193,6 +193,7 @@ class _Runs:
         """Run i's directory, data, checkpoint and W&B run; if one raises, run i fails alone."""
         from rhmscale.rhm.data import make_datasets
         from rhmscale.training import checkpoint
+        from rhmscale.training.fabric import device_note
         from rhmscale.training.trainer import Member
 
         config, store, mirror = self.configs[i], self.stores[i], None
@@ -211,6 +212,7 @@ class _Runs:
                 store.path,
                 len(self.configs),
             )
+            self.log[i].info(device_note(fabric.device))
             data = make_datasets(config)
             atomic_write_text(store.grammar, data.grammar.to_json())
             state = checkpoint.load_newest(fabric, store, config.run_id(), self.log[i])

@@ -6,6 +6,7 @@ environment; submitit requeues on preemption, so Lightning's own SLURM auto-requ
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -33,6 +34,16 @@ def make_fabric(config: RunConfig) -> Any:
         precision="bf16-mixed" if precision == "bf16" else "32-true",
         plugins=plugins,
     )
+
+
+def device_note(device: torch.device) -> str:
+    """One line naming the device a task trains on and the GPUs it was given (SLURM's or the
+    local executor's CUDA_VISIBLE_DEVICES), for its runs' logs."""
+    env = os.environ
+    given = [f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}"]
+    given += [f"{key}={env[key]}" for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID") if key in env]
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return f"device {device}{name}; {' '.join(given)}"
 
 
 def quiet_lightning() -> None:
