@@ -131,15 +131,11 @@ def test_unknown_spec_keys_and_executor_fields_are_rejected():
 def test_sbatch_options_are_checked_against_a_known_set():
     ok = ExecutorSpec(kind="slurm", sbatch={"reservation": "r1", "mail_type": "END"})
     params = slurm_parameters(ok.model_copy(update={"qos": "high", "partition": "gpu"}), "t")
-    assert params["slurm_additional_parameters"] == {
-        "reservation": "r1",
-        "mail_type": "END",
-        "qos": "high",
-    }
-    assert params["slurm_partition"] == "gpu"
+    assert params["additional_parameters"] == {"reservation": "r1", "mail_type": "END"}
+    assert params["qos"] == "high" and params["partition"] == "gpu"
     with pytest.raises(ValueError, match="did you mean 'reservation'"):
         ExecutorSpec(sbatch={"reservaton": "r1"})
-    with pytest.raises(ValueError, match="executor fields"):
+    with pytest.raises(ValueError, match="set executor.partition instead"):
         ExecutorSpec(sbatch={"partition": "gpu"})  # set by a field, not by hand
 
 
@@ -502,10 +498,10 @@ def test_local_workers_take_each_pack_of_a_shared_queue_once(tmp_path):
     assert len(logs) == 10 and len(claims) == 5  # one claim a pack, by its first run
 
 
-def test_workers_share_a_gpu_only_locally_one_gpu_each(monkeypatch):
+def test_workers_share_one_gpu_each(monkeypatch):
     from rhmscale.sweeps.grouping import local_workers
 
-    with pytest.raises(ValueError, match="for the local executor"):
+    with pytest.raises(ValueError, match="executor.shards_per_gpu"):  # SLURM: GPU shards
         ExecutorSpec(kind="slurm", gpus_per_task=1, tasks_per_gpu=2)
     with pytest.raises(ValueError, match="gpus_per_task: 1"):
         ExecutorSpec(kind="local", gpus_per_task=2, tasks_per_gpu=2)

@@ -1,10 +1,11 @@
 """Arguments and options that several commands take, each defined once.
 
 Two groups of options are shared whole: the fit's settings (fit, export, plot, report) and the
-executor's overrides (sweep submit, sweep retry). `option_group` makes a decorator that puts a
-group's options into a command's signature, where the command has a parameter of the group's
-name, and calls the command with that parameter set to one object built from them, so that
-typer parses and documents each option as if the command had declared it.
+executor's overrides (sweep plan, submit, retry; tune submit, retry). `option_group` makes a
+decorator that puts a group's options into a command's signature, where the command has a
+parameter of the group's name, and calls the command with that parameter set to one object
+built from them, so that typer parses and documents each option as if the command had
+declared it.
 """
 
 from __future__ import annotations
@@ -192,7 +193,24 @@ EXECUTOR_OPTIONS: Options = {
     "cpus_per_task": (Annotated[int | None, typer.Option(help="CPUs of a task.")], None),
     "gpus_per_task": (Annotated[int | None, typer.Option(help="GPUs of a task.")], None),
     "tasks_per_gpu": (
-        Annotated[int | None, typer.Option(help="Local: workers sharing each GPU.")],
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Tasks sharing each GPU (SLURM: as GPU shards, see --shards-per-gpu)."
+            ),
+        ],
+        None,
+    ),
+    "gpu_type": (
+        Annotated[str | None, typer.Option(help="SLURM: GPU model to request, e.g. h100.")],
+        None,
+    ),
+    "shards_per_gpu": (
+        Annotated[int | None, typer.Option(help="SLURM: the cluster's GPU shards per GPU.")],
+        None,
+    ),
+    "constraint": (
+        Annotated[str | None, typer.Option(help="SLURM: node features (--constraint).")],
         None,
     ),
 }

@@ -37,16 +37,22 @@ def load_sweep(spec: str, params_from: Path | None) -> Any:
 
 
 @sweep_app.command("plan")
+@executor_options
 def sweep_plan(
-    spec: SpecArg, root: RootOpt = Path("runs"), params_from: ParamsFromOpt = None
+    spec: SpecArg,
+    root: RootOpt = Path("runs"),
+    *,
+    overrides: dict[str, Any],
+    params_from: ParamsFromOpt = None,
 ) -> None:
-    """Expand and validate a sweep: its cells, runs, what is done and what would be submitted."""
+    """Expand and validate a sweep: its cells, runs, what is done and what would be submitted
+    (on SLURM, with the #SBATCH lines of its job array)."""
     from rhmscale.cli.tables import packs_table, status_table
     from rhmscale.sweeps.dispatch import prepare
     from rhmscale.sweeps.grouping import pack_plan
 
     sweep = load_sweep(spec, params_from)
-    prepared = prepare(sweep, root)
+    prepared = prepare(sweep, root, executor=overrides)
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
     title = f"sweep {sweep.name} -> {root / sweep.name}"
@@ -60,6 +66,12 @@ def sweep_plan(
         + f", {len(status.runs)} runs, {status.counts.get('done', 0)} done, "
         f"[bold]{len(to_submit)} to submit[/] as {len(prepared.tasks)} {ex.kind} task(s)"
     )
+    if ex.kind == "slurm" and prepared.tasks:
+        from rhmscale.sweeps.executors import sbatch_lines
+
+        console.print("sbatch options of the submission:")
+        for line in sbatch_lines(ex, prepared.sweep.submitit, sweep.name, len(prepared.tasks)):
+            typer.echo(line)  # whole lines (the console would wrap long paths)
 
 
 @sweep_app.command("submit")

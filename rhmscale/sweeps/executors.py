@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +32,73 @@ def require_slurm() -> None:
 
 
 def slurm_parameters(ex: ExecutorSpec, name: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
-    for key in ("account", "qos", "constraint"):
-        value = getattr(ex, key)
-        if value:
-            extra[key] = value
-    for key, value in ex.sbatch.items():
-        extra[key.replace("-", "_").lstrip("_")] = value
+    """The spec's resources as submitit SlurmExecutor parameters (the arguments of its
+    _make_sbatch_string): the one mapping that submissions and `sweep plan` both use."""
+    from submitit.slurm.slurm import _convert_mem
+
     params: dict[str, Any] = {
-        "name": f"rhm-{name}",
-        "timeout_min": ex.timeout_min,
-        "cpus_per_task": ex.cpus_per_task,
-        "slurm_array_parallelism": ex.array_parallelism,
+        "job_name": f"rhm-{name}",
+        "time": ex.timeout_min,
+        "array_parallelism": ex.array_parallelism,
     }
-    if ex.partition:
-        params["slurm_partition"] = ex.partition
-    if ex.gpus_per_task:
-        params["slurm_gpus_per_task"] = ex.gpus_per_task
+    for key in ("partition", "account", "qos", "constraint"):
+        if value := getattr(ex, key):
+            params[key] = value
+    if ex.cpus_per_gpu is not None:
+        params["cpus_per_gpu"] = ex.cpus_per_gpu
+    else:
+        params["cpus_per_task"] = ex.cpus
     if ex.mem_gb is not None:
-        params["mem_gb"] = ex.mem_gb
-    if extra:
-        params["slurm_additional_parameters"] = extra
+        params["mem"] = _convert_mem(ex.mem_gb)
+    if ex.mem_per_gpu_gb is not None:
+        params["mem_per_gpu"] = _convert_mem(ex.mem_per_gpu_gb)
+    params |= gpu_request(ex)
+    if ex.sbatch:
+        params["additional_parameters"] = {
+            key.replace("-", "_").lstrip("_"): value for key, value in ex.sbatch.items()
+        }
     return params
+
+
+def gpu_request(ex: ExecutorSpec) -> dict[str, Any]:
+    """GPUs as sbatch gets them: GPU shards when tasks share a GPU (SLURM grants no job both
+    gpu and shard), else whole GPUs, of a type if one is named."""
+    if ex.tasks_per_gpu > 1:
+        return {"gres": f"shard:{ex.shards_per_gpu // ex.tasks_per_gpu}"}
+    if not ex.gpus_per_task:
+        return {}
+    count = f"{ex.gpu_type}:{ex.gpus_per_task}" if ex.gpu_type else ex.gpus_per_task
+    if ex.gpu_request == "gres":
+        return {"gres": f"gpu:{count}"}
+    return {"gpus_per_task": count}
+
+
+def sbatch_lines(ex: ExecutorSpec, folder: Path, name: str, n_tasks: int) -> list[str]:
+    """The #SBATCH lines that submitting n_tasks tasks to SLURM hands sbatch (an array when
+    n_tasks > 1, as submitit submits it), built by submitit itself; needs no SLURM."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    quiet_submitit()
+    text = _make_sbatch_string(
+        command="",
+        folder=Path(folder).expanduser().absolute(),  # as submitit's Executor keeps it
+        map_count=n_tasks if n_tasks > 1 else None,
+        **slurm_parameters(ex, name),
+    )
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def quiet_submitit() -> None:
+    """submitit warns that cpus_per_gpu needs gpus_per_task; SLURM also counts --gres=gpu."""
+    warnings.filterwarnings("ignore", message='"cpus_per_gpu" requires to set "gpus_per_task"')
 
 
 def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
     folder = Path(folder)
     if ex.kind == "slurm":
         require_slurm()
-        executor = submitit.AutoExecutor(
-            folder=folder, cluster="slurm", slurm_max_num_timeout=ex.max_num_timeout
-        )
+        quiet_submitit()
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=ex.max_num_timeout)
         executor.update_parameters(**slurm_parameters(ex, name))
         return executor
     if ex.kind == "local":
@@ -83,7 +120,7 @@ def submit_calls(
     """One job per call, fn(*call, threads), as one array (SLURM) or one process each (local);
     sbatch's refusals as UserErrors carrying its message."""
     executor = make_executor(ex, folder, name)
-    threads = ex.cpus_per_task
+    threads = ex.cpus
     try:
         if ex.kind == "local":
             return submit_local(executor, ex, fn, calls, threads)

@@ -35,14 +35,14 @@ def visible_gpu_count() -> int:
 
 def local_workers(ex: ExecutorSpec) -> int:
     """Local tasks at once: `workers`, else `tasks_per_gpu` per `gpus_per_task` GPUs, else one
-    per `cpus_per_task` cores."""
+    per task's CPUs."""
     if ex.workers:
         return ex.workers
     if ex.gpus_per_task:
         n_gpus = visible_gpu_count()
         if n_gpus:
             return max(1, n_gpus // ex.gpus_per_task) * ex.tasks_per_gpu
-    return max(1, (os.cpu_count() or 1) // ex.cpus_per_task)
+    return max(1, (os.cpu_count() or 1) // ex.cpus)
 
 
 def group_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:

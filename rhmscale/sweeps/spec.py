@@ -35,18 +35,16 @@ def check_sweep_name(value: str) -> str:
 
 
 # sbatch long options a spec may add under `executor.sbatch` (underscores or dashes).
-# Options that the executor's own fields set (partition, time, gpus, cpus, mem, array, ...)
-# are left out on purpose: set those fields instead.
+# Options that the executor's own fields set are left out on purpose (SBATCH_FIELDS): the
+# fields are validated together, which the sbatch dict would bypass.
 KNOWN_SBATCH = frozenset(
     {
         "begin",
         "chdir",
         "comment",
-        "constraint",
         "contiguous",
         "core-spec",
         "cores-per-socket",
-        "cpus-per-gpu",
         "deadline",
         "dependency",
         "distribution",
@@ -55,7 +53,6 @@ KNOWN_SBATCH = frozenset(
         "export",
         "gpu-bind",
         "gpu-freq",
-        "gres",
         "gres-flags",
         "hint",
         "hold",
@@ -65,7 +62,6 @@ KNOWN_SBATCH = frozenset(
         "mcs-label",
         "mem-bind",
         "mem-per-cpu",
-        "mem-per-gpu",
         "mincpus",
         "nice",
         "nodelist",
@@ -84,23 +80,77 @@ KNOWN_SBATCH = frozenset(
         "wckey",
     }
 )
+_GPU_FIELDS = "gpus_per_task, gpu_type and gpu_request (GPU shards: tasks_per_gpu, shards_per_gpu)"
+SBATCH_FIELDS = {  # sbatch option -> the executor fields that set it
+    "partition": "partition",
+    "time": "timeout_min",
+    "account": "account",
+    "qos": "qos",
+    "constraint": "constraint",
+    "array": "array_parallelism",
+    "cpus-per-task": "cpus_per_task",
+    "cpus-per-gpu": "cpus_per_gpu",
+    "mem": "mem_gb",
+    "mem-per-gpu": "mem_per_gpu_gb",
+    "gres": _GPU_FIELDS,
+    "gpus": _GPU_FIELDS,
+    "gpus-per-task": _GPU_FIELDS,
+    "gpus-per-node": _GPU_FIELDS,
+}
+GPU_TYPE_RE = re.compile(r"[A-Za-z0-9_.-]+")
+HOW_TO_FIND_SHARDS = (
+    "`scontrol show node NODE` shows Gres=gpu:N,shard:M on a node with GPU shards: "
+    "shards_per_gpu is M/N"
+)
 
 
 class ExecutorSpec(BaseModel):
-    """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set)."""
+    """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set).
+
+    The GPU fields (gpu_type, gpu_request, cpus_per_gpu, mem_per_gpu_gb, shards_per_gpu) say
+    how SLURM allocates GPUs; what SLURM would make of them is checked only when kind is slurm,
+    so that a SLURM spec still runs with --executor local, which ignores them (as it ignores
+    partition and sbatch).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: Literal["local", "slurm", "debug"] = "local"
     partition: str | None = None
     gpus_per_task: int = Field(0, ge=0)
-    cpus_per_task: int = Field(1, ge=1)
+    cpus_per_task: int | None = Field(
+        None, ge=1, description="CPUs of a task (default 1, or cpus_per_gpu x gpus_per_task)"
+    )
     mem_gb: float | None = Field(None, gt=0)
     timeout_min: int = Field(60, ge=1)
     array_parallelism: int = Field(256, ge=1, description="array tasks running at once")
     account: str | None = None
     qos: str | None = None
-    constraint: str | None = None
+    constraint: str | None = Field(
+        None, description="SLURM node features (--constraint), e.g. a GPU model's feature"
+    )
+    gpu_type: str | None = Field(
+        None,
+        description="SLURM: the GPU model to request, as the cluster's gres.conf names it "
+        "(e.g. h100): --gpus-per-task=h100:N or --gres=gpu:h100:N",
+    )
+    gpu_request: Literal["gpus-per-task", "gres"] = Field(
+        "gpus-per-task",
+        description="SLURM: how GPUs are asked for: --gpus-per-task=[type:]N, or "
+        "--gres=gpu:[type:]N for sites whose submit plugins accept only --gres",
+    )
+    cpus_per_gpu: int | None = Field(
+        None, ge=1, description="SLURM: --cpus-per-gpu, instead of cpus_per_task"
+    )
+    mem_per_gpu_gb: float | None = Field(
+        None, gt=0, description="SLURM: --mem-per-gpu in GB, instead of mem_gb"
+    )
+    shards_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        description="SLURM: the cluster's GPU shards per GPU (gres.conf shard Count / GPUs); "
+        "with tasks_per_gpu T > 1 each task asks for --gres=shard:shards_per_gpu/T",
+    )
     runs_per_task: int = Field(
         1, ge=1, description="runs one array task runs (in sequence, or together with pack)"
     )
@@ -116,10 +166,18 @@ class ExecutorSpec(BaseModel):
         1,
         ge=1,
         le=16,
-        description="local: workers sharing each GPU, each limited to its share of the GPU's "
-        "memory; one fills the GPU while another sets up, compiles or evaluates",
+        description="tasks sharing each GPU, each limited to its share of the GPU's memory; "
+        "one fills the GPU while another sets up, compiles or evaluates. Local: workers per "
+        "GPU; SLURM: each task asks for shards_per_gpu/tasks_per_gpu GPU shards",
     )
     sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @property
+    def cpus(self) -> int:
+        """A task's CPUs, which its torch threads use."""
+        if self.cpus_per_gpu is not None:
+            return self.cpus_per_gpu * max(1, self.gpus_per_task)
+        return self.cpus_per_task or 1
 
     @model_validator(mode="before")
     @classmethod
@@ -133,34 +191,86 @@ class ExecutorSpec(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _shared_gpus(self) -> ExecutorSpec:
-        if self.tasks_per_gpu == 1:
-            return self
-        if self.kind == "slurm":
-            raise ValueError(
-                "executor.tasks_per_gpu is for the local executor; on SLURM a GPU is shared "
-                "through GPU shards, which rhmscale does not request yet: set tasks_per_gpu: 1, "
-                "or run the sweep on a GPU machine with --executor local"
-            )
-        if self.gpus_per_task != 1:
+    def _resources(self) -> ExecutorSpec:
+        for mine, other in (("cpus_per_gpu", "cpus_per_task"), ("mem_per_gpu_gb", "mem_gb")):
+            if getattr(self, mine) is not None and getattr(self, other) is not None:
+                raise ValueError(f"set executor.{mine} or executor.{other}, not both")
+        if self.tasks_per_gpu > 1 and self.gpus_per_task != 1:
             raise ValueError(
                 f"executor.tasks_per_gpu={self.tasks_per_gpu} shares one GPU between tasks: "
                 f"set gpus_per_task: 1 (it is {self.gpus_per_task})"
             )
+        if self.kind == "slurm":
+            check_slurm_gpus(self)
         return self
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type_is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and not GPU_TYPE_RE.fullmatch(value):
+            raise ValueError(
+                f"executor.gpu_type {value!r} may hold only letters, digits, '_', '.' and '-' "
+                "(the GPU type as gres.conf names it, e.g. h100)"
+            )
+        return value
 
     @field_validator("sbatch")
     @classmethod
     def _known_sbatch(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
             flag = key.replace("_", "-").lstrip("-")
+            if flag in SBATCH_FIELDS:
+                raise ValueError(
+                    f"sbatch option '{key}' is set by executor fields, not by hand: "
+                    f"set executor.{SBATCH_FIELDS[flag]} instead"
+                )
             if flag not in KNOWN_SBATCH:
                 hint = did_you_mean(flag, sorted(KNOWN_SBATCH))
                 raise ValueError(
-                    f"unknown or reserved sbatch option '{key}'{hint} (partition, time, gpus, "
-                    "cpus, mem, account, qos and constraint are executor fields)"
+                    f"unknown or reserved sbatch option '{key}'{hint}; executor fields set "
+                    "partition, time, GPUs, CPUs, memory, account, qos and constraint"
                 )
         return value
+
+
+# Fields that ask for whole GPUs, and what to set instead when a task holds GPU shards.
+WHOLE_GPU_FIELDS = {
+    "gpu_type": "pick the GPU model with executor.constraint",
+    "cpus_per_gpu": "set cpus_per_task",
+    "mem_per_gpu_gb": "set mem_gb",
+}
+
+
+def check_slurm_gpus(ex: ExecutorSpec) -> None:
+    """The GPU request SLURM would get makes sense; ValueError naming the key otherwise."""
+    whole_gpu = [key for key in WHOLE_GPU_FIELDS if getattr(ex, key) is not None]
+    if ex.tasks_per_gpu == 1:
+        if whole_gpu and not ex.gpus_per_task:
+            key = whole_gpu[0]
+            raise ValueError(
+                f"executor.{key}={getattr(ex, key)} needs GPUs: set executor.gpus_per_task "
+                f">= 1, or unset {key}"
+            )
+        return
+    tasks, shards = ex.tasks_per_gpu, ex.shards_per_gpu
+    if shards is None:
+        raise ValueError(
+            f"executor.tasks_per_gpu={tasks} on SLURM shares a GPU through GPU shards: set "
+            f"executor.shards_per_gpu to the cluster's shards per GPU ({HOW_TO_FIND_SHARDS}), "
+            "or set tasks_per_gpu: 1"
+        )
+    if shards % tasks:
+        raise ValueError(
+            f"executor.shards_per_gpu={shards} does not split into tasks_per_gpu={tasks} equal "
+            f"shares: set executor.tasks_per_gpu to a divisor of {shards}"
+        )
+    if whole_gpu:
+        key = whole_gpu[0]
+        raise ValueError(
+            f"executor.{key} asks for whole GPUs, but with tasks_per_gpu={tasks} a task holds "
+            f"GPU shards (SLURM grants no GPU with them): unset {key} and "
+            f"{WHOLE_GPU_FIELDS[key]}"
+        )
 
 
 class SweepSpec(BaseModel):
