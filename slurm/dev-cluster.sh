@@ -10,13 +10,20 @@ PROG=$(basename "$0")
 
 usage() {
     cat <<EOF
-Usage: $PROG [--state DIR] [--db-port PORT] [--timeout SECONDS] COMMAND
+Usage: $PROG [OPTIONS] COMMAND
 
-A single-node SLURM cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) for tests and laptops.
-All its state lives in one folder. Must run as root.
+A single-node SLURM cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) for tests and laptops,
+with the machine's GPUs (or declared ones) as GRES. All its state lives in one folder. Must run
+as root.
 
 Commands:
   install   apt-get install slurm-wlm munge slurmdbd mariadb-server (skipped when installed)
+  install --from DIR
+            install SLURM and munge offline from the .deb files of 'bundle' (dpkg; no package
+            registry; no slurmdbd/MariaDB, so the cluster runs without accounting)
+  bundle DIR
+            download here (apt) the .deb files of SLURM, munge and every library they need
+            into DIR, for 'install --from DIR' on a machine without a package registry
   start     write the config and start every daemon that is not running; wait until the node
             is idle (idempotent; also after a machine restart with stale pid files)
   stop      stop the daemons this script started (the state folder is kept)
@@ -25,6 +32,14 @@ Commands:
 
 Options:
   --state DIR        state folder (env RHMSCALE_SLURM_STATE; default \$HOME/.rhmscale-slurm)
+  --gpus N|auto      GPUs of the node, as GRES gpu (start): auto = one per 'nvidia-smi -L' line,
+                     each bound to its /dev/nvidiaN; a number on a machine without them declares
+                     GPUs that exist only for the scheduler (no device, no CUDA_VISIBLE_DEVICES)
+  --shards K         SLURM GPU shards per GPU (GRES shard; start; default 4; 0 for none): K jobs
+                     asking --gres=shard:1 share one GPU
+  --accounting yes|no|auto
+                     slurmdbd + MariaDB, for sacct (start; auto: yes when both are installed)
+                     start remembers these three in the state folder; give one to change it
   --db-port PORT     MariaDB TCP port on 127.0.0.1 (env RHMSCALE_SLURM_DB_PORT; default 3307)
   --timeout SECONDS  how long start waits for each daemon and for the node
                      (env RHMSCALE_SLURM_TIMEOUT; default 60)
@@ -52,6 +67,9 @@ CTLD_PORT=6817
 SLURMD_PORT=6818
 DBD_PORT=6819
 PACKAGES=(slurm-wlm munge slurmdbd mariadb-server)
+# What 'bundle' downloads with its dependencies: a cluster without accounting.
+BUNDLE_PACKAGES=(slurm-wlm munge)
+GPUS_OPT="" SHARDS_OPT="" ACCOUNTING_OPT="" FROM="" BUNDLE_DIR=""
 # Daemons are started with this environment only, so nothing of the caller's environment
 # (a virtualenv, SLURM_* variables of an enclosing job, pytest's settings) leaks into them.
 DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -90,10 +108,25 @@ while (($# > 0)); do
             TIMEOUT=${1#--timeout=}
             shift
             ;;
-        install | start | stop | status | env)
+        --gpus | --shards | --accounting | --from)
+            (($# >= 2)) || die "$1 needs a value"
+            case $1 in
+                --gpus) GPUS_OPT=$2 ;;
+                --shards) SHARDS_OPT=$2 ;;
+                --accounting) ACCOUNTING_OPT=$2 ;;
+                --from) FROM=$2 ;;
+            esac
+            shift 2
+            ;;
+        install | start | stop | status | env | bundle)
             [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
             COMMAND=$1
             shift
+            if [[ $COMMAND == bundle ]]; then
+                (($# >= 1)) && [[ $1 != -* ]] || die "bundle needs a folder: $PROG bundle DIR"
+                BUNDLE_DIR=$1
+                shift
+            fi
             ;;
         *)
             usage >&2
@@ -108,6 +141,13 @@ done
 [[ $DB_PORT =~ ^[0-9]+$ ]] || die "--db-port must be a number, got '$DB_PORT'"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout must be a whole number of seconds, got '$TIMEOUT'"
 [[ -n $STATE ]] || die "the state folder must not be empty"
+[[ -z $GPUS_OPT || $GPUS_OPT == auto || $GPUS_OPT =~ ^[0-9]+$ ]] ||
+    die "--gpus must be a number of GPUs or 'auto', got '$GPUS_OPT'"
+[[ -z $SHARDS_OPT || $SHARDS_OPT =~ ^[0-9]+$ ]] ||
+    die "--shards must be a number of shards per GPU, got '$SHARDS_OPT'"
+[[ -z $ACCOUNTING_OPT || $ACCOUNTING_OPT =~ ^(yes|no|auto)$ ]] ||
+    die "--accounting must be yes, no or auto, got '$ACCOUNTING_OPT'"
+[[ -z $FROM || $COMMAND == install ]] || die "--from goes with install: $PROG install --from DIR"
 
 STATE=$(realpath -m -- "$STATE")
 CONF=$STATE/slurm.conf
@@ -119,6 +159,8 @@ DB_DIR=$STATE/mysql
 DB_SOCKET=$RUN_DIR/mysqld.sock
 DB_PASS_FILE=$STATE/.db-password
 MUNGE_MARK=$RUN_DIR/munged.started # holds munged's pid when this script started munged
+GRES_CONF=$STATE/gres.conf
+SETTINGS=$STATE/settings # gpus=, shards=, accounting= as 'start' last chose them
 
 export SLURM_CONF=$CONF
 
@@ -222,19 +264,24 @@ require_root() {
 }
 
 require_binaries() {
-    local b missing=()
-    for b in munged munge unmunge slurmctld slurmd slurmdbd sacctmgr sinfo mariadbd \
-        mariadb-install-db mariadb mariadb-admin; do
+    local b missing=() accounting=()
+    [[ $ACCOUNTING == no ]] ||
+        accounting=(slurmdbd sacctmgr mariadbd mariadb-install-db mariadb mariadb-admin)
+    for b in munged munge unmunge slurmctld slurmd sinfo "${accounting[@]}"; do
         command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || missing+=("$b")
     done
     ((${#missing[@]} == 0)) ||
-        die "not installed: ${missing[*]} (run: $PROG install)"
+        die "not installed: ${missing[*]} (run: $PROG install; or --accounting no, if only slurmdbd/MariaDB are missing)"
 }
 
 # ---------------------------------------------------------------- install
 
 cmd_install() {
     require_root
+    if [[ -n $FROM ]]; then
+        install_from "$FROM"
+        return
+    fi
     local p missing=()
     for p in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
@@ -251,7 +298,209 @@ cmd_install() {
     log "installed; now run: $PROG start"
 }
 
+# bundle DIR: the .deb files of BUNDLE_PACKAGES and of everything they depend on, as apt
+# resolves them for an empty system (so the bundle does not depend on what is installed here).
+cmd_bundle() {
+    local dir tmp names
+    command -v apt-get >/dev/null 2>&1 || die "bundle needs apt-get (Debian or Ubuntu)"
+    dir=$(realpath -m -- "$BUNDLE_DIR")
+    [[ ! -e $dir ]] || [[ -z $(ls -A "$dir") ]] ||
+        die "$dir exists and is not empty; give a new folder (or delete it)"
+    tmp=$(mktemp -d "$(dirname "$dir")/.bundle.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    install -d "$tmp/status" "$tmp/cache/partial"
+    touch "$tmp/status/empty"
+    if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v '^lock$\|^partial$') ]]; then
+        require_root
+        apt-get update -q >&2
+    fi
+    names=$(apt-get -o Dir::State::status="$tmp/status/empty" -o Dir::Cache::archives="$tmp/cache" \
+        install --print-uris -qq -y --no-install-recommends "${BUNDLE_PACKAGES[@]}" |
+        awk '{print $2}' | sed 's/_.*//') || die "apt could not resolve ${BUNDLE_PACKAGES[*]}"
+    [[ -n $names ]] || die "apt resolved no packages for ${BUNDLE_PACKAGES[*]}"
+    log "downloading $(wc -w <<<"$names") packages into $dir"
+    # shellcheck disable=SC2086  # one package name per word
+    (cd "$tmp" && apt-get download -q $names >&2) || die "apt-get download failed"
+    rm -rf "$tmp/status" "$tmp/cache"
+    (cd "$tmp" && for f in *.deb; do dpkg-deb -f "$f" Package Version | sed 's/^[^:]*: //' | paste -sd' '; done) \
+        >"$tmp/MANIFEST"
+    mv "$tmp" "$dir"
+    trap - EXIT
+    log "bundle ready: $dir ($(du -sh "$dir" | cut -f1)); on the offline machine: $PROG install --from $dir"
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# lib_present DEB: the package ships shared libraries and this system already has every one of
+# them under the same name (Ubuntu 24.04 renamed many library packages, libreadline8 ->
+# libreadline8t64, with the same sonames: those need no Debian copy).
+lib_present() {
+    local deb=$1 name found=0
+    while read -r name; do
+        [[ -e /usr/lib/x86_64-linux-gnu/$name || -e /lib/x86_64-linux-gnu/$name ||
+            -e /usr/lib/$name || -e /lib/$name ]] || ldconfig -p | grep -qF " $name " || return 1
+        found=1
+    done < <(dpkg-deb -c "$deb" | awk '{print $6}' | grep -E '^\./(usr/)?lib/' |
+        sed 's#.*/##' | grep -E '^lib.*\.so(\.[0-9]+)+$|^lib.*-[0-9.]+\.so$' | sort -u)
+    ((found))
+}
+
+# install_from DIR: dpkg-install the bundle's packages this system lacks. Dependencies met under
+# another package name (see lib_present) are forced past dpkg; 'ldd' then checks that every
+# SLURM and munge program finds its libraries.
+install_from() {
+    local dir=$1 deb pkg want=() skipped=0 created_policy=0 missing
+    [[ -d $dir ]] || die "no bundle folder $dir (make one with: $PROG bundle DIR)"
+    compgen -G "$dir/*.deb" >/dev/null || die "$dir holds no .deb files (make it with: $PROG bundle DIR)"
+    for deb in "$dir"/*.deb; do
+        pkg=$(dpkg-deb -f "$deb" Package)
+        if installed "$pkg" || lib_present "$deb"; then
+            skipped=$((skipped + 1))
+        else
+            want+=("$deb")
+        fi
+    done
+    if ((${#want[@]} == 0)); then
+        log "already installed: every package of $dir ($skipped)"
+    else
+        log "installing ${#want[@]} packages from $dir ($skipped already here)"
+        # No daemon may start from a package script: there is no init system and no config yet.
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            created_policy=1
+        fi
+        DEBIAN_FRONTEND=noninteractive dpkg -i --force-depends --force-confdef --force-confold \
+            "${want[@]}" >&2 || {
+            ((created_policy)) && rm -f /usr/sbin/policy-rc.d
+            die "dpkg could not install the bundle (see above)"
+        }
+        ((created_policy)) && rm -f /usr/sbin/policy-rc.d
+    fi
+    missing=$(for b in /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/slurmstepd /usr/sbin/munged \
+        /usr/bin/sbatch /usr/bin/squeue /usr/lib/x86_64-linux-gnu/slurm-wlm/*.so; do
+        [[ -e $b ]] && ldd "$b" 2>/dev/null | grep 'not found' | sed "s#^#$b: #" || true
+    done | sort -u)
+    [[ -z $missing ]] || die "installed, but libraries are missing:"$'\n'"$missing"
+    log "installed; now run: $PROG start (without accounting: no slurmdbd in the bundle)"
+}
+
 # ---------------------------------------------------------------- configuration
+
+# Resolved by load_settings: the node's GPUs, shards per GPU, accounting (yes/no), and whether
+# the GPUs are this machine's devices (1) or declared only (0).
+GPUS=0 SHARDS=4 ACCOUNTING=yes GPU_DEVICES=0
+
+detected_gpus() {
+    command -v nvidia-smi >/dev/null 2>&1 || {
+        echo 0
+        return
+    }
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+}
+
+# load_settings: options given now, else what the last 'start' chose, else the defaults.
+load_settings() {
+    local gpus=auto shards=4 accounting=auto key value
+    if [[ -r $SETTINGS ]]; then
+        while IFS='=' read -r key value; do
+            case $key in
+                gpus) gpus=$value ;;
+                shards) shards=$value ;;
+                accounting) accounting=$value ;;
+            esac
+        done <"$SETTINGS"
+    fi
+    gpus=${GPUS_OPT:-$gpus}
+    shards=${SHARDS_OPT:-$shards}
+    accounting=${ACCOUNTING_OPT:-$accounting}
+    SAVED_SETTINGS=$(printf 'gpus=%s\nshards=%s\naccounting=%s' "$gpus" "$shards" "$accounting")
+    local detected
+    detected=$(detected_gpus)
+    if [[ $gpus == auto ]]; then
+        GPUS=$detected
+    else
+        GPUS=$gpus
+    fi
+    GPU_DEVICES=0
+    if ((GPUS > 0 && detected > 0)); then
+        ((GPUS <= detected)) || die "--gpus $GPUS: this machine has $detected (nvidia-smi -L)"
+        GPU_DEVICES=1
+    fi
+    SHARDS=$shards
+    if [[ $accounting == auto ]]; then
+        if command -v slurmdbd >/dev/null 2>&1 && command -v mariadbd >/dev/null 2>&1; then
+            ACCOUNTING=yes
+        else
+            ACCOUNTING=no
+        fi
+    else
+        ACCOUNTING=$accounting
+    fi
+}
+
+gres_summary() {
+    local what="no GPUs"
+    if ((GPUS > 0)); then
+        what="$GPUS GPU(s)$( ((GPU_DEVICES)) || echo ' declared, no devices')"
+        ((SHARDS == 0)) || what+=", $SHARDS shards each"
+    fi
+    echo "$what, accounting $ACCOUNTING"
+}
+
+gres_types_line() {
+    ((GPUS == 0)) && return 0
+    if ((SHARDS == 0)); then echo "GresTypes=gpu"; else echo "GresTypes=gpu,shard"; fi
+}
+
+node_gres() {
+    ((GPUS > 0)) || return 0
+    local gres="gpu:$GPUS"
+    ((SHARDS == 0)) || gres+=",shard:$((GPUS * SHARDS))"
+    printf ' Gres=%s' "$gres"
+}
+
+# One gpu line (and one shard line) per GPU. SLURM needs a device file for each: shards are
+# placed by file, and the file's number becomes the job's CUDA_VISIBLE_DEVICES. Declared GPUs
+# get placeholder device nodes in the state folder (fake_gpu_files), so scheduling, shards and
+# CUDA_VISIBLE_DEVICES behave as with real devices (there is no device to isolate).
+gres_conf_text() {
+    local i file
+    echo "# Written by slurm/dev-cluster.sh; regenerated by every 'start'."
+    if ((GPUS == 0)); then
+        echo "# No GPUs (--gpus 0, or none detected)."
+        return
+    fi
+    ((GPU_DEVICES)) || echo "# Declared GPUs: placeholder device nodes (this machine has no GPU)."
+    for ((i = 0; i < GPUS; i++)); do
+        file=$(gpu_file "$i")
+        echo "Name=gpu File=$file"
+        ((SHARDS == 0)) || echo "Name=shard Count=$SHARDS File=$file"
+    done
+}
+
+gpu_file() {
+    if ((GPU_DEVICES)); then
+        echo "/dev/nvidia$1"
+    else
+        echo "$STATE/fake-dev/nvidia$1"
+    fi
+}
+
+fake_gpu_files() {
+    local i
+    ((GPUS > 0 && GPU_DEVICES == 0)) || return 0
+    install -d -m 755 "$STATE/fake-dev"
+    for ((i = 0; i < GPUS; i++)); do
+        # SLURM insists on a character device: a node with /dev/null's numbers (1, 3).
+        [[ -c $STATE/fake-dev/nvidia$i ]] && continue
+        rm -f "$STATE/fake-dev/nvidia$i"
+        mknod -m 666 "$STATE/fake-dev/nvidia$i" c 1 3 ||
+            die "cannot create the placeholder device $STATE/fake-dev/nvidia$i (mknod); declare no GPUs (--gpus 0) here"
+    done
+}
 
 real_memory_mb() {
     local mem=""
@@ -292,9 +541,8 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=$DBD_PORT
+$(accounting_lines)
+$(gres_types_line)
 # Reject at submission a job that can never run here (say -c 4 on this 2-CPU node) instead of
 # leaving it pending for ever with reason PartitionConfig.
 EnforcePartLimits=ALL
@@ -310,9 +558,19 @@ KillWait=5
 InactiveLimit=0
 Waittime=0
 MailProg=/bin/true
-NodeName=localhost CPUs=$(nproc) RealMemory=$(real_memory_mb) State=UNKNOWN
+NodeName=localhost CPUs=$(nproc) RealMemory=$(real_memory_mb)$(node_gres) State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+accounting_lines() {
+    if [[ $ACCOUNTING == yes ]]; then
+        printf '%s\n' AccountingStorageType=accounting_storage/slurmdbd \
+            AccountingStorageHost=localhost "AccountingStoragePort=$DBD_PORT"
+    else
+        echo "# No accounting (--accounting no): squeue works, sacct does not."
+        echo "AccountingStorageType=accounting_storage/none"
+    fi
 }
 
 slurmdbd_conf_text() {
@@ -366,12 +624,14 @@ write_config() {
     fi
     chmod 600 "$DB_PASS_FILE"
     local changed=0
+    CONFIG_CHANGED=0
+    write_file "$SETTINGS" 644 "$SAVED_SETTINGS" || true
     write_file "$CONF" 644 "$(slurm_conf_text)" && changed=1
+    fake_gpu_files
+    write_file "$GRES_CONF" 644 "$(gres_conf_text)" && changed=1
     write_file "$DBD_CONF" 600 "$(slurmdbd_conf_text)" && changed=1
     write_file "$CGROUP_CONF" 644 "$(cgroup_conf_text)" || true
-    if ((changed)) && pid_alive "$RUN_DIR/slurmctld.pid" slurmctld; then
-        log "warning: the configuration changed while the cluster runs; to apply it: $PROG stop && $PROG start"
-    fi
+    CONFIG_CHANGED=$changed
 }
 
 # ---------------------------------------------------------------- daemons
@@ -553,35 +813,63 @@ wait_node() {
     done
 }
 
+accounting_up() {
+    [[ $ACCOUNTING == no ]] ||
+        { pid_alive "$RUN_DIR/mariadb.pid" mariadbd && pid_alive "$RUN_DIR/slurmdbd.pid" slurmdbd; }
+}
+
 all_up() {
-    munge_ok &&
-        pid_alive "$RUN_DIR/mariadb.pid" mariadbd &&
-        pid_alive "$RUN_DIR/slurmdbd.pid" slurmdbd &&
+    munge_ok && accounting_up &&
         pid_alive "$RUN_DIR/slurmctld.pid" slurmctld &&
         pid_alive "$RUN_DIR/slurmd.pid" slurmd
 }
 
+# restart_slurm: a changed slurm.conf or gres.conf (say other --gpus) takes effect only when
+# slurmctld and slurmd read it again; jobs survive (their slurmstepd runs on).
+restart_slurm() {
+    local pids=() pid
+    log "the configuration changed: restarting slurmctld and slurmd"
+    pid=$(signal_pid "$RUN_DIR/slurmd.pid" slurmd) && pids+=("$pid")
+    pid=$(signal_pid "$RUN_DIR/slurmctld.pid" slurmctld) && pids+=("$pid")
+    ((${#pids[@]} == 0)) || wait_gone "slurmd/slurmctld" "${pids[@]}"
+}
+
+# What slurmd needs of the machine, checked here so the error says what to do (slurmd's own
+# log says only "slurmd initialization failed").
+require_host() {
+    getent hosts localhost >/dev/null ||
+        die "the name 'localhost' does not resolve; add '127.0.0.1 localhost' to /etc/hosts"
+    [[ -n $(ls -A /sys/fs/cgroup 2>/dev/null) ]] ||
+        die "no cgroup file system at /sys/fs/cgroup (slurmd needs one, even unused): mount -t cgroup2 none /sys/fs/cgroup"
+}
+
 cmd_start() {
     require_root
+    load_settings
     require_binaries
+    require_host
     local t0=$SECONDS
-    if [[ -f $CONF ]] && all_up && node_usable; then
-        write_config
-        log "already running (state $STATE)"
-        export_line
-        return 0
-    fi
     write_config
+    if [[ -f $CONF ]] && all_up && node_usable; then
+        if ((CONFIG_CHANGED == 0)); then
+            log "already running (state $STATE; $(gres_summary))"
+            export_line
+            return 0
+        fi
+        restart_slurm
+    fi
     start_munge
-    start_mariadb
-    setup_db_user
-    start_slurmdbd
-    register_cluster
+    if [[ $ACCOUNTING == yes ]]; then
+        start_mariadb
+        setup_db_user
+        start_slurmdbd
+        register_cluster
+    fi
     start_slurmctld
     wait_for "slurmctld" "$LOG_DIR/slurmctld.log" ctld_ping
     start_slurmd
     wait_node
-    log "cluster up in $((SECONDS - t0))s (state $STATE); node: $(node_state)"
+    log "cluster up in $((SECONDS - t0))s (state $STATE; $(gres_summary)); node: $(node_state)"
     export_line
 }
 
@@ -633,15 +921,19 @@ cmd_status() {
             ok=1
         fi
     }
-    printf 'state folder: %s\n' "$STATE"
+    printf 'state folder: %s (%s)\n' "$STATE" "$(gres_summary)"
     if command -v munge >/dev/null 2>&1; then
         printf '  %-10s %s\n' munged "$(updown munge_ok)"
     else
         printf '  %-10s %s\n' munged "not installed"
         ok=1
     fi
-    printf '  %-10s %s\n' mariadb "$(updown pid_alive "$RUN_DIR/mariadb.pid" mariadbd)"
-    printf '  %-10s %s\n' slurmdbd "$(updown pid_alive "$RUN_DIR/slurmdbd.pid" slurmdbd)"
+    if [[ $ACCOUNTING == yes ]]; then
+        printf '  %-10s %s\n' mariadb "$(updown pid_alive "$RUN_DIR/mariadb.pid" mariadbd)"
+        printf '  %-10s %s\n' slurmdbd "$(updown pid_alive "$RUN_DIR/slurmdbd.pid" slurmdbd)"
+    else
+        printf '  %-10s %s\n' accounting "off (no sacct)"
+    fi
     printf '  %-10s %s\n' slurmctld "$(updown pid_alive "$RUN_DIR/slurmctld.pid" slurmctld)"
     printf '  %-10s %s\n' slurmd "$(updown pid_alive "$RUN_DIR/slurmd.pid" slurmd)"
     # updown runs in a subshell; recompute the verdict here.
@@ -664,9 +956,13 @@ cmd_status() {
 
 case $COMMAND in
     install) cmd_install ;;
+    bundle) cmd_bundle ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
-    status) cmd_status ;;
+    status)
+        load_settings
+        cmd_status
+        ;;
     env) export_line ;;
     *) die "unknown command '$COMMAND'" ;;
 esac
