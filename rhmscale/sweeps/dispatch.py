@@ -24,7 +24,7 @@ from rhmscale.config_io import validated
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.store.folders import SweepDir
-from rhmscale.sweeps.executors import submit_tasks
+from rhmscale.sweeps.executors import preflight, submit_tasks
 from rhmscale.sweeps.grid import Expansion, expand_points
 from rhmscale.sweeps.grouping import Item, group_tasks
 from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
@@ -128,6 +128,7 @@ def submit_prepared(prepared: Prepared) -> Submission:
     if not prepared.tasks:
         atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))
         return Submission(prepared, [], None)
+    preflight(ex)  # before the run folders exist (make_executor asks again, for tuning too)
     for task in prepared.tasks:
         for item in task:
             Path(item["run_dir"]).mkdir(parents=True, exist_ok=True)
