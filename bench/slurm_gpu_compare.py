@@ -1,0 +1,88 @@
+"""Compare the runs of bench/slurm_gpu_scenario.sh's sweeps with the uninterrupted serial ones.
+
+python bench/slurm_gpu_compare.py ROOTS --out compare.json
+
+ROOTS holds serial/, shared/ and requeue/, each with one sweep folder. The same spec gives the
+same run ids in each, so every run of shared/ and requeue/ is matched with its serial twin:
+per run, whether it is done, the step it last resumed from (run.log), and the largest
+difference of its final metrics and of its val/loss curve from the twin's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+CONTINUOUS = ("train/loss", "val/loss")
+
+
+def runs_of(root: Path) -> dict[str, Path]:
+    (sweep,) = [p for p in root.iterdir() if (p / "runs").is_dir()]
+    return {run.name: run for run in (sweep / "runs").iterdir()}
+
+
+def final(run: Path) -> dict[str, float] | None:
+    result = run / "result.json"
+    return json.loads(result.read_text())["final"] if result.exists() else None
+
+
+def resumed_from(run: Path) -> list[int]:
+    log = (run / "run.log").read_text()
+    return [int(step) for step in re.findall(r"from step (\d+)", log)]
+
+
+def val_curve(run: Path) -> pd.Series:
+    frame = pd.read_parquet(run / "metrics.parquet")
+    frame = frame.dropna(subset=["val/loss"])
+    return frame.set_index("step")["val/loss"]
+
+
+def compare(twin: Path, run: Path) -> dict:
+    a, b = final(twin), final(run)
+    row: dict = {"done": b is not None, "resumed_from": resumed_from(run)}
+    if a is None or b is None:
+        return row
+    shared = sorted(set(a) & set(b) - {"wall_s", "epoch"})
+    diffs = {key: abs(a[key] - b[key]) for key in shared}
+    row["max_abs_diff_continuous"] = max(diffs[k] for k in CONTINUOUS)
+    row["max_abs_diff_generation"] = max(v for k, v in diffs.items() if k.startswith("gen/"))
+    row["bitwise_equal_final"] = all(v == 0 for v in diffs.values())
+    curves = pd.concat([val_curve(twin), val_curve(run)], axis=1, join="inner")
+    row["val_loss_curve_max_abs_diff"] = float((curves.iloc[:, 0] - curves.iloc[:, 1]).abs().max())
+    row["val_loss_final"] = [a["val/loss"], b["val/loss"]]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    serial = runs_of(args.roots / "serial")
+    report: dict = {"serial_done": sum(final(r) is not None for r in serial.values())}
+    for label in ("shared", "requeue"):
+        if not (args.roots / label).is_dir():
+            continue
+        runs = runs_of(args.roots / label)
+        rows = {rid: compare(serial[rid], run) for rid, run in sorted(runs.items())}
+        summary = {
+            "runs": len(rows),
+            "done": sum(r["done"] for r in rows.values()),
+            "resumed": sum(any(s > 0 for s in r["resumed_from"]) for r in rows.values()),
+        }
+        for key in ("max_abs_diff_continuous", "max_abs_diff_generation"):
+            values = [r[key] for r in rows.values() if key in r]
+            summary[key] = max(values) if values else None
+        equal = [r.get("bitwise_equal_final", False) for r in rows.values()]
+        summary["bitwise_equal_final"] = sum(equal)
+        report[label] = {"summary": summary, "runs": rows}
+        print(label, json.dumps(summary))
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
