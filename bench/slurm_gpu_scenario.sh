@@ -40,6 +40,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 say "machine: $(. /etc/os-release && echo "$PRETTY_NAME"), glibc $(ldd --version | head -1 | awk '{print $NF}'), $(nproc) CPUs"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$out/scenario.log"
 ls -l /dev/nvidia* >"$ev/dev-nvidia.txt" 2>&1
+{ echo "cgroup: $(ls /sys/fs/cgroup 2>&1 | tr '\n' ' ')"; grep -c localhost /etc/hosts; } >>"$out/scenario.log"
 t0=$(date +%s.%N)
 bash slurm/dev-cluster.sh install --from .slurm-bundle >"$ev/install.log" 2>&1 || fail "install --from: $(tail -3 "$ev/install.log")"
 say "installed from the bundle in $(since "$t0") s"
