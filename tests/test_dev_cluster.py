@@ -199,3 +199,28 @@ def test_requeued_job_runs_again(slurm_cluster: dict[str, str], tmp_path: Path) 
         "start 1 restart_count=0",
         "start 2 restart_count=1",
     ]
+
+
+def test_bundle_then_install_from_it_without_apt(slurm_cluster: dict[str, str], tmp_path: Path):
+    """`bundle` downloads SLURM, munge and what they need; `install --from` reads only the
+    folder (here everything is installed already, so it installs nothing and checks ldd)."""
+    script = str(Path(__file__).resolve().parents[1] / "slurm" / "dev-cluster.sh")
+    bundle = tmp_path / "bundle"
+    made = subprocess.run(["bash", script, "bundle", str(bundle)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    packages = {line.split()[0] for line in (bundle / "MANIFEST").read_text().splitlines()}
+    assert {"slurmd", "slurmctld", "slurm-client", "munge", "libmunge2", "libc6"} <= packages
+    assert len(list(bundle.glob("*.deb"))) == len(packages)
+    again = subprocess.run(["bash", script, "bundle", str(bundle)], capture_output=True, text=True)
+    assert again.returncode != 0 and "not empty" in again.stderr
+    installed = subprocess.run(
+        ["bash", script, "install", "--from", str(bundle)], capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert "already installed: every package" in installed.stderr
+    missing = subprocess.run(
+        ["bash", script, "install", "--from", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "no bundle folder" in missing.stderr

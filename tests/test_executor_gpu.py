@@ -231,3 +231,18 @@ def test_the_device_line_names_the_gpus_a_task_was_given(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4243")
     line = device_note(torch.device("cpu"))
     assert line == "device cpu; CUDA_VISIBLE_DEVICES=unset SLURM_JOB_ID=4243"
+
+
+@pytest.mark.parametrize(
+    ("text", "counts"),
+    [
+        ("(null)", {}),
+        ("gpu:1,shard:4", {"gpu": 1, "shard": 4}),
+        ("gpu:h100:4(S:0-1),shard:16", {"gpu": 4, "gpu:h100": 4, "shard": 16}),
+        ("gpu:a100:2(S:0),gpu:v100:2(S:1)", {"gpu": 4, "gpu:a100": 2, "gpu:v100": 2}),
+    ],
+)
+def test_sinfo_gres_is_read_by_name_and_type(text, counts):
+    from rhmscale.sweeps.slurm_checks import parse_gres
+
+    assert parse_gres(text) == counts

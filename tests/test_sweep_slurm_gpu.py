@@ -17,7 +17,8 @@ import pytest
 
 from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import submit, wait
-from rhmscale.sweeps.executors import partition_gres, sbatch_lines
+from rhmscale.sweeps.executors import sbatch_lines
+from rhmscale.sweeps.slurm_checks import partition_gres
 from tests.test_sweep_slurm import BASE, make_spec, scontrol
 
 pytestmark = pytest.mark.slurm
@@ -108,6 +109,10 @@ def test_tasks_share_the_gpu_through_shards(shards_per_gpu, tmp_path):
             "executor.shards_per_gpu=8, but the nodes of partition debug give each GPU",
         ),
         (["--gpus-per-task", "0", "--gpu-type", "h100"], "executor.gpu_type"),
+        (
+            ["--gpus-per-task", "1", "--gpu-type", "h100"],
+            "executor.gpu_type=h100, but the GPUs of partition debug are untyped",
+        ),
     ],
 )
 def test_gpus_the_partition_cannot_give_exit_2_before_anything_is_submitted(

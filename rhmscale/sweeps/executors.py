@@ -8,7 +8,6 @@ that carries the scheduler's own message.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import warnings
@@ -20,6 +19,7 @@ import submitit
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grouping import Item, visible_gpu_count
 from rhmscale.sweeps.job import SweepTask
+from rhmscale.sweeps.slurm_checks import check_partition_gpus
 from rhmscale.sweeps.spec import ExecutorSpec
 
 
@@ -96,65 +96,11 @@ def quiet_submitit() -> None:
     warnings.filterwarnings("ignore", message='"cpus_per_gpu" requires to set "gpus_per_task"')
 
 
-def partition_gres(partition: str | None) -> list[dict[str, int]] | None:
-    """Each node kind's generic resources in the partition (default: all), as
-    {"gpu": count, "shard": count}; None when sinfo cannot tell."""
-    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0 or not out.stdout.strip():
-        return None
-    kinds = []
-    for line in out.stdout.split():
-        counts: dict[str, int] = {}
-        for item in re.sub(r"\([^)]*\)", "", line).split(","):  # drop "(S:0-1)" socket hints
-            fields = item.split(":")
-            if len(fields) >= 2 and fields[-1].isdigit():
-                counts[fields[0]] = counts.get(fields[0], 0) + int(fields[-1])
-        kinds.append(counts)
-    return kinds
-
-
-def check_partition_gpus(ex: ExecutorSpec) -> None:
-    """Refuse, before sbatch, GPUs or shards that no node of the partition has: sbatch's own
-    refusal ("Invalid generic resource", "Requested node configuration is not available")
-    names no setting. Silent when sinfo cannot answer (sbatch still decides)."""
-    request = gpu_request(ex)
-    if not request or (kinds := partition_gres(ex.partition)) is None:
-        return
-    where = f"partition {ex.partition}" if ex.partition else "the default partition"
-    have = ", ".join(sorted({f"gpu:{k.get('gpu', 0)},shard:{k.get('shard', 0)}" for k in kinds}))
-    if "shard" in request.get("gres", ""):
-        per_gpu = {k["shard"] // k["gpu"] for k in kinds if k.get("shard") and k.get("gpu")}
-        if not per_gpu:
-            raise UserError(
-                f"executor.tasks_per_gpu={ex.tasks_per_gpu} asks for GPU shards, and the nodes "
-                f"of {where} have none ({have} per node): set tasks_per_gpu: 1, or choose a "
-                "partition with shards (executor.partition)"
-            )
-        if ex.shards_per_gpu not in per_gpu:
-            raise UserError(
-                f"executor.shards_per_gpu={ex.shards_per_gpu}, but the nodes of {where} give "
-                f"each GPU {' or '.join(map(str, sorted(per_gpu)))} shards ({have} per node): "
-                "set executor.shards_per_gpu to that"
-            )
-        return
-    most = max(k.get("gpu", 0) for k in kinds)
-    if ex.gpus_per_task > most:
-        raise UserError(
-            f"executor.gpus_per_task={ex.gpus_per_task}, but the nodes of {where} have at most "
-            f"{most} GPU(s) ({have} per node): lower executor.gpus_per_task, or choose a GPU "
-            "partition (executor.partition)"
-        )
-
-
 def preflight(ex: ExecutorSpec) -> None:
     """What can be known to fail before anything is written or submitted (SLURM only)."""
     if ex.kind == "slurm":
         require_slurm()
-        check_partition_gpus(ex)
+        check_partition_gpus(ex, gpu_request(ex))
 
 
 def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
