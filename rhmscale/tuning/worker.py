@@ -22,7 +22,12 @@ import submitit
 from rhmscale.config import member_keys
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
-from rhmscale.sweeps.job import guard_requeue_handler, requeue_requested, set_threads
+from rhmscale.sweeps.job import (
+    guard_requeue_handler,
+    limit_gpu_memory,
+    requeue_requested,
+    set_threads,
+)
 from rhmscale.training.schedule import Verdict
 from rhmscale.training.stop import requested as stop_requested
 from rhmscale.tuning.spec import StudySpec
@@ -132,6 +137,7 @@ class Worker:
 
     def run(self, threads: int) -> list[dict[str, Any]]:
         set_threads(threads)
+        limit_gpu_memory(1 / self.spec.executor.tasks_per_gpu)  # workers sharing a GPU
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
