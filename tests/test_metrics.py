@@ -19,8 +19,8 @@ def world():
     return grammar, train, TrainingSetIndex(grammar, train), rng
 
 
-def novel_acc(metrics):
-    return [metrics[f"gen/novel_acc_l{k}"] for k in range(1, L + 1)]
+def novel_acc(metrics, name="novel_acc"):
+    return [metrics[f"gen/{name}_l{k}"] for k in range(1, L + 1)]
 
 
 def test_a_model_that_only_copies_scores_zero(world):
@@ -28,7 +28,7 @@ def test_a_model_that_only_copies_scores_zero(world):
     copies = train[rng.integers(0, len(train), N)]
     m = generation_metrics(grammar, copies, index, min_novel=32)
     assert [m[f"gen/acc_l{k}"] for k in range(1, L + 1)] == [1.0] * L  # copies are valid
-    assert novel_acc(m) == [0.0] * L
+    assert novel_acc(m) == novel_acc(m, "novel_tuple_acc") == [0.0] * L
     assert m["gen/memorized_frac"] == 1.0 and m["gen/novel_n"] == 0
     assert m["gen/novel_coherence_depth"] == 0.0 and m["gen/novel_coherence_length"] == 1.0
 
@@ -36,7 +36,7 @@ def test_a_model_that_only_copies_scores_zero(world):
 def test_a_model_that_samples_the_grammar_scores_one(world):
     grammar, _, index, rng = world
     m = generation_metrics(grammar, grammar.sample(N, rng), index, min_novel=32)
-    assert novel_acc(m) == [1.0] * L
+    assert novel_acc(m) == novel_acc(m, "novel_tuple_acc") == [1.0] * L
     assert m["gen/novel_coherence_depth"] == L and m["gen/novel_coherence_length"] == 2**L
     assert 0 < m["gen/memorized_frac"] < 0.05  # 64 of 4,096 sequences are training ones
 
@@ -47,8 +47,23 @@ def test_a_model_valid_to_level_two_only(world):
     # Each sequence is two level-2 subtrees of 4 tokens; pairing subtrees of different samples
     # keeps levels 1 and 2 valid, while the level-3 tuple is a production with chance m/v.
     mixed = np.concatenate([valid[:, :4], np.roll(valid[:, 4:], 1, axis=0)], axis=1)
-    first, second, third = novel_acc(generation_metrics(grammar, mixed, index, min_novel=32))
+    m = generation_metrics(grammar, mixed, index, min_novel=32)
+    first, second, third = novel_acc(m)
     assert first == second == 1.0 and third < 0.15
+    assert novel_acc(m, "novel_tuple_acc")[:2] == [1.0, 1.0]
+    assert novel_acc(m, "novel_tuple_acc")[2] == pytest.approx(third)  # one level-3 tuple
+
+
+def test_the_per_level_metric_does_not_carry_the_levels_below(world):
+    grammar, _, index, rng = world
+    broken = grammar.sample(N, rng)
+    # A token no production uses breaks the first level-1 tuple of every sample: nothing is
+    # valid through level 2, yet the level-2 tuple of the other half is a production.
+    broken[:, 0] = grammar.v
+    m = generation_metrics(grammar, broken, index, min_novel=32)
+    assert m["gen/novel_acc_l2"] == 0.0
+    assert m["gen/novel_tuple_acc_l2"] == 1.0  # the tuples whose children are valid
+    assert m["gen/novel_tuple_acc_l1"] == pytest.approx(3 / 4)  # 1 of 4 level-1 tuples broken
 
 
 def test_too_few_novel_samples_count_the_missing_as_failures(world):
@@ -59,4 +74,5 @@ def test_too_few_novel_samples_count_the_missing_as_failures(world):
     m = generation_metrics(grammar, samples, index, min_novel=32)
     assert m["gen/novel_n"] == 10
     assert novel_acc(m) == [pytest.approx(10 / 32)] * L  # not 1.0: it must not look learned
+    assert novel_acc(m, "novel_tuple_acc") == [pytest.approx(10 / 32)] * L
     assert generation_metrics(grammar, samples, index, min_novel=1)["gen/novel_acc_l3"] == 1.0

@@ -30,18 +30,19 @@ def format_values(values: list[Any]) -> str:
 
 def run_table(result: dict[str, Any]) -> Table:
     """One run's result.json: per level k accuracy of novel samples, of all samples and of
-    tuples; then coherence, novelty, memorisation, loss."""
+    level-k tuples of novel samples; then coherence, novelty, memorisation, loss."""
     from rich.table import Table
 
     final = result["final"]
     L = result["config"]["grammar"]["L"]
     table = Table(title=f"run {result['run_id']} at step {final['step']}")
-    levels = ("gen/novel_acc_l{k}", "gen/acc_l{k}", "gen/tuple_acc_l{k}")
+    levels = ("gen/novel_acc_l{k}", "gen/acc_l{k}", "gen/novel_tuple_acc_l{k}")
     table.add_column("level k", justify="right")
     for name in levels:
         table.add_column(name, justify="right")
     for k in range(1, L + 1):
-        table.add_row(str(k), *(f"{final[name.format(k=k)]:.3f}" for name in levels))
+        values = (final.get(name.format(k=k)) for name in levels)  # older runs lack some
+        table.add_row(str(k), *("-" if v is None else f"{v:.3f}" for v in values))
     table.add_section()
     for name in (
         "gen/novel_coherence_length",

@@ -37,6 +37,12 @@ def generation_metrics(
     memorises. The gen/novel_* metrics count only samples that are not copies, and when fewer
     than `min_novel` of them were generated the missing ones count as failures (depth 0): a
     model that (nearly) only copies scores (nearly) 0, it cannot look learned.
+
+    gen/acc_l{k} and gen/novel_acc_l{k} are cumulative (valid through level k), so a level's
+    curve carries every level below it; gen/tuple_acc_l{k} and gen/novel_tuple_acc_l{k} are
+    per level: the fraction of level-k tuples that are productions among those whose children
+    are valid (the novel one over non-copies, a missing novel sample counting as all its
+    level-k tuples failed).
     """
     parse = grammar.parse(samples)
     depth = parse.depth
@@ -53,6 +59,12 @@ def generation_metrics(
         with_valid_children = parse.children_valid[k - 1]
         tuples = parse.tuple_valid[k - 1][with_valid_children]
         metrics[f"gen/tuple_acc_l{k}"] = float(tuples.mean()) if tuples.size else float("nan")
+        novel_children = with_valid_children & novel[:, None]
+        n_tuples = novel_children.sum() + (counted - n_novel) * with_valid_children.shape[1]
+        valid_novel = (parse.tuple_valid[k - 1] & novel_children).sum()
+        metrics[f"gen/novel_tuple_acc_l{k}"] = (
+            float(valid_novel / n_tuples) if n_tuples else float("nan")
+        )
     length = grammar.s ** depth.astype(np.float64)
     metrics["gen/coherence_depth"] = float(depth.mean())
     metrics["gen/coherence_length"] = float(length.mean())
