@@ -79,6 +79,8 @@ def test_export_writes_each_format(sweep, tmp_path):
         (["--metric", "gen/nope_l{k}"], "choose from: gen/acc_l{k}"),
         (["--at", "whenever"], "best, final or a training step"),
         (["--regressors", "log s"], "'log s' does not vary"),
+        (["--where", "s=9"], "--where 's=9' selects no runs; s is 2"),
+        (["--where", "q=1"], "--where: unknown key 'q'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(sweep, args, message):

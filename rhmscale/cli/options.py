@@ -141,6 +141,15 @@ FIT_OPTIONS: Options = {
         Annotated[str, typer.Option(help="Predicted P_k, a formula in v, m, s, L, k.")],
         "v * m^(k+1)",
     ),
+    "where": (
+        Annotated[
+            str,
+            typer.Option(
+                help='Fit only these cells: "s=2", "L=3, v=16|32" (grammar letters or config keys).'
+            ),
+        ],
+        "",
+    ),
     "levels": (
         Annotated[
             str,

@@ -73,6 +73,9 @@ def collect(
 
 def fit_runs(paths: list[Path], options: FitOptions) -> tuple[Collection, FitResult]:
     """Collect (saying on stderr what was collected and skipped), then fit."""
+    from dataclasses import replace
+
+    from rhmscale.results.cells import select_cells
     from rhmscale.results.collect import collect
     from rhmscale.results.fit import fit
 
@@ -81,6 +84,8 @@ def fit_runs(paths: list[Path], options: FitOptions) -> tuple[Collection, FitRes
     make_console(stderr=True).print(f"[dim]{where}: {collection.summary()}[/]")
     if collection.frame.empty:
         raise UserError(f"no finished runs in {where} ({collection.summary()})")
+    if options.where:  # the figures and the report show the selected cells only, as the fit
+        collection = replace(collection, frame=select_cells(collection.frame, options.where))
     return collection, fit(collection.frame, options)
 
 

@@ -74,3 +74,51 @@ def rows_at(frame: pd.DataFrame, at: str) -> pd.DataFrame:
     if early.empty:
         raise UserError(f"--at {step}: no run was evaluated at or before step {step}")
     return early.loc[early.groupby("run_id")["step"].idxmax()]
+
+
+def cell_keys(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (the index): its science keys, as in the runs' configs."""
+    return rows.groupby("cell")[config.cell_columns(list(rows.columns))].first()
+
+
+def select_cells(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The rows whose config matches every condition of `where`: "s=2", "L=3, v=16|32"; a key
+    is a grammar letter (v m s L) or a config key ("model.width", or its last part "width")."""
+    if not where.strip():
+        return frame
+    keep = np.ones(len(frame), dtype=bool)
+    for condition in where.split(","):
+        key, eq, values = (part.strip() for part in condition.partition("="))
+        if not eq or not key or not values:
+            raise UserError(f'--where {where!r}: write key=value conditions, e.g. "s=2, L=3"')
+        column = where_column(frame, key)
+        wanted = {value.strip() for value in values.split("|")}
+        present = frame[column]
+        matches = present.astype(str).isin(wanted)
+        numeric = pd.to_numeric(pd.Series(sorted(wanted)), errors="coerce").dropna()
+        if len(numeric) and pd.api.types.is_numeric_dtype(present):
+            matches |= present.isin(numeric.to_numpy())
+        if not matches.any():
+            have = ", ".join(map(str, sorted(present.dropna().unique())))
+            raise UserError(f"--where {condition.strip()!r} selects no runs; {key} is {have}")
+        keep &= matches.to_numpy()
+    selected = frame[keep]
+    if selected.empty:
+        raise UserError(f"--where {where!r} selects no runs (each condition alone selects some)")
+    return selected
+
+
+def where_column(frame: pd.DataFrame, key: str) -> str:
+    if key in GRAMMAR:
+        return GRAMMAR[key]
+    if key in frame.columns:
+        return key
+    ends = [c for c in frame.columns if c.endswith("." + key)]
+    if len(ends) == 1:
+        return ends[0]
+    keys = sorted(GRAMMAR) + config.cell_columns(list(frame.columns))
+    raise UserError(
+        f"--where: unknown key {key!r}"
+        + (f" (ambiguous: {', '.join(ends)})" if ends else "")
+        + f"; use one of: {', '.join(dict.fromkeys(keys))}"
+    )

@@ -2,8 +2,8 @@
 squares with bootstrap intervals, regression.py), each beside the exponent the theory predicts.
 
 Censored P*_k are only bounds: they are left out of the fit and named in its statistics; a
-design the measured points cannot pin down (too few points, a regressor that does not vary,
-collinear regressors) is a UserError that says what to change.
+design the measured points cannot pin down (too few points, a regressor that does not vary;
+collinear or confounded regressors: design.py) is a UserError that says what to change.
 """
 
 from __future__ import annotations
@@ -44,10 +44,6 @@ def check_design(names: list[str], design: np.ndarray, points: pd.DataFrame) -> 
                 f"regressor '{name}' does not vary across the measured points: drop it "
                 "(--regressors) or add cells where it differs"
             )
-    if np.linalg.matrix_rank(measured) < measured.shape[1]:
-        raise UserError(
-            f"regressors {', '.join(names)} are collinear on the measured points; drop one"
-        )
 
 
 def fit_exponents(

@@ -80,6 +80,8 @@ def fit_summary(result: FitResult) -> str:
     where = f"threshold {options.threshold} on {options.metric}, evaluation: {options.at}"
     if options.levels != "all":
         where += f", levels {options.levels} (the P*_k table lists every level)"
+    if options.where:
+        where += f", cells where {options.where}"
     if "fit_error" in stats:
         return f"No exponent fit ({where}): {stats['fit_error']}"
     ci = f"{options.ci:.0%}"
@@ -91,6 +93,7 @@ def fit_summary(result: FitResult) -> str:
         + ("" if stats["theory_exact"] else " (not spanned by the regressors: projected)")
         + "; 'off by' = distance of the theory from the estimate in interval half-widths. "
         + theory_verdict(result)
+        + "".join(f" Warning: {text}." for text in stats.get("design_warnings", []))
     )
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from rhmscale.errors import UserError
-from rhmscale.results.cells import rows_at, with_cells
+from rhmscale.results.cells import cell_keys, rows_at, select_cells, variables, with_cells
 from rhmscale.results.coherence import COHERENCE, coherence_fits
+from rhmscale.results.design import check_identifiable
 from rhmscale.results.exponents import fit_exponents
 from rhmscale.results.options import FitOptions, check_options, level_range
 from rhmscale.results.sample_complexity import sample_complexity
-from rhmscale.results.theory import Theory, parse_regressors
+from rhmscale.results.theory import Theory, design_matrix, parse_regressors
 from rhmscale.results.training_time import time_crossings
 
 
@@ -68,12 +69,17 @@ def fit(frame: pd.DataFrame, options: FitOptions | None = None) -> FitResult:
     names = parse_regressors(options.regressors)  # bad input fails before any work
     # Each stage draws from its own stream, so one stage's draws do not shift another's.
     rngs = [np.random.default_rng(options.seed + stage) for stage in range(3)]
-    frame = with_cells(frame)
+    frame = with_cells(select_cells(frame, options.where))
     rows = rows_at(frame, options.at)
     points, replicates = sample_complexity(rows, options, theory, rngs[0])
     low, high = level_range(options.levels)
     fitted = points["k"].between(low, high).to_numpy()
+    warnings: list[str] = []
     try:
+        measured = points[fitted & (points["censored"] == "").to_numpy()]
+        warnings = check_identifiable(
+            measured, cell_keys(rows), names, design_matrix(names, variables(measured))
+        )
         exponents, stats = fit_exponents(
             points[fitted].reset_index(drop=True), replicates[fitted], names, theory, options,
             rngs[1],
@@ -81,8 +87,13 @@ def fit(frame: pd.DataFrame, options: FitOptions | None = None) -> FitResult:
     except UserError as exc:
         # The P*_k table is still worth showing; callers decide whether this is fatal.
         exponents, stats = pd.DataFrame(), {"fit_error": str(exc)}
+    stats["design_warnings"] = warnings
     stats.update(
-        threshold=options.threshold, metric=options.metric, at=options.at, levels=options.levels
+        threshold=options.threshold,
+        metric=options.metric,
+        at=options.at,
+        levels=options.levels,
+        where=options.where,
     )
     stats["n_runs"] = int(rows["run_id"].nunique())
     return FitResult(

@@ -29,6 +29,8 @@ class FitOptions:
     # Levels whose P*_k enter the exponent fit ("all", "2-", "2-3", "1"); the P*_k table keeps
     # every level. Level 1 can follow another law: its rules can be read off the s-tuples seen.
     levels: str = "all"
+    # Cells to fit, by their config ("s=2", "L=3, v=16|32"; cells.select_cells); "" = all.
+    where: str = ""
     n_boot: int = 1000
     ci: float = 0.95
     seed: int = 0

@@ -28,6 +28,16 @@ REGRESSORS: dict[str, Callable[[Variables], np.ndarray]] = {
     "log s": lambda x: np.log(x["s"]),
     "L": lambda x: x["L"],
 }
+# The variables each regressor reads: a science key in none of them is left out of the fit.
+REGRESSOR_VARIABLES: dict[str, set[str]] = {
+    "log v": {"v"},
+    "log m": {"m"},
+    "k": {"k"},
+    "k log m": {"k", "m"},
+    "(k+1) log m": {"k", "m"},
+    "log s": {"s"},
+    "L": {"L"},
+}
 
 
 def parse_regressors(text: str) -> list[str]:
