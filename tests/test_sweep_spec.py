@@ -510,3 +510,30 @@ def test_workers_share_one_gpu_each(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert local_workers(ExecutorSpec(kind="local", gpus_per_task=1, tasks_per_gpu=3)) == 6
     assert local_workers(ExecutorSpec(kind="local", gpus_per_task=1)) == 2
+
+
+def test_another_spec_under_the_same_sweep_name_is_refused(tmp_path):
+    from rhmscale.sweeps.dispatch import submit, wait
+
+    tiny = {
+        **BASE,
+        "grammar": {"v": 4, "m": 2, "L": 2},
+        "data": {"P": 8, "n_test": 4},
+        "train": {"max_steps": 5, "batch_size": 8, "warmup_steps": 0, "device": "cpu"},
+        "eval": {"n_samples": 8, "n_evals": 1},
+    }
+    first = {"name": "clash", "base": tiny, "grid": {"seed": [0]}, "executor": {"kind": "debug"}}
+    assert not wait(submit(parse_spec(first), tmp_path))  # the debug executor runs on wait
+    folder = tmp_path / "clash"
+    recorded = (folder / "sweep.yaml").read_text()
+    runs = sorted(p.name for p in (folder / "runs").iterdir())
+    other = first | {"grid": {"seed": [0], "data.P": [16]}}
+    with pytest.raises(UserError, match="holds sweep 'clash' from another spec"):
+        submit(parse_spec(other), tmp_path)
+    with pytest.raises(UserError, match="from another spec"):
+        prepare(parse_spec(other), tmp_path)  # sweep plan says so too
+    assert (folder / "sweep.yaml").read_text() == recorded
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == runs
+    # The same runs under other executor or tracking settings are the same sweep.
+    same = first | {"tracking": {"wandb": "disabled", "tags": ["again"]}}
+    assert submit(parse_spec(same), tmp_path).record is None

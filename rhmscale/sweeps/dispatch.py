@@ -90,6 +90,7 @@ def prepare_expanded(
     query_queue: bool = True,
 ) -> Prepared:
     sweep = SweepDir((Path(root) / spec.name).resolve())
+    check_same_runs(sweep, expansion)
     status = status_of(sweep, spec.name, expansion, query_queue=query_queue, strict=True)
     wanted = set(states)
     items = [
@@ -174,6 +175,25 @@ def submit(
     expansion = expand_points(spec)  # every point valid before anything is written
     with SweepDir((Path(root) / spec.name).resolve()).lock():
         return submit_prepared(prepare_expanded(spec, root, ex, expansion, states))
+
+
+def check_same_runs(sweep: SweepDir, expansion: Expansion) -> None:
+    """A sweep folder holds one spec's runs: another spec of the same name (other points; the
+    executor or tracking may differ) is refused, or status would show one spec's runs while
+    collect and fit read both."""
+    if not sweep.spec_file.exists():
+        return
+    recorded = {point.run_id for point in expand_points(load_sweep_spec(sweep)).points}
+    given = {point.run_id for point in expansion.points}
+    if recorded != given:
+        raise UserError(
+            f"{sweep.path} holds sweep '{sweep.path.name}' from another spec "
+            f"({len(given - recorded)} of this spec's {len(given)} runs are not in it, "
+            f"{len(recorded - given)} of its {len(recorded)} runs not in this spec): give this "
+            f"spec another name (fit both folders together: rhmscale fit A B), or go on with "
+            f"the one it holds: rhmscale sweep submit {sweep.spec_file} --root "
+            f"{sweep.path.parent}"
+        )
 
 
 def retry(path: Path, *, executor: dict[str, Any] | None = None) -> Submission:
