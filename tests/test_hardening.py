@@ -62,7 +62,10 @@ def whole(tmp_path):
 # --- damaged files --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["result", "metrics", "metrics-missing", "config"])
+@pytest.mark.parametrize(
+    "damage",
+    ["result", "result-final", "metrics", "metrics-missing", "config", "config-edited"],
+)
 def test_a_damaged_finished_run_is_corrupt_and_a_retry_repairs_it(tmp_path, whole, damage):
     config, expected = whole
     path = tmp_path / "run"
@@ -70,6 +73,12 @@ def test_a_damaged_finished_run_is_corrupt_and_a_retry_repairs_it(tmp_path, whol
     store = RunDir(path)
     if damage == "result":
         store.result.write_text('{"final": {"st')
+    elif damage == "result-final":  # JSON of the right shape, not of the right types
+        store.result.write_text(json.dumps(json.loads(store.result.read_text()) | {"final": "x"}))
+    elif damage == "config-edited":  # its metrics would be filed under another grammar
+        meta = json.loads(store.config.read_text())
+        meta["config"]["grammar"]["v"] = 8
+        store.config.write_text(json.dumps(meta))
     elif damage == "metrics":
         store.metrics.write_bytes(store.metrics.read_bytes()[:-20])
     elif damage == "metrics-missing":
@@ -328,3 +337,17 @@ def test_bad_fit_input_is_one_line_and_exit_2(synthetic, option, value, says):
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if not line.startswith(str(synthetic))]
     assert len(lines) == 1 and re.search(says, lines[0]), out.stderr
+
+
+def test_a_metrics_file_with_text_in_a_metric_column_is_named_and_left_out(tmp_path, whole):
+    from rhmscale.results.collect import collect
+
+    run(tiny(), tmp_path / "a")
+    run(tiny("seed=1"), tmp_path / "b")
+    metrics = RunDir(tmp_path / "b").metrics
+    frame = pd.read_parquet(metrics)
+    frame["val/loss"] = frame["val/loss"].astype(str)
+    frame.to_parquet(metrics)
+    collection = collect(tmp_path)
+    assert collection.frame["run_id"].nunique() == 1
+    assert collection.skipped == {"corrupt": [tmp_path.joinpath("b").name]}

@@ -64,6 +64,9 @@ def read_run(store: RunDir) -> pd.DataFrame:
     history = pd.read_parquet(store.metrics)
     if history.empty or "step" not in history:
         raise ValueError("metrics.parquet holds no evaluations")
+    wrong = [c for c in history.columns if not pd.api.types.is_numeric_dtype(history[c])]
+    if wrong:  # every metric is a number; a text column would break the fit far from here
+        raise ValueError(f"metrics.parquet: {', '.join(wrong)} not numbers")
     for key, value in flatten(meta["config"]).items():
         history[key] = value if not isinstance(value, list) else ",".join(map(str, value))
     history.insert(0, "run_id", meta["run_id"])

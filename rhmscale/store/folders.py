@@ -150,8 +150,13 @@ class RunDir:
         if self.config.exists() and read_field(self.config, "run_id") is None:
             return f"{self.config.name} is not readable"
         if self.result.exists():
-            if read_field(self.result, "final") is None:
-                return f"{self.result.name} is not readable"
+            result = read_json_object(self.result)
+            final = result.get("final") if result else None
+            if not isinstance(final, dict) or not all(map(is_number, final.values())):
+                return f"{self.result.name} is not readable (its final metrics are not numbers)"
+            if "config" in result and read_field(self.config, "config") != result["config"]:
+                # The metrics belong to the config the run trained on, not to an edited one.
+                return f"{self.config.name} differs from the config {self.result.name} recorded"
             if not ends_with(self.metrics, PARQUET_MAGIC, window=len(PARQUET_MAGIC)):
                 return f"{self.metrics.name} is missing or cut short"
             return None
@@ -235,13 +240,24 @@ def iter_run_dirs(path: Path) -> Iterator[RunDir]:
             yield RunDir(child)
 
 
-def read_field(path: Path, key: str) -> Any:
-    """path's JSON object's `key`, or None when the file is not a readable JSON object."""
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """path's JSON object, or None when the file is not a readable JSON object."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def read_field(path: Path, key: str) -> Any:
+    """path's JSON object's `key`, or None when the file is not a readable JSON object."""
+    data = read_json_object(path)
+    return data.get(key) if data else None
+
+
+def is_number(value: Any) -> bool:
+    """A metric value as written: a number, or None (JSON null, for NaN)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def ends_with(path: Path, marker: bytes, window: int) -> bool:

@@ -125,9 +125,11 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
 
 
 def check_same_run(store: RunDir, config: RunConfig) -> None:
-    """Refuse to mix two different configs in one run directory. An unreadable config.json is
-    damage, not another run: it is written anew (set_up)."""
-    if read_field(store.config, "config") is None:
+    """Refuse to mix two different configs in one run directory. An unreadable config.json, or
+    one edited under this run's id, is damage, not another run: it is written anew (set_up)."""
+    if read_field(store.config, "config") is None or (
+        read_field(store.config, "run_id") == config.run_id()
+    ):
         return
     stored = validate_config(read_json(store.config)["config"], str(store.config))
     if stored.run_id() != config.run_id():
