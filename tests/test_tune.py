@@ -232,6 +232,13 @@ def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):
     outside = sweep.model_copy(update={"grid": {"grammar.v": [4, 16], "data.P": [8]}})
     with pytest.raises(UserError, match="exactly one tuned cell"):
         with_params(outside, folder)
+    # A recipe tuned on one model is not handed to another (matching is by grammar and model).
+    wider = sweep.model_copy(update={"base": sweep.base | {"model": {"width": 32}}})
+    with pytest.raises(UserError, match="width=32 .* takes the recipe of study cells/grammar"):
+        with_params(wider, folder)
+    with pytest.warns(UserWarning, match="--params-unlike: .*width=32"):
+        taken = with_params(wider, folder, allow_unlike=True)
+    assert {p.config.train.lr for p in expand_points(taken).points} == set(best.values())
 
 
 def test_a_seeded_study_draws_the_same_trials_when_run_again(tmp_path):

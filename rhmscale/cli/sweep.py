@@ -25,15 +25,31 @@ ParamsFromOpt = Annotated[
 ]
 
 
-def load_sweep(spec: str, params_from: Path | None) -> Any:
+ParamsUnlikeOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --params-from: also hand a recipe to runs whose grammar or model differ from "
+        "every cell it was tuned on (with a warning each), instead of refusing."
+    ),
+]
+
+
+def load_sweep(spec: str, params_from: Path | None, params_unlike: bool = False) -> Any:
     from rhmscale.sweeps.spec import load_spec
 
     sweep = load_spec(spec)
     if params_from is None:
         return sweep
-    from rhmscale.tuning.handoff import with_params
+    import warnings
 
-    return with_params(sweep, params_from)
+    from rhmscale.tuning.handoff import UnlikeRecipe, with_params
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnlikeRecipe)
+        tuned = with_params(sweep, params_from, allow_unlike=params_unlike)
+    for warning in caught:
+        make_console(stderr=True).print(f"[yellow]warning:[/] {warning.message}")
+    return tuned
 
 
 @sweep_app.command("plan")
@@ -44,6 +60,7 @@ def sweep_plan(
     *,
     overrides: dict[str, Any],
     params_from: ParamsFromOpt = None,
+    params_unlike: ParamsUnlikeOpt = False,
 ) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted
     (on SLURM, with the #SBATCH lines of its job array)."""
@@ -51,7 +68,7 @@ def sweep_plan(
     from rhmscale.sweeps.dispatch import prepare
     from rhmscale.sweeps.grouping import pack_plan
 
-    sweep = load_sweep(spec, params_from)
+    sweep = load_sweep(spec, params_from, params_unlike)
     prepared = prepare(sweep, root, executor=overrides)
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
@@ -83,11 +100,12 @@ def sweep_submit(
     overrides: dict[str, Any],
     wait: WaitOpt = None,
     params_from: ParamsFromOpt = None,
+    params_unlike: ParamsUnlikeOpt = False,
 ) -> None:
     """Submit every run that is not done (nor queued or running) as one job array."""
     from rhmscale.sweeps.dispatch import submit
 
-    sweep = load_sweep(spec, params_from)
+    sweep = load_sweep(spec, params_from, params_unlike)
     with writing(root / sweep.name):
         submission = submit(sweep, root, executor=overrides)
     follow(submission, wait)
