@@ -95,17 +95,36 @@ def require_exponents(result: FitResult) -> None:
 
 
 @fit_options
-def fit_command(path: RunsArg, fit: FitOptions) -> None:
+def fit_command(
+    path: RunsArg,
+    show_robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also refit the exponents with each other threshold, evaluation and metric, "
+            "and without each cell, and show how far they move.",
+        ),
+    ] = False,
+    *,
+    fit: FitOptions,
+) -> None:
     """Sample complexity P*_k per grammar cell and level, and the fitted exponents."""
     from rhmscale.cli.tables import exponent_table, p_star_table
     from rhmscale.results.export import fit_summary
 
-    _, result = fit_runs(path, fit)
+    collection, result = fit_runs(path, fit)
     console = make_console()
     console.print(p_star_table(result))
     require_exponents(result)
     console.print(exponent_table(result))
     console.print(fit_summary(result))
+    if show_robustness:
+        from rhmscale.cli.tables import robustness_table
+        from rhmscale.results.robustness import robustness, robustness_summary
+
+        table = robustness(collection.frame, fit, baseline=result)
+        console.print(robustness_table(table, fit))
+        console.print(robustness_summary(table, fit))
 
 
 @fit_options

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
     from rich.table import Table
 
     from rhmscale.config import GrammarConfig
-    from rhmscale.results.fit import FitResult
+    from rhmscale.results.fit import FitOptions, FitResult
     from rhmscale.rhm.grammar import Grammar
     from rhmscale.sweeps.grouping import PackPlan
     from rhmscale.sweeps.status import SweepStatus
@@ -210,3 +211,28 @@ def exponent_table(result: FitResult) -> Table:
             f"[{'green' if inside else 'red'}]{number(row.off_by, 1)}[/]",
         )
     return table
+
+
+def robustness_table(table: pd.DataFrame, options: FitOptions) -> Table:
+    """results.robustness's rows; a variant that moved an exponent in bold yellow, one that
+    could not be fitted dim, with its reason."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from rhmscale.results.export import number
+
+    shown = Table(title="robustness: the exponents refitted with one choice changed")
+    numbers = ("estimate", f"{options.ci:.0%} interval", "shift", "moved by", "moved")
+    for name in ("variant", "term", *numbers, "note"):
+        shown.add_column(name, justify="right" if name in numbers else "left")
+    for row in table.itertuples():
+        variant, note = escape(row.variant), escape(row.note)  # error texts may hold [brackets]
+        if not row.term:
+            shown.add_row(variant, "", "", "", "", "", "", note, style="dim")
+            continue
+        shown.add_row(
+            variant, row.term, number(row.estimate), f"[{number(row.lo)}, {number(row.hi)}]",
+            f"{row.shift:+.3f}", number(row.moved_by, 1), "moved" if row.moved else "", note,
+            style="bold yellow" if row.moved else None,
+        )  # fmt: skip
+    return shown

@@ -18,6 +18,7 @@ from rhmscale.results.cells import SIZE
 from rhmscale.results.collect import Collection
 from rhmscale.results.export import fit_summary, markdown, number, render, size
 from rhmscale.results.fit import FitResult
+from rhmscale.results.robustness import robustness, robustness_markdown
 from rhmscale.store.atomic import atomic_write_text
 
 
@@ -78,7 +79,9 @@ def report_markdown(
     figures: list[Path],
     counts: dict[str, int],
     spec_text: str | None,
+    variants: pd.DataFrame | None = None,
 ) -> str:
+    """variants: robustness()'s table, None when the baseline has no exponents to vary."""
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     options = "\n".join(f"- {k}: `{v}`" for k, v in vars(result.options).items())
     sections = [
@@ -89,6 +92,10 @@ def report_markdown(
         f"Collected: {collection.summary()}.",
         "## Exponents of the sample complexity",
         markdown(result, ("exponents",)) if result.exponents.size else fit_summary(result),
+        "## Robustness of the exponents",
+        "No exponents to refit."
+        if variants is None
+        else robustness_markdown(variants, result.options).rstrip(),
         "## Sample complexity P*_k per cell and level",
         markdown(result, ("p_star",)),
         "## Figures",
@@ -127,25 +134,38 @@ def write_report(
         )
         for name, text in render(result, fmt, wanted).items():
             atomic_write_text(tables / f"{name or 'fit'}.{suffix}", text)
+    variants = None
+    if not result.exponents.empty:
+        variants = robustness(collection.frame, result.options, baseline=result)
+        atomic_write_text(tables / "robustness.csv", variants.to_csv(index=False))
     if spec_text:
         atomic_write_text(folder / "sweep.yaml", spec_text)
     report = folder / "report.md"
     atomic_write_text(
-        report, report_markdown(title, collection, result, figures, counts, spec_text)
+        report, report_markdown(title, collection, result, figures, counts, spec_text, variants)
     )
-    run = log_to_wandb(result, figures, folder, title, wandb) if wandb else None
+    run = log_to_wandb(result, figures, folder, title, wandb, variants) if wandb else None
     return Written(report, figures, run)
 
 
 def log_to_wandb(
-    result: FitResult, figures: list[Path], folder: Path, title: str, settings: dict[str, Any]
+    result: FitResult,
+    figures: list[Path],
+    folder: Path,
+    title: str,
+    settings: dict[str, Any],
+    variants: pd.DataFrame | None = None,
 ) -> str | None:
     """The tables and figures as one W&B run (job_type "report") in the sweep's group."""
     stats = result.to_dict()["stats"]
     summary = {f"report/{k}": v for k, v in stats.items() if v is not None}
     summary |= {f"report/exponent/{r.term}": r.estimate for r in result.exponents.itertuples()}
     return log_summary_run(
-        {"exponents": result.exponents, "p_star": result.crossings},
+        {
+            "exponents": result.exponents,
+            "p_star": result.crossings,
+            "robustness": pd.DataFrame() if variants is None else variants,
+        },
         figures,
         summary,
         folder,
