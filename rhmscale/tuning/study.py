@@ -25,6 +25,7 @@ from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import SweepDir, read_field
 from rhmscale.store.lock import file_lock
 from rhmscale.sweeps.grid import Point, base_tree
+from rhmscale.tuning.journal import CheckedJournal
 from rhmscale.tuning.spec import StudySpec, cells
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # its one line per study opened is noise
@@ -58,9 +59,8 @@ def cell_label(point: Point) -> str:
 
 
 def storage(folder: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL)))
+    """The folder's journal (created when missing); a damaged line is a UserError."""
+    return optuna.storages.JournalStorage(CheckedJournal(str(Path(folder) / JOURNAL)))
 
 
 def make_sampler(spec: StudySpec, worker: int, restart: int = 0) -> optuna.samplers.BaseSampler:
