@@ -18,7 +18,7 @@ from rhmscale.sweeps.executors import submit_calls
 from rhmscale.sweeps.queue import active_states, latest_jobs
 from rhmscale.sweeps.spec import spec_to_yaml
 from rhmscale.tuning.spec import StudySpec, check_search, parse_study_spec
-from rhmscale.tuning.study import SPEC_FILE, best_trial, iter_studies, study_dir
+from rhmscale.tuning.study import SPEC_FILE, best_trial, iter_studies, read_studies, study_dir
 from rhmscale.tuning.worker import TuneTask, read_spec
 
 
@@ -95,11 +95,12 @@ class StudyStatus:
 
 
 def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
-    """Each study's trials by state, its best, and its trials; the workers queued or running."""
+    """Each study's trials by state, its best, and its trials; the workers queued or running.
+    Reads only: a read-only study folder is fine."""
     folder, spec = load_folder(path)
     out = []
-    for cell, study in iter_studies(folder.path, spec):
-        trials = study.get_trials(deepcopy=False)
+    for cell, study in read_studies(folder.path, spec):
+        trials = study.get_trials(deepcopy=False) if study else []
         counts: dict[str, int] = {}
         rows = []
         for t in trials:
@@ -121,7 +122,7 @@ def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
                     "error": t.user_attrs.get("error"),
                 }
             )
-        best = best_trial(study)
+        best = best_trial(study) if study else None
         out.append(
             StudyStatus(
                 cell.study_name,

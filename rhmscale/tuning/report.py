@@ -17,7 +17,7 @@ import pandas as pd
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.tuning.dispatch import load_folder
 from rhmscale.tuning.spec import StudySpec
-from rhmscale.tuning.study import Cell, best_trial, iter_studies, level_key, samples_cap
+from rhmscale.tuning.study import Cell, best_trial, level_key, read_studies, samples_cap
 from rhmscale.tuning.worker import history_of
 
 BEST_FILE = "best.json"
@@ -125,7 +125,9 @@ def curves_figure(
 def study_reports(path: Path, out: Path) -> list[StudyReport]:
     folder, spec = load_folder(path)
     reports = []
-    for i, (cell, study) in enumerate(iter_studies(folder.path, spec)):
+    for i, (cell, study) in enumerate(read_studies(folder.path, spec)):
+        if study is None:  # not created yet: no trials
+            continue
         t, best = best_trial(study), None
         if t is not None:
             best = {"number": t.number, "value": t.value, "params": t.params,
@@ -215,8 +217,8 @@ def read_best(path: Path) -> dict[str, dict[str, Any]]:
     """Each study's cell and best parameters, straight from the journal (no report needed)."""
     folder, spec = load_folder(path)
     best = {}
-    for cell, study in iter_studies(folder.path, spec):
-        trial = best_trial(study)
+    for cell, study in read_studies(folder.path, spec):
+        trial = best_trial(study) if study else None
         if trial is not None:
             best[cell.study_name] = {
                 "cell": cell.point.values if spec.per_cell else {},

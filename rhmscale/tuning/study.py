@@ -96,14 +96,19 @@ def report_step(spec: StudySpec, row: dict[str, Any], index: int) -> int:
 def open_study(
     folder: Path, spec: StudySpec, name: str, worker: int = 0, restart: int = 0
 ) -> optuna.Study:
-    study = optuna.create_study(
-        storage=storage(folder),
-        study_name=name,
-        direction=spec.objective.study_direction,
-        sampler=make_sampler(spec, worker, restart),
-        pruner=make_pruner(spec),
-        load_if_exists=True,
-    )
+    journal = storage(folder)
+    sampler, pruner = make_sampler(spec, worker, restart), make_pruner(spec)
+    try:  # load first: create_study appends a line to the journal even for a study it loads
+        study = optuna.load_study(study_name=name, storage=journal, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(
+            storage=journal,
+            study_name=name,
+            direction=spec.objective.study_direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
     if "created" not in study.user_attrs:  # a new study: its clock starts, its first trials
         study.set_user_attr("created", time.time())
         for params in spec.enqueue:
@@ -214,5 +219,20 @@ def study_dir(root: Path, name: str) -> SweepDir:
 
 
 def iter_studies(folder: Path, spec: StudySpec) -> Iterator[tuple[Cell, optuna.Study]]:
+    """Each cell's study, created in the journal when missing (submit, retry)."""
     for cell in study_cells(spec):
         yield cell, open_study(folder, spec, cell.study_name)
+
+
+def read_studies(folder: Path, spec: StudySpec) -> Iterator[tuple[Cell, optuna.Study | None]]:
+    """Each cell's study as the journal holds it, None for one not created yet; writes nothing
+    (status and report work on a read-only study folder)."""
+    if not (Path(folder) / JOURNAL).exists():
+        yield from ((cell, None) for cell in study_cells(spec))
+        return
+    journal = storage(folder)
+    for cell in study_cells(spec):
+        try:
+            yield cell, optuna.load_study(study_name=cell.study_name, storage=journal)
+        except KeyError:
+            yield cell, None
