@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, size_problem
+
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
 ROLES = (SCIENCE, SEED, SIZE, BOOKKEEPING)
 # train.compile (and `rhmscale run --compile`): auto = compiled with CUDA graphs on a GPU and
@@ -34,18 +36,17 @@ COMPILE_SETTINGS = ("auto", "off", "graph", "default", "reduce-overhead", "max-a
 
 
 def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = False, **kw) -> Any:
-    """A pydantic Field that declares its role (see the module docstring)."""
+    """A pydantic Field that declares its role (see the module docstring); its description
+    states its upper bound `le` (rhmscale.bounds says why every size has one)."""
     extra = {"role": role, "per_member": per_member}
+    if "le" in kw:
+        kw["description"] = f"{kw.get('description', '')} (at most {kw['le']:,})".lstrip()
     if "default_factory" in kw:
         return Field(json_schema_extra=extra, **kw)
     return Field(default, json_schema_extra=extra, **kw)
 
 
-# The longest sequence a run may have: batch x length x width activations (and the attention
-# of a transformer, length**2) beyond it do not fit a GPU; the paper's grammars are <= 729.
-MAX_SEQ_LEN = 4096
-# The training and held-out sets live on the device as int64 beside the model and its batch.
-MAX_DATA_GIB = 16
+MAX_SEED = 2**32 - 1  # the training generators are seeded 2*seed+2; torch takes < 2**64
 
 
 def n_internal_nodes(s: int, L: int) -> int:
@@ -67,13 +68,15 @@ class _Strict(BaseModel):
 class GrammarConfig(_Strict):
     """Random Hierarchy Model: v symbols a level, m productions a symbol, branching s, depth L."""
 
-    v: int = setting(16, SCIENCE, gt=0, description="vocabulary size (symbols at every level)")
+    v: int = setting(16, SCIENCE, gt=0, le=1024, description="vocabulary size (symbols a level)")
     m: int = setting(
-        4, SCIENCE, per_member=True, gt=0, description="synonymous productions per symbol"
+        4, SCIENCE, per_member=True, gt=0, le=1024, description="synonymous productions a symbol"
     )
     s: int = setting(2, SCIENCE, ge=2, description="branching factor (tuple length)")
     L: int = setting(3, SCIENCE, gt=0, description="depth; sequences have length s**L")
-    seed: int = setting(0, SEED, per_member=True, ge=0, description="seed of the grammar's rules")
+    seed: int = setting(
+        0, SEED, per_member=True, ge=0, le=MAX_SEED, description="seed of the grammar's rules"
+    )
 
     @model_validator(mode="after")
     def _bounded_length(self) -> GrammarConfig:
@@ -106,18 +109,18 @@ class GrammarConfig(_Strict):
 
 class DataConfig(_Strict):
     P: int = setting(
-        4096, SIZE, per_member=True, gt=0, description="number of distinct training sequences"
+        4096, SIZE, per_member=True, gt=0, le=10**7, description="distinct training sequences"
     )
     n_test: int = setting(
-        1024, SCIENCE, gt=0, description="held-out sequences (disjoint from training)"
+        1024, SCIENCE, gt=0, le=10**6, description="held-out sequences (disjoint from training)"
     )
 
 
 class ModelConfig(_Strict):
     arch: Literal["transformer", "tree_unet"] = setting("tree_unet", SCIENCE)
-    width: int = setting(256, SCIENCE, gt=0, description="embedding width / channels")
-    depth: int = setting(4, SCIENCE, gt=0, description="transformer layers (ignored by tree_unet)")
-    heads: int = setting(4, SCIENCE, gt=0, description="attention heads (transformer)")
+    width: int = setting(256, SCIENCE, gt=0, le=4096, description="embedding width / channels")
+    depth: int = setting(4, SCIENCE, gt=0, le=64, description="transformer layers (not tree_unet)")
+    heads: int = setting(4, SCIENCE, gt=0, le=128, description="attention heads (transformer)")
     time_cond: bool = setting(False, SCIENCE, description="condition the denoiser on t")
 
     @model_validator(mode="after")
@@ -136,16 +139,17 @@ class DiffusionConfig(_Strict):
         0,
         SCIENCE,
         ge=0,
+        le=10_000,
         description="sampler steps on a uniform time grid; 0: exact, one token per step",
     )
 
 
 class TrainConfig(_Strict):
-    max_steps: int = setting(2000, SCIENCE, gt=0)
-    batch_size: int = setting(256, SCIENCE, gt=0)
+    max_steps: int = setting(2000, SCIENCE, gt=0, le=10**7)
+    batch_size: int = setting(256, SCIENCE, gt=0, le=65_536)
     lr: float = setting(1e-3, SCIENCE, per_member=True, gt=0)
     weight_decay: float = setting(0.0, SCIENCE, per_member=True, ge=0)
-    warmup_steps: int = setting(100, SCIENCE, per_member=True, ge=0)
+    warmup_steps: int = setting(100, SCIENCE, per_member=True, ge=0, le=10**7)
     lr_schedule: Literal["constant", "cosine"] = setting("constant", SCIENCE, per_member=True)
     grad_clip: float = setting(
         1.0, SCIENCE, per_member=True, ge=0, description="max gradient norm; 0 disables clipping"
@@ -159,7 +163,7 @@ class TrainConfig(_Strict):
         "max_steps is then the length, else the cap)",
     )
     min_steps: int = setting(
-        0, SCIENCE, per_member=True, ge=0, description="no early stop before this step"
+        0, SCIENCE, per_member=True, ge=0, le=10**7, description="no early stop before this step"
     )
     device: Literal["auto", "cpu", "cuda"] = setting("auto", BOOKKEEPING)
     precision: Literal["auto", "32", "bf16"] = setting(
@@ -181,9 +185,11 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    n_samples: int = setting(512, SCIENCE, gt=0, description="generated sequences per evaluation")
+    n_samples: int = setting(
+        512, SCIENCE, gt=0, le=10**6, description="generated sequences per evaluation"
+    )
     n_evals: int = setting(
-        8, SCIENCE, ge=1, description="log-spaced evaluations, the last at max_steps"
+        8, SCIENCE, ge=1, le=MAX_EVALS, description="log-spaced evaluations, the last at max_steps"
     )
     every: int = setting(
         0, SCIENCE, ge=0, description="also evaluate every this many steps (0: log-spaced only)"
@@ -199,11 +205,12 @@ class EvalConfig(_Strict):
         4,
         SCIENCE,
         ge=1,
+        le=256,
         description="(t, mask) draws per held-out sequence for val/loss, the same draws at every "
         "evaluation (early stopping compares models, not draws)",
     )
     batch_size: int = setting(
-        1024, BOOKKEEPING, gt=0, description="batch size for generation and val/loss"
+        1024, BOOKKEEPING, gt=0, le=65_536, description="batch size for generation and val/loss"
     )
 
 
@@ -218,7 +225,7 @@ class TrackingConfig(_Strict):
     group: str | None = setting(None, BOOKKEEPING, per_member=True)
     tags: list[str] = setting(role=BOOKKEEPING, per_member=True, default_factory=list)
     n_table_samples: int = setting(
-        8, BOOKKEEPING, per_member=True, ge=0, description="generated samples logged as a table"
+        8, BOOKKEEPING, per_member=True, ge=0, le=1000, description="samples logged as a table"
     )
     connect_timeout: float = setting(
         5.0,
@@ -250,18 +257,14 @@ class RunConfig(_Strict):
         SEED,
         per_member=True,
         ge=0,
+        le=MAX_SEED,
         description="seed of data sampling, initialisation, training",
     )
 
     @model_validator(mode="after")
-    def _data_fits_a_device(self) -> RunConfig:
-        gib = (self.data.P + self.data.n_test) * self.grammar.seq_len * 8 / 2**30
-        if gib > MAX_DATA_GIB:
-            raise ValueError(
-                f"data.P + data.n_test = {self.data.P + self.data.n_test:,} sequences of "
-                f"{self.grammar.seq_len:,} tokens take {gib:,.1f} GiB on the device (at most "
-                f"{MAX_DATA_GIB}); lower data.P or the sequence length"
-            )
+    def _sizes_bounded(self) -> RunConfig:
+        if problem := size_problem(self):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,66 @@ from rhmscale.config import GrammarConfig, RunConfig, flatten, valid_keys
 from rhmscale.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
+# A config, sweep or study file is a few KB. YAML aliases repeat a node without copying it, so
+# a small file can stand for a billion nodes ("billion laughs"), built only when the tree is
+# copied or validated: the file's size and its size with aliases expanded are capped before.
+MAX_YAML_CHARS = 1_000_000
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader that refuses a document whose expanded size is over the cap."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        expanded_size(node)
+        return node
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has once its aliases are expanded; a YAMLError past
+    MAX_YAML_NODES or for an alias inside its own anchor (an endless document)."""
+    sizes: dict[int, int] = {}  # id(node) -> its expanded size, each node counted once
+    entered: set[int] = set()  # the nodes on the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            entered.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise yaml.YAMLError(
+                    f"its aliases expand it to more than {MAX_YAML_NODES:,} values; "
+                    "write it out without so many aliases"
+                )
+            continue
+        if id(node) in entered:
+            raise yaml.YAMLError("an alias refers to a node that contains it (endless)")
+        entered.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def safe_load(text: str, where: str) -> Any:
+    """yaml.safe_load, bounded (see MAX_YAML_NODES); a UserError that names `where`."""
+    if len(text) > MAX_YAML_CHARS:
+        raise UserError(f"{where} has more than {MAX_YAML_CHARS:,} characters")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply") from None
 
 
 def did_you_mean(key: str, choices: list[str]) -> str:
@@ -44,11 +104,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override '{text}' is not of the form key=value (e.g. grammar.v=32)")
     key, raw = text.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise UserError(f"override '{text}': value is not valid YAML ({exc})") from None
-    return key, value
+    return key, safe_load(raw, f"override '{text}': the value") if raw.strip() else ""
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -64,13 +120,11 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        with open(path) as file:
+            text = file.read(MAX_YAML_CHARS + 1)  # a larger file is refused, not read whole
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    data = safe_load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -122,5 +176,7 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "less_than_equal":  # a key's upper bound (rhmscale.bounds says why)
+            msg = f"must be at most {err['ctx']['le']:,} (got {err['input']!r})"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)

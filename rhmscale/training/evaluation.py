@@ -2,11 +2,13 @@
 
 All members are sampled and scored at once (one stacked denoiser, one generator each); then each
 member's row goes to its history, its metrics.parquet and its W&B run. Evaluation randomness
-depends only on (seed, step), so a resumed run evaluates exactly as an uninterrupted one.
+depends only on (seed, step), so a resumed run evaluates exactly as an uninterrupted one, and
+an evaluation cut short by a stop request is redone from the start when the run resumes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,21 @@ def val_generators(configs: list[RunConfig], device: torch.device) -> list:
     return [torch.Generator(device).manual_seed(hash_seed(c.seed, 0, 1)) for c in configs]
 
 
+class Diverged(Exception):
+    """A run's loss or weights went non-finite: it fails with failed.json (reason diverged)."""
+
+    def __init__(self, step: int, what: list[str]) -> None:
+        super().__init__(
+            f"{' and '.join(what)} not finite at step {step}: the run diverged (a lower train.lr, "
+            "a longer train.warmup_steps or train.grad_clip may help)"
+        )
+        self.record = {"reason": "diverged", "step": step}
+
+
+class EvaluationStopped(Exception):
+    """A stop request arrived during an evaluation: it is dropped, to be redone on resume."""
+
+
 @torch.no_grad()
 def sample_and_score(
     diffusion: MaskedDiffusion,
@@ -45,29 +62,53 @@ def sample_and_score(
     test: torch.Tensor,
     generators: list[torch.Generator],
     val_gens: list[torch.Generator],
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generated samples (K, n_samples, n) and held-out ELBO per token (K,) of every member.
 
     test: (K, n_test, n); generators: eval_generators (sampling); val_gens: val_generators
     (val/loss). The loss is summed in float64 chunk by chunk, as a Python float would.
+    should_stop() is asked between batches (the training loop asks it between steps, and an
+    evaluation may take minutes): EvaluationStopped when it is true.
     """
-    cfg = config.eval
-    samples = diffusion.sample(
-        denoiser,
-        cfg.n_samples,
-        config.grammar.seq_len,
-        config.diffusion.sampling_steps or None,
-        test.device,
-        generator=generators,
-        batch_size=cfg.batch_size,
-    )
-    n_test, batch = test.shape[-2], cfg.batch_size
+    cfg, batch = config.eval, config.eval.batch_size
+    chunks = []
+    for start in range(0, cfg.n_samples, batch):  # batch by batch: the same stream as at once
+        _stop_if_asked(should_stop, start)
+        chunks.append(
+            diffusion.sample(
+                denoiser,
+                min(batch, cfg.n_samples - start),
+                config.grammar.seq_len,
+                config.diffusion.sampling_steps or None,
+                test.device,
+                generator=generators,
+                batch_size=batch,
+            )
+        )
+    n_test = test.shape[-2]
     total = torch.zeros((), dtype=torch.float64, device=test.device)
     for start in range(0, n_test, batch):
+        _stop_if_asked(should_stop, start)
         chunk = test[..., start : start + batch, :]
         elbo = diffusion.elbo_per_token(denoiser, chunk, val_gens, cfg.val_draws)
         total = total + elbo.double() * chunk.shape[-2]
-    return samples, total / n_test
+    return torch.cat(chunks, dim=-2), total / n_test
+
+
+def _stop_if_asked(should_stop: Callable[[], bool] | None, start: int) -> None:
+    """Between batches only (start > 0): a one-batch evaluation runs as it did before."""
+    if start and should_stop is not None and should_stop():
+        raise EvaluationStopped
+
+
+def progress_postfix(rows: list[dict[str, Any]], levels: int) -> dict[str, str]:
+    """The progress bar's latest metrics from the members' last rows: a run's, or the mean."""
+    if not rows:
+        return {}
+    top = f"gen/novel_acc_l{levels}"
+    mean = {key: np.mean([r[key] for r in rows]) for key in ("val/loss", top)}
+    return {"val_loss": f"{mean['val/loss']:.3f}", "acc_top": f"{mean[top]:.2f}"}
 
 
 class EvalRecorder:

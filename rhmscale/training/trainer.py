@@ -42,8 +42,11 @@ from rhmscale.training import checkpoint
 from rhmscale.training.adamw import make_optimizer, recipes_of
 from rhmscale.training.compile_ahead import for_pack
 from rhmscale.training.evaluation import (
+    Diverged,
     EvalRecorder,
+    EvaluationStopped,
     eval_generators,
+    progress_postfix,
     sample_and_score,
     val_generators,
 )
@@ -56,17 +59,6 @@ from rhmscale.training.schedule import (
     stopped_early,
 )
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep
-
-
-class Diverged(Exception):
-    """A run's loss or weights went non-finite: it fails with failed.json (reason diverged)."""
-
-    def __init__(self, step: int, what: list[str]) -> None:
-        super().__init__(
-            f"{' and '.join(what)} not finite at step {step}: the run diverged (a lower train.lr, "
-            "a longer train.warmup_steps or train.grad_clip may help)"
-        )
-        self.record = {"reason": "diverged", "step": step}
 
 
 @dataclass
@@ -202,8 +194,8 @@ class Trainer:
         """Train every member to max_steps or its early stop ("completed"); checkpoint and
         return "interrupted" when asked to stop; "restack" when half the pack has stopped.
 
-        should_stop() is asked after every step (a preemption signal arrived); stop_at_step
-        stops the same way at a given step (tests)."""
+        should_stop() is asked after every step and between evaluation batches (a preemption
+        signal arrived); stop_at_step stops the same way at a given step (tests)."""
         self.started = time.perf_counter()
         try:
             return self._fit(stop_at_step, should_stop, progress)
@@ -214,21 +206,17 @@ class Trainer:
     def _fit(self, stop_at_step, should_stop, progress) -> str:
         train = self.config.train
         with progress_bar(progress, train.max_steps, self.step) as bar:
+            # Resumed at an evaluation a stop request cut short (or at max_steps): redo it.
+            if self.step in self.eval_at and (ended := self.evaluation(bar, should_stop)):
+                return ended
             while self.step < train.max_steps and any(True for _ in self.active()):
                 losses = self.advance()
                 if self.on_step is not None:
                     self.on_step(self.step, losses.clone())
                 if self.step % 50 == 0:
                     self.log_train_loss(losses)
-                if self.step in self.eval_at:
-                    started = time.perf_counter()
-                    self.evaluate()
-                    self.clock.evaluated(time.perf_counter() - started)
-                    self.stop_converged()
-                    bar.set_postfix(self.postfix(), refresh=False)
-                    if self.restack_pays():
-                        self.save()
-                        return "restack"
+                if self.step in self.eval_at and (ended := self.evaluation(bar, should_stop)):
+                    return ended
                 saved = self.step % train.checkpoint_every == 0 or self.step == train.max_steps
                 if saved:
                     self.save()
@@ -240,8 +228,28 @@ class Trainer:
                     if not saved:
                         self.save()
                     return "interrupted"
-        self.evaluate()  # the final evaluation, if a resume at max_steps skipped the loop
-        return "completed"
+            # The final evaluation, when max_steps is not among eval_at (eval.n_evals=1).
+            return self.evaluation(bar, should_stop) or "completed"
+
+    def evaluation(self, bar: Any, should_stop: Callable[[], bool] | None) -> str | None:
+        """This step's evaluation of the members without one, then their early stops: None to
+        go on, "interrupted" (checkpointed) when a stop request cut it short, or "restack"."""
+        started = time.perf_counter()
+        try:
+            if not self.evaluate(should_stop):
+                return None
+        except EvaluationStopped:
+            self.on_note(f"stopped during the evaluation at step {self.step}; redone on resume")
+            self.save()
+            return "interrupted"
+        self.clock.evaluated(time.perf_counter() - started)
+        self.stop_converged()
+        rows = [m.history[-1] for _, m in self.active() if m.history]
+        bar.set_postfix(progress_postfix(rows, self.config.grammar.L), refresh=False)
+        if self.restack_pays():
+            self.save()
+            return "restack"
+        return None
 
     def advance(self) -> torch.Tensor:
         """One optimiser step of every member; its losses (K,), overwritten by the next step."""
@@ -304,31 +312,23 @@ class Trainer:
                 except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
                     self.fail(k, exc)
 
-    def postfix(self) -> dict[str, str]:
-        """The progress bar's latest metrics: the run's, or the pack's mean."""
-        rows = [m.history[-1] for _, m in self.active() if m.history]
-        if not rows:
-            return {}
-        top = f"gen/novel_acc_l{self.config.grammar.L}"
-        mean = {key: np.mean([r[key] for r in rows]) for key in ("val/loss", top)}
-        return {"val_loss": f"{mean['val/loss']:.3f}", "acc_top": f"{mean[top]:.2f}"}
-
     # --- evaluation and checkpoints -------------------------------------------------------
     def wall_s(self) -> np.ndarray:
         return self.wall_offset + (time.perf_counter() - self.started)
 
-    def evaluate(self) -> None:
-        """Evaluate all members at once; record the rows of those without one at this step."""
+    def evaluate(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Evaluate all members at once; record the rows of those without one at this step
+        (False when none lacked one). EvaluationStopped when should_stop() becomes true."""
         step = self.step
         todo = [k for k, m in self.active() if not (m.history and m.history[-1]["step"] == step)]
         if not todo:
-            return
+            return False
         configs = [m.config for m in self.members]
         gens = eval_generators(configs, step, self.device)
         with self.fabric.autocast():
             samples, val_loss = sample_and_score(
                 self.diffusion, self.stack, self.config, self.test_data, gens,
-                val_generators(configs, self.device),
+                val_generators(configs, self.device), should_stop,
             )  # fmt: skip
         samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
         train_loss = self.train_step.pop_mean_losses(self.loss_count)
@@ -353,6 +353,7 @@ class Trainer:
                 )
             except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
                 self.fail(k, exc)
+        return True
 
     def member_states(self) -> dict[int, dict[str, Any]]:
         """Each training member's slice of the pack: what its checkpoint holds, and what a
