@@ -15,9 +15,10 @@ import yaml
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grid import expand_points
 from rhmscale.sweeps.spec import parse_spec
+from rhmscale.tuning.checks import check_search
 from rhmscale.tuning.dispatch import submit
 from rhmscale.tuning.handoff import with_params
-from rhmscale.tuning.spec import check_search, parse_study_spec
+from rhmscale.tuning.spec import parse_study_spec
 from rhmscale.tuning.study import (
     make_pruner,
     objective_settled,
@@ -67,6 +68,26 @@ STUDY = {
             "search train.batch_size, not train.max_steps",
         ),  # fmt: skip
         ({"objective": {"metric": "val/loss"}}, "direction"),
+        # every width of the range, not only its ends, must divide into the heads
+        (
+            {
+                "base": BASE | {"model": {"arch": "transformer", "width": 16, "heads": 4}},
+                "search": {"model.width": {"int": [16, 64]}},
+            },
+            "search point model.width=17",
+        ),
+        # an enqueued value must be one the search could draw
+        (
+            {"search": {"model.width": {"choices": [16, 24]}}, "enqueue": [{"model.width": 32}]},
+            "model.width=32 is not one of its choices [16, 24]",
+        ),
+        (
+            {
+                "search": {"model.width": {"int": [16, 64], "step": 8}},
+                "enqueue": [{"model.width": 20}],
+            },
+            "model.width=20 is not on its grid (16 + a multiple of step 8)",
+        ),  # fmt: skip
         ({"objective": {"samples_to_learn": {"level": 2, "threshold": 2}}}, "0 < t < 1"),
         ({"budget": {"trials": 0}}, "budget.trials"),
     ],

@@ -1,5 +1,6 @@
-"""A study never jams (issue 19): status and report read a read-only study folder; a damaged
-journal names its line."""
+"""A study never jams (issue 19): a trial that cannot run fails with its reason (its
+parameters, its config, its pack); a worker's damaged record loses no trial; status and report
+read a read-only study folder; a damaged journal names its line."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from rhmscale.tuning.dispatch import submit
 from rhmscale.tuning.spec import parse_study_spec
-from tests.test_tune import STUDY
+from rhmscale.tuning.study import storage
+from rhmscale.tuning.worker import Worker
+from tests.test_tune import BASE, STUDY
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 ONE_CELL = STUDY | {"grid": {"grammar.v": [4]}}
@@ -23,6 +27,10 @@ def tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [RHMSCALE, "tune", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def trials_of(folder: Path, name: str = "cells") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage(folder)).get_trials()
 
 
 @pytest.mark.parametrize(
@@ -81,3 +89,76 @@ def test_status_and_report_read_a_read_only_study_folder(tmp_path):
         report = tune("report", str(folder), "-o", str(out), "--wandb", "disabled")
         assert report.returncode == 0, report.stderr
         assert "train.lr" in (out / "best.json").read_text()
+
+
+def test_a_pack_of_two_recipes_of_different_shapes_trains_each(tmp_path):
+    """Two enqueued recipes of different widths, packed two by two: a recipe starts a pack of
+    its own (before, the pack's second ask popped the other recipe: 'must share model.width'
+    crashed the worker and left the trials running)."""
+    spec = parse_study_spec(
+        ONE_CELL
+        | {
+            "search": {
+                "model.width": {"choices": [16, 32]},
+                "train.lr": {"float": [1.0e-3, 1.0e-1], "log": True},
+            },
+            "enqueue": [
+                {"model.width": 16, "train.lr": 1.0e-2},
+                {"model.width": 32, "train.lr": 1.0e-2},
+            ],
+            "budget": {"trials": 4},
+            "executor": {"kind": "debug", "pack": True, "runs_per_task": 2},
+        }
+    )
+    for job in submit(spec, tmp_path).jobs:
+        job.result()
+    trials = trials_of(tmp_path / "cells")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    widths = [t.params["model.width"] for t in trials]
+    assert widths[:3] == [16, 32, 32]  # the first recipe alone, the second with its shape
+
+
+TRANSFORMER = BASE | {"model": {"arch": "transformer", "width": 16, "heads": 4}}
+
+
+@pytest.mark.parametrize(
+    ("change", "enqueue", "reason"),
+    [  # what validation now refuses before submission, met by a worker anyway
+        ({}, [{"model.width": 32}], "32"),  # not among the choices: ValueError inside ask()
+        (
+            {"base": TRANSFORMER, "search": {"model.width": {"choices": [16, 42]}}},
+            [{"model.width": 42}, {"model.width": 16}],
+            "divisible",
+        ),  # a width the model cannot take: its config fails validation in the worker
+    ],
+)
+def test_a_trial_that_cannot_run_fails_with_its_reason(tmp_path, change, enqueue, reason):
+    """Before, the worker crashed inside ask() or train(), and the trial stayed running with
+    no worker; `tune retry` repeated the crash."""
+    tree = ONE_CELL | {"search": {"model.width": {"choices": [16, 24]}}, "budget": {"trials": 2}}
+    spec = parse_study_spec(tree | change)
+    spec.enqueue = enqueue  # not validated: as if parse_study_spec had let it through
+    Worker(tmp_path / "cells", spec, 0).run(1)
+    trials = trials_of(tmp_path / "cells")
+    assert trials[0].state.name == "FAIL" and reason in trials[0].user_attrs["error"]
+    assert trials[1].state.name == "COMPLETE"  # the worker went on
+    assert "RUNNING" not in {t.state.name for t in trials}
+
+
+def test_a_damaged_worker_record_loses_no_trial(tmp_path):
+    """workers/0.json cut short (a SIGKILL, a full disk): retry resumes the trial its worker
+    held (the journal records which worker asked for a trial)."""
+    spec = parse_study_spec(ONE_CELL | {"budget": {"trials": 1}})
+    submit(spec, tmp_path)  # the debug worker would run at result(): it never does
+    folder = tmp_path / "cells"
+    job = Worker(folder, spec, 0).ask()  # then the worker is killed
+    (held,) = job.trials
+    record = folder / "workers" / "0.json"
+    record.parent.mkdir(exist_ok=True)
+    record.write_text('{"pid": 12')
+    shown = tune("status", str(folder))
+    assert "1 trial(s) running with no worker" in shown.stdout
+    out = tune("retry", str(folder))
+    assert out.returncode == 0, out.stderr
+    (trial,) = trials_of(folder)
+    assert trial.number == held.number and trial.state.name == "COMPLETE"

@@ -98,12 +98,8 @@ def test_a_killed_workers_trial_is_resumed_not_lost_or_repeated(slurm_cluster, t
     submitted = submit(spec, tmp_path)
     folder = tmp_path / "kill"
 
-    def checkpointed() -> bool:
-        held = folder / "workers" / "0.json"
-        runs = list((folder / "runs").glob("*/checkpoints/last.ckpt"))
-        return held.exists() and bool(runs)
-
-    wait_until(checkpointed, 120, "the first trial's first checkpoint")
+    # the trial records its worker in the journal before its run trains
+    wait_until(lambda: any(folder.glob("runs/*/checkpoints/last.ckpt")), 120, "a checkpoint")
     subprocess.run(["scancel", "--signal=KILL", str(submitted.jobs[0].job_id)], check=True)
     finish(submitted)
     (first,) = trials_of(folder, "kill")

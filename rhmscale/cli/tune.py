@@ -117,6 +117,10 @@ def print_status(path: Path, json_out: bool = False) -> None:
         console.print(f"{s.name}: {counts}{best}")
     alive = ", ".join(f"{w} {state}" for w, state in sorted(workers.items())) or "none"
     console.print(f"workers queued or running: {alive}")
+    running = sum(s.counts.get("running", 0) for s in studies)
+    if running and not workers:
+        console.print(f"{running} trial(s) running with no worker: `rhmscale tune retry {path}` "
+                      "resumes them")  # fmt: skip
 
 
 @tune_app.command("cancel")

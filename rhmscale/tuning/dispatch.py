@@ -17,7 +17,8 @@ from rhmscale.sweeps.dispatch import apply_executor_overrides, cancel_jobs, subm
 from rhmscale.sweeps.executors import submit_calls
 from rhmscale.sweeps.queue import active_states, latest_jobs
 from rhmscale.sweeps.spec import spec_to_yaml
-from rhmscale.tuning.spec import StudySpec, check_search, parse_study_spec
+from rhmscale.tuning.checks import check_search
+from rhmscale.tuning.spec import StudySpec, parse_study_spec
 from rhmscale.tuning.study import SPEC_FILE, best_trial, iter_studies, read_studies, study_dir
 from rhmscale.tuning.worker import TuneTask, read_spec
 
@@ -34,7 +35,7 @@ class Submitted:
 
 
 def submit(spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None) -> Submitted:
-    """Validate the whole study (every cell at every corner of the search space), create its
+    """Validate the whole study (checks.check_search), create its
     studies in the journal, then submit the workers that are not queued or running."""
     ex = apply_executor_overrides(spec.executor, executor)
     check_search(spec)

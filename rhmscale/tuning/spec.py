@@ -14,11 +14,12 @@ shared study, `per_cell`), `executor` and `tracking`, plus::
     pruner: {kind: median, warmup_evals: 2}   # median | hyperband | none
     workers: 4                            # array tasks asking the studies for trials
     enqueue: [{train.lr: 1.0e-3}]         # trials every study runs first (a known recipe)
+
+checks.check_search validates what the spec cannot alone (the configs of its trials).
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
 
 FORBIDDEN = ("seed", "grammar.seed", "tracking.")  # a trial is a recipe, not a draw
+EVERY_INT = 256  # an integer range with at most this many values is checked at every one
+SPREAD = 32  # ... a wider one at this many, spread over it
 
 
 class Distribution(BaseModel):
@@ -60,10 +63,40 @@ class Distribution(BaseModel):
         return self
 
     def corners(self) -> list[Any]:
-        """Values that bound what the sampler may draw: checked against the config up front."""
+        """Values that bound what the sampler may draw."""
         if self.choices is not None:
             return list(self.choices)
         return list(self.float_ or self.int_)  # type: ignore[arg-type]
+
+    def values_to_check(self) -> list[Any]:
+        """What the sampler may draw, as far as checking it up front is cheap: every choice;
+        every integer of a range of at most EVERY_INT of them (else SPREAD spread over it);
+        a float range's ends (what a real value can break is a bound, not a divisibility)."""
+        if self.int_ is None:
+            return self.corners()
+        low, high = self.int_
+        step = int(self.step or 1)
+        values = range(low, high + 1, step)
+        if len(values) <= EVERY_INT:
+            return list(values)
+        picks = {values[round(i * (len(values) - 1) / (SPREAD - 1))] for i in range(SPREAD)}
+        return sorted(picks | {low, high})
+
+    def holds(self, value: Any) -> str | None:
+        """Why the sampler could not draw `value` (an enqueued trial's), None when it could."""
+        if self.choices is not None:
+            return None if value in self.choices else f"is not one of its choices {self.choices}"
+        low, high = self.float_ or self.int_  # type: ignore[misc]
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if self.int_ is not None and not is_int:
+            return "is not an integer"
+        if not is_int and not isinstance(value, float):
+            return "is not a number"
+        if not low <= value <= high:
+            return f"is outside its range [{low}, {high}]"
+        if self.step and abs((value - low) / self.step - round((value - low) / self.step)) > 1e-9:
+            return f"is not on its grid ({low} + a multiple of step {self.step:g})"
+        return None
 
     def suggest(self, trial: Any, name: str) -> Any:
         if self.choices is not None:
@@ -150,11 +183,16 @@ class StudySpec(SweepSpec):
         return self
 
     @model_validator(mode="after")
-    def _enqueued_keys(self) -> StudySpec:
+    def _enqueued_params(self) -> StudySpec:
         for i, params in enumerate(self.enqueue):
             unknown = sorted(set(params) - set(self.search))
             if unknown:
                 raise ValueError(f"enqueue[{i}]: {', '.join(unknown)} is not a searched key")
+            for key, value in params.items():
+                if (why := self.search[key].holds(value)) is not None:
+                    raise ValueError(
+                        f"enqueue[{i}]: {key}={value} {why}: change the value or widen search"
+                    )
         return self
 
     @field_validator("search")
@@ -188,26 +226,3 @@ def cells(spec: StudySpec) -> list[Point]:
         spec.model_copy(update={"grid": {"seed": [spec.base.get("seed", 0)]}})
     ).points
     return [Point(point.config, {}, point.run_id)]  # the base alone: a cell with no grid values
-
-
-def check_search(spec: StudySpec) -> list[Point]:
-    """Every cell with every corner of the search space is a valid run config (so no trial can
-    fail validation after submission); the cells. UserError names what to change."""
-    points = cells(spec)
-    grid_keys = {key for point in points for key in point.values}
-    clash = sorted(set(spec.search) & grid_keys)
-    if clash:
-        raise UserError(f"study {spec.name}: {', '.join(clash)} is both searched and in the grid")
-    corners = [[(key, v) for v in dist.corners()] for key, dist in spec.search.items()]
-    combos = [*itertools.islice(itertools.product(*corners), 256)]
-    combos += [tuple(params.items()) for params in spec.enqueue]
-    for point in points:
-        for combo in combos:
-            grid = {**point.values, **{k: [v] for k, v in combo}}
-            grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
-            where = f"study {spec.name}: search point " + ", ".join(f"{k}={v}" for k, v in combo)
-            try:
-                expand_points(SweepSpec(name=spec.name, base=spec.base, grid=grid))
-            except UserError as exc:
-                raise UserError(f"{where}: {str(exc).split(': ', 2)[-1]}") from None
-    return points

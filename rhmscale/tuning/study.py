@@ -36,6 +36,7 @@ JOURNAL = "journal.log"
 # retried). Enqueued trials wait to be asked (ask() takes them first), so they count then.
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
            optuna.trial.TrialState.RUNNING)  # fmt: skip
+OWNER = "worker"  # a trial's user attribute: the index of the worker that asked for it
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ def budget_left(study: optuna.Study, spec: StudySpec) -> bool:
     return time.time() - study.user_attrs["created"] < 60 * spec.budget.time_min
 
 
-def trial_config(spec: StudySpec, cell: Cell, params: dict[str, Any], trial: dict) -> RunConfig:
+def trial_config(
+    spec: StudySpec, cell: Cell, params: dict[str, Any], trial: dict, where: str | None = None
+) -> RunConfig:
     """The cell's config with the trial's parameters; W&B: job type trial, group the study.
     samples_to_learn: every trial may see the same samples (samples_cap), so a trial with a
     smaller batch trains for more steps; with a fixed max_steps it saw fewer samples and
@@ -145,7 +148,7 @@ def trial_config(spec: StudySpec, cell: Cell, params: dict[str, Any], trial: dic
     for key, value in {**cell.point.values, **params}.items():
         set_dotted(tree, key, value)
     tree["tracking"] |= {"job_type": "trial", "group": cell.study_name, "trial": trial}
-    where = f"study {cell.study_name}, trial {trial.get('number')}"
+    where = where or f"study {cell.study_name}, trial {trial.get('number')}"
     config = validate_config(tree, where)
     if spec.objective.samples_to_learn is None:
         return config

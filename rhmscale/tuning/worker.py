@@ -3,14 +3,17 @@ results; again, until every study's budget is spent.
 
 With a packing executor (executor.pack, runs_per_task K) a worker asks K trials at once, the
 later ones fixed to the first's shape (the searched keys a pack must share), and trains them as
-one pack; their per-member keys (learning rate, clipping, ...) differ. A worker remembers the
-trials it is on (workers/<index>.json): requeued after a preemption (submitit Checkpointable,
-SIGUSR2) or resubmitted by `tune retry` after it was killed, it goes on with them, from the
-runs' checkpoints, reporting to the same Optuna trials. So no trial is lost or trained twice.
+one pack; their per-member keys (learning rate, clipping, ...) differ. A trial records in the
+journal which worker asked for it (OWNER): requeued after a preemption (submitit Checkpointable,
+SIGUSR2) or resubmitted by `tune retry` after it was killed, the worker goes on with its running
+trials, from the runs' checkpoints, reporting to the same Optuna trials. So no trial is lost or
+trained twice. A trial that cannot run (its parameters, its config, its pack) fails with its
+reason; the worker goes on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 import optuna
 import submitit
 
-from rhmscale.config import member_keys
+from rhmscale.config import RunConfig, member_keys
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
 from rhmscale.sweeps.job import (
@@ -32,6 +35,7 @@ from rhmscale.training.schedule import Verdict
 from rhmscale.training.stop import requested as stop_requested
 from rhmscale.tuning.spec import StudySpec
 from rhmscale.tuning.study import (
+    OWNER,
     Cell,
     budget_left,
     lock,
@@ -70,7 +74,6 @@ class Worker:
     def __init__(self, folder: Path, spec: StudySpec, index: int) -> None:
         self.folder, self.spec, self.index = Path(folder), spec, index
         self.cells = study_cells(spec)
-        self.state_file = self.folder / "workers" / f"{index}.json"
         self.studies: dict[str, optuna.Study] = {}
         self.restart = 0  # set by run(): how many times this worker started before
 
@@ -86,7 +89,7 @@ class Worker:
         """The starts of this worker before this one: 0 in a fresh study folder, so a seeded
         study draws the same trials when run again; a requeued or retried worker (whose
         sampler must not repeat what it drew) a new stream each time."""
-        path = self.state_file.with_suffix(".starts")
+        path = self.folder / "workers" / f"{self.index}.starts"
         starts = read_field(path, "starts") or 0
         atomic_write_json(path, {"starts": starts + 1})
         return starts
@@ -97,24 +100,30 @@ class Worker:
         return self.spec.executor.runs_per_task if self.spec.executor.pack else 1
 
     def held(self) -> Job | None:
-        """The trials this worker was on when it stopped, those still running."""
-        name, numbers = read_field(self.state_file, "study"), read_field(self.state_file, "numbers")
-        cell = next((c for c in self.cells if c.study_name == name), None)
-        if cell is None or not numbers:
-            return None
-        study = self.study(cell)
-        frozen = study.get_trials(deepcopy=False)
-        trials = [
-            optuna.Trial(study, frozen[n]._trial_id)
-            for n in numbers
-            if frozen[n].state == State.RUNNING
-        ]
-        return Job(cell, study, trials) if trials else None
+        """The trials this worker was on when it stopped (running, with its index), as one job;
+        else one running trial that no worker holds (its worker died between asking for it and
+        recording itself), adopted."""
+        with lock(self.folder):  # no other worker adopts the same orphan
+            for cell in self.cells:
+                study = self.study(cell)
+                running = study.get_trials(deepcopy=False, states=(State.RUNNING,))
+                mine = [t for t in running if t.user_attrs.get(OWNER) == self.index]
+                orphans = [t for t in running if OWNER not in t.user_attrs]
+                chosen = mine or orphans[:1]
+                if not chosen:
+                    continue
+                trials = [optuna.Trial(study, t._trial_id) for t in chosen]
+                if not mine:
+                    log.warning("trial %d of %s: adopted", chosen[0].number, cell.study_name)
+                    trials[0].set_user_attr(OWNER, self.index)
+                return Job(cell, study, trials)
+        return None
 
     def ask(self) -> Job | None:
         """New trials from the first study with budget left (workers start at their own cell):
         one, or a pack whose later trials take the first's shape (the searched keys that a pack
-        shares: architecture, width, ...; per-member keys such as train.lr vary)."""
+        shares: architecture, width, ...; per-member keys such as train.lr vary). A trial whose
+        parameters cannot be drawn or make no valid run fails here, and another is asked."""
         n = len(self.cells)
         shared = [k for k in self.spec.search if k not in member_keys()]
         for cell in (self.cells[(self.index + i) % n] for i in range(n)):
@@ -122,25 +131,33 @@ class Worker:
                 study = self.study(cell)
                 trials: list[optuna.Trial] = []
                 while len(trials) < self.pack_size and budget_left(study, self.spec):
-                    if trials:
+                    if trials and study.get_trials(deepcopy=False, states=(State.WAITING,)):
+                        break  # ask() would pop the spec's next recipe: it starts its own pack
+                    if trials and shared:
                         study.enqueue_trial({k: trials[0].params[k] for k in shared})
                     trial = study.ask()
-                    for key, dist in self.spec.search.items():
-                        dist.suggest(trial, key)
+                    trial.set_user_attr(OWNER, self.index)
+                    try:
+                        for key, dist in self.spec.search.items():
+                            dist.suggest(trial, key)
+                        self.config(cell, trial)
+                    except Exception as exc:  # noqa: BLE001 - the trial fails, with the reason
+                        fail(study, trial, f"cannot run these parameters: {exc}")
+                        continue
                     trials.append(trial)
-                if not trials:
-                    continue
-                numbers = [t.number for t in trials]
-                atomic_write_json(self.state_file, {"study": cell.study_name, "numbers": numbers})
-            return Job(cell, study, trials)
+            if trials:
+                return Job(cell, study, trials)
         return None
+
+    def config(self, cell: Cell, trial: optuna.Trial) -> RunConfig:
+        entry = {"study": cell.study_name, "number": trial.number, "params": trial.params}
+        return trial_config(self.spec, cell, trial.params, entry)
 
     def run(self, threads: int) -> list[dict[str, Any]]:
         set_threads(threads)
         limit_gpu_memory(1 / self.spec.executor.tasks_per_gpu)  # workers sharing a GPU
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.restart = self.count_start()
         told: list[dict[str, Any]] = []
         job = self.held()
@@ -162,16 +179,21 @@ class Worker:
 
     def train(self, job: Job, should_stop) -> list[str] | None:
         """Train the trials' runs (one pack); tell the study how each ended. None when the
-        runs were interrupted (the trials stay running, held by this worker)."""
+        runs were interrupted (the trials stay running, held by this worker). A trial whose
+        run cannot be set up, or a pack that cannot train, fails with the reason."""
         from rhmscale.training import execute
 
         configs, trial_of = {}, {}
         for trial in job.trials:
-            entry = {"study": job.cell.study_name, "number": trial.number, "params": trial.params}
-            config = trial_config(self.spec, job.cell, trial.params, entry)
+            try:
+                config = self.config(job.cell, trial)
+            except Exception as exc:  # noqa: BLE001 - the trial fails, with the reason
+                fail(job.study, trial, f"cannot run these parameters: {exc}")
+                continue
             run_dir = self.folder / "runs" / config.run_id()
             run_dir.mkdir(parents=True, exist_ok=True)
-            record_trial(run_dir, entry)
+            record_trial(run_dir, {"study": job.cell.study_name, "number": trial.number,
+                                   "params": trial.params})  # fmt: skip
             trial.set_user_attr("run_id", config.run_id())
             configs.setdefault(config.run_id(), config)  # repeated parameters: one run
             trial_of.setdefault(config.run_id(), []).append(trial)
@@ -179,13 +201,19 @@ class Worker:
         judges = [
             self.judge(job.cell, trial_of[rid], d) for rid, d in zip(configs, run_dirs, strict=True)
         ]
-        outcomes = execute(list(configs.values()), run_dirs, should_stop=should_stop, judge=judges)
-        if any(o.state == "interrupted" for o in outcomes):
-            return None
-        for outcome, run_dir, rid in zip(outcomes, run_dirs, configs, strict=True):
-            for trial in trial_of[rid]:
-                self.tell(job.study, job.cell, trial, outcome, run_dir)
-        self.state_file.unlink(missing_ok=True)
+        try:
+            outcomes = execute(
+                list(configs.values()), run_dirs, should_stop=should_stop, judge=judges
+            ) if configs else []  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - e.g. a UserError: the run trains elsewhere
+            for trial in itertools.chain(*trial_of.values()):
+                fail(job.study, trial, str(exc))
+        else:
+            if any(o.state == "interrupted" for o in outcomes):
+                return None
+            for outcome, run_dir, rid in zip(outcomes, run_dirs, configs, strict=True):
+                for trial in trial_of[rid]:
+                    self.tell(job.study, job.cell, trial, outcome, run_dir)
         frozen = job.study.get_trials(deepcopy=False)
         return [frozen[t.number].state.name.lower() for t in job.trials]
 
@@ -217,8 +245,14 @@ class Worker:
         elif outcome.state == "done":
             study.tell(trial, objective_value(self.spec, cell, history_of(run_dir)))
         else:  # failed, or trained elsewhere (a repeat of a running trial's parameters)
-            trial.set_user_attr("error", (outcome.error or outcome.state)[:500])
-            study.tell(trial, state=State.FAIL)
+            fail(study, trial, outcome.error or outcome.state)
+
+
+def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """The trial ends as failed, its reason recorded (tune status shows it)."""
+    log.warning("trial %d of %s failed: %s", trial.number, study.study_name, reason)
+    trial.set_user_attr("error", reason[:500])
+    study.tell(trial, state=State.FAIL)
 
 
 class TuneTask(submitit.helpers.Checkpointable):
