@@ -68,6 +68,14 @@ STUDY = {
             "search train.batch_size, not train.max_steps",
         ),  # fmt: skip
         ({"objective": {"metric": "val/loss"}}, "direction"),
+        # the objective must be what the runs record, at a level the grammar has (L = 2)
+        ({"objective": {"metric": "val/los", "direction": "minimize"}}, "did you mean val/loss"),
+        (
+            {"objective": {"metric": "gen/novel_acc_l3", "direction": "maximize"}},
+            "'gen/novel_acc_l3' is not recorded by the runs (did you mean gen/novel_acc_l2?)",
+        ),
+        ({"objective": {"samples_to_learn": {"level": 3}}}, "level 3 is deeper than the grammar"),
+        ({"objective": {"samples_to_learn": {"level": 1.5}}}, "a grammar level"),
         # every width of the range, not only its ends, must divide into the heads
         (
             {
@@ -209,6 +217,12 @@ def test_a_trial_stops_once_its_objective_is_settled(tmp_path):
     assert result["settled"] and not result["pruned"] and result["final"]["step"] < 40
     assert trial.state.name == "COMPLETE"
     assert trial.value == result["final"]["samples_seen"]
+    import pandas as pd
+
+    from rhmscale.tuning.checks import recorded_metrics
+
+    # what check_search takes an objective's metric against is what the run recorded
+    assert set(pd.read_parquet(run / "metrics.parquet").columns) == recorded_metrics(2)
     from rhmscale.tuning.report import study_reports
 
     (report,) = study_reports(tmp_path / "cells", tmp_path / "report")

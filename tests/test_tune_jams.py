@@ -1,10 +1,12 @@
-"""A study never jams (issue 19): a trial that cannot run fails with its reason (its
-parameters, its config, its pack); a worker's damaged record loses no trial; status and report
-read a read-only study folder; a damaged journal names its line."""
+"""A study never jams (issue 19): trials that all fail end the study, with its reason; `tune
+cancel` stops the workers a waiting `tune submit` started; a trial that cannot run fails with its
+reason (its parameters, its config, its pack); a worker's damaged record loses no trial;
+status and report read a read-only study folder; a damaged journal names its line."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -12,15 +14,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from rhmscale.tuning.dispatch import submit
 from rhmscale.tuning.spec import parse_study_spec
 from rhmscale.tuning.study import storage
 from rhmscale.tuning.worker import Worker
+from tests.test_sweep_slurm import wait_until
 from tests.test_tune import BASE, STUDY
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 ONE_CELL = STUDY | {"grid": {"grammar.v": [4]}}
+DIVERGING = {"train.lr": {"float": [1.0e9, 1.0e12], "log": True}}  # every run diverges at once
 
 
 def tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -29,8 +34,20 @@ def tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+def write_spec(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
 def trials_of(folder: Path, name: str = "cells") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage(folder)).get_trials()
+
+
+def status_json(folder: Path) -> dict:
+    out = tune("status", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 @pytest.mark.parametrize(
@@ -146,8 +163,8 @@ def test_a_trial_that_cannot_run_fails_with_its_reason(tmp_path, change, enqueue
 
 
 def test_a_damaged_worker_record_loses_no_trial(tmp_path):
-    """workers/0.json cut short (a SIGKILL, a full disk): retry resumes the trial its worker
-    held (the journal records which worker asked for a trial)."""
+    """workers/0.json cut short (a SIGKILL, a full disk): status names it, and retry resumes
+    the trial its worker held (the journal records which worker asked for a trial)."""
     spec = parse_study_spec(ONE_CELL | {"budget": {"trials": 1}})
     submit(spec, tmp_path)  # the debug worker would run at result(): it never does
     folder = tmp_path / "cells"
@@ -157,8 +174,53 @@ def test_a_damaged_worker_record_loses_no_trial(tmp_path):
     record.parent.mkdir(exist_ok=True)
     record.write_text('{"pid": 12')
     shown = tune("status", str(folder))
+    assert "workers/0.json cannot be read" in shown.stdout
     assert "1 trial(s) running with no worker" in shown.stdout
     out = tune("retry", str(folder))
     assert out.returncode == 0, out.stderr
     (trial,) = trials_of(folder)
     assert trial.number == held.number and trial.state.name == "COMPLETE"
+
+
+@pytest.mark.parametrize(
+    ("budget", "failed"),
+    [({"trials": 3}, 3), ({"trials": 50, "max_failures_in_a_row": 2}, 2)],
+)
+def test_a_study_whose_trials_all_fail_ends_with_its_reason(tmp_path, budget, failed):
+    """Failed trials count against the budget, and a streak of them stops the study; before,
+    the workers asked for new trials forever (6,343 failed trials in 10 minutes)."""
+    spec = write_spec(tmp_path, ONE_CELL | {"search": DIVERGING, "budget": budget})
+    out = tune("submit", str(spec), "--root", str(tmp_path / "runs"), timeout=90)
+    assert out.returncode == 0, out.stderr
+    (study,) = status_json(tmp_path / "runs" / "cells")["studies"]
+    assert study["counts"] == {"fail": failed}
+    assert f"{failed} trials in a row failed" in study["stopped"]
+    assert "diverged" in study["stopped"] and "tune retry" in study["stopped"]
+
+
+@pytest.mark.parametrize("kind", ["debug", "local"])
+def test_cancel_stops_the_workers_of_a_waiting_tune_submit(tmp_path, kind):
+    """The debug executor's worker runs inside `tune submit`, a local one under its controller:
+    cancel finds both (before, the debug one was 'nothing was queued or running'); the worker
+    checkpoints its trial and stops, and `tune submit` returns."""
+    base = BASE | {"train": BASE["train"] | {"max_steps": 4000, "checkpoint_every": 20}}
+    spec = write_spec(
+        tmp_path, ONE_CELL | {"base": base, "budget": {"trials": 1}, "executor": {"kind": kind}}
+    )
+    folder = tmp_path / "runs" / "cells"
+    waiting = subprocess.Popen(
+        [RHMSCALE, "tune", "submit", str(spec), "--root", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: any(folder.glob("runs/*/checkpoints/last.ckpt")), 120, "a checkpoint")
+        out = tune("cancel", str(folder))
+        assert out.returncode == 0 and "nothing was queued" not in out.stdout, out.stdout
+        waiting.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            waiting.kill()
+    now = status_json(folder)
+    assert now["workers"] == {} and now["studies"][0]["counts"] == {"running": 1}

@@ -87,18 +87,17 @@ def print_status(path: Path, json_out: bool = False) -> None:
     import json
     from dataclasses import asdict
 
+    from rich.markup import escape
     from rich.table import Table
 
     from rhmscale.tuning.dispatch import status
 
-    studies, workers = status(path)
+    now = status(path)
     if json_out:
-        print(
-            json.dumps({"studies": [asdict(s) for s in studies], "workers": workers}, default=str)
-        )
+        print(json.dumps(asdict(now), default=str))
         return
     console = make_console()
-    for s in studies:
+    for s in now.studies:
         table = Table(title=f"study {s.name}")
         for column in ("trial", "state", "value", "run", "params"):
             table.add_column(column)
@@ -115,10 +114,15 @@ def print_status(path: Path, json_out: bool = False) -> None:
         )
         best = f"; best {s.best_value:.4g} with {s.best_params}" if s.best_value is not None else ""
         console.print(f"{s.name}: {counts}{best}")
-    alive = ", ".join(f"{w} {state}" for w, state in sorted(workers.items())) or "none"
+        if s.stopped:
+            console.print(f"[red]{escape(f'{s.name} stopped: {s.stopped}')}[/]")
+    alive = ", ".join(f"{w} {state}" for w, state in sorted(now.workers.items())) or "none"
     console.print(f"workers queued or running: {alive}")
-    running = sum(s.counts.get("running", 0) for s in studies)
-    if running and not workers:
+    for record in now.damaged:
+        console.print(f"[yellow]{record} cannot be read (cut short?): ignored; the journal "
+                      "knows which trials its worker held[/]")  # fmt: skip
+    running = sum(s.counts.get("running", 0) for s in now.studies)
+    if running and not now.workers:
         console.print(f"{running} trial(s) running with no worker: `rhmscale tune retry {path}` "
                       "resumes them")  # fmt: skip
 

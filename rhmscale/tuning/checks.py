@@ -1,22 +1,72 @@
 """A study checked whole before it is submitted: every cell with every point of the search space
-that can be checked cheaply is a valid run config (the worker's own trial_config). So a trial
-does not fail after submission for its config (one that does anyway fails alone, with its
-reason: worker.py).
+that can be checked cheaply is a valid run config (the worker's own trial_config), and its
+evaluations record the objective. So a trial does not fail after submission for its config or
+its metric (one that does anyway fails alone, with its reason: worker.py).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import itertools
+import re
 from typing import Any
 
+from rhmscale.config import RunConfig
 from rhmscale.config_io import check_keys, set_dotted
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grid import Point
 from rhmscale.tuning.spec import StudySpec
 from rhmscale.tuning.study import study_cells, trial_config
 
+# An evaluation row's keys besides generation_metrics' (training/evaluation.py EvalRecorder.
+# record; tests/test_tune.py checks them against a run's metrics.parquet).
+ROW_KEYS = ("step", "samples_seen", "epoch", "wall_s", "train/loss", "val/loss")
 CORNER_COMBOS = 256  # combinations of every key's ends, at most
 SWEEP_CHECKS = 1024  # per key: its values (Distribution.values_to_check) x the others' ends
+
+
+@functools.cache
+def recorded_metrics(levels: int) -> frozenset[str]:
+    """The metrics an evaluation row of a run on a grammar of depth `levels` holds: the row's
+    own and generation_metrics' (read off one sample of a tiny grammar of that depth)."""
+    import numpy as np
+
+    from rhmscale.rhm.grammar import Grammar
+    from rhmscale.rhm.metrics import TrainingSetIndex, generation_metrics
+
+    grammar = Grammar.random(v=2, m=1, s=2, L=levels, seed=0)
+    sample = grammar.sample(1, np.random.default_rng(0))
+    return frozenset(ROW_KEYS) | set(
+        generation_metrics(grammar, sample, TrainingSetIndex(grammar, sample))
+    )
+
+
+def describe(metrics: frozenset[str], levels: int) -> str:
+    """The metrics, per-level ones once with {k}: 'gen/acc_l{k}, ... (k = 1..L), val/loss'."""
+    names = sorted({re.sub(r"_l\d+$", "_l{k}", m) for m in metrics})
+    return f"{', '.join(names)} ({{k}} a level from 1 to {levels})"
+
+
+def check_objective(spec: StudySpec, config: RunConfig, where: str) -> None:
+    levels = config.grammar.L
+    goal = spec.objective.samples_to_learn
+    if goal is not None:
+        if goal["level"] > levels:
+            raise UserError(
+                f"{where}: objective samples_to_learn.level {int(goal['level'])} is deeper than "
+                f"the grammar (grammar.L = {levels}): choose a level from 1 to {levels}"
+            )
+        return
+    metric, recorded = spec.objective.metric, recorded_metrics(levels)
+    if metric in recorded:
+        return
+    close = difflib.get_close_matches(str(metric), recorded, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(
+        f"{where}: objective metric {metric!r} is not recorded by the runs{hint}; "
+        f"on a grammar with L = {levels} they record {describe(recorded, levels)}"
+    )
 
 
 def search_points(spec: StudySpec) -> list[dict[str, Any]]:
@@ -49,7 +99,8 @@ def search_points(spec: StudySpec) -> list[dict[str, Any]]:
 
 def check_search(spec: StudySpec) -> list[Point]:
     """Raise a UserError naming the cell, the search point and what to change for the first
-    combination that is not a valid run; the cells."""
+    combination that is not a valid run or whose runs would not record the objective; the
+    cells."""
     study_of = study_cells(spec)
     grid_keys = {key for cell in study_of for key in cell.point.values}
     clash = sorted(set(spec.search) & grid_keys)
@@ -65,5 +116,8 @@ def check_search(spec: StudySpec) -> list[Point]:
             where = f"study {cell.study_name}: search point " + ", ".join(
                 f"{k}={v}" for k, v in params.items()
             )
-            trial_config(spec, cell, params, {}, where)
+            config = trial_config(spec, cell, params, {}, where)
+            depth = config.grammar.L
+            searched = f": search point grammar.L={depth}" if "grammar.L" in spec.search else ""
+            check_objective(spec, config, f"study {cell.study_name}{searched}")
     return [cell.point for cell in study_of]

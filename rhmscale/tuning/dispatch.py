@@ -6,6 +6,9 @@ tells which are queued or running with one squeue call, no sacct).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,17 @@ from rhmscale.sweeps.executors import submit_calls
 from rhmscale.sweeps.queue import active_states, latest_jobs
 from rhmscale.sweeps.spec import spec_to_yaml
 from rhmscale.tuning.checks import check_search
+from rhmscale.tuning.liveness import live_workers
 from rhmscale.tuning.spec import StudySpec, parse_study_spec
-from rhmscale.tuning.study import SPEC_FILE, best_trial, iter_studies, read_studies, study_dir
+from rhmscale.tuning.study import (
+    SPEC_FILE,
+    STOPPED,
+    best_trial,
+    iter_studies,
+    read_studies,
+    resume_stopped,
+    study_dir,
+)
 from rhmscale.tuning.worker import TuneTask, read_spec
 
 
@@ -34,9 +46,12 @@ class Submitted:
     kind: str  # the executor's
 
 
-def submit(spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None) -> Submitted:
-    """Validate the whole study (checks.check_search), create its
-    studies in the journal, then submit the workers that are not queued or running."""
+def submit(
+    spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = None, resume: bool = False
+) -> Submitted:
+    """Validate the whole study (checks.check_search), create its studies in the journal (with
+    resume, `tune retry`'s: a study stopped by failures goes on), then submit the workers that
+    are not queued or running."""
     ex = apply_executor_overrides(spec.executor, executor)
     check_search(spec)
     folder = study_dir(root, spec.name)
@@ -53,10 +68,11 @@ def submit(spec: StudySpec, root: Path, *, executor: dict[str, Any] | None = Non
                 f"or `rhmscale tune retry {folder.path}` to go on with the one it holds"
             )
         atomic_write_text(stored, spec_to_yaml(spec))
-        for _ in iter_studies(folder.path, spec):
-            pass  # every study exists in the journal before a worker starts
-        active = active_states(latest_jobs(folder.read_job_lines())[0], strict=True)
-        todo = [i for i in range(spec.workers) if worker_name(i) not in active]
+        for _, study in iter_studies(folder.path, spec):  # each exists before a worker starts
+            if resume:
+                resume_stopped(study)
+        alive = workers_alive(folder)
+        todo = [i for i in range(spec.workers) if worker_name(i) not in alive]
         if not todo:
             return Submitted(folder, [], ex.kind)
         jobs = submit_calls(ex, folder.submitit, spec.name, TuneTask(),
@@ -78,12 +94,30 @@ def retry(path: Path, *, executor: dict[str, Any] | None = None) -> Submitted:
     folder, spec = load_folder(path)
     if folder.path.name != spec.name:
         raise UserError(f"{folder.path} holds study '{spec.name}': its folder must be named so")
-    return submit(spec, folder.path.parent, executor=executor)
+    return submit(spec, folder.path.parent, executor=executor, resume=True)
+
+
+def workers_alive(folder: SweepDir, strict: bool = True) -> dict[str, str]:
+    """worker name -> queued | running: those jobs.jsonl names (squeue, local pids) and those
+    recorded running on this host (liveness.py: e.g. inside a waiting `tune submit`)."""
+    active = active_states(latest_jobs(folder.read_job_lines())[0], strict=strict)
+    return active | {w.name: "running" for w in live_workers(folder.path)[0]}
 
 
 def cancel(path: Path) -> tuple[list[str], str]:
+    """Cancel the jobs jobs.jsonl names (scancel; a local controller passes SIGTERM on to its
+    worker), then SIGTERM the workers that run on this host outside them (in a `tune submit`
+    with the debug executor, or whose controller is gone): each checkpoints its trial and
+    stops. Returns what was cancelled, and scancel's complaints."""
     folder, _ = load_folder(path)
-    return cancel_jobs(folder)
+    cancelled, complaints = cancel_jobs(folder)
+    for worker in live_workers(folder.path)[0]:
+        if worker.executor == "slurm" or worker.job_id in cancelled:
+            continue  # stopped by scancel, or by its controller (a second SIGTERM kills at once)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+            cancelled.append(f"{worker.name} (pid {worker.pid})")
+    return cancelled, complaints
 
 
 @dataclass
@@ -93,9 +127,17 @@ class StudyStatus:
     best_value: float | None
     best_params: dict[str, Any]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # why it stopped before its budget was spent
 
 
-def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
+@dataclass
+class Status:
+    studies: list[StudyStatus]
+    workers: dict[str, str]  # worker name -> queued | running
+    damaged: list[str]  # worker records that cannot be read (cut short)
+
+
+def status(path: Path) -> Status:
     """Each study's trials by state, its best, and its trials; the workers queued or running.
     Reads only: a read-only study folder is fine."""
     folder, spec = load_folder(path)
@@ -131,7 +173,8 @@ def status(path: Path) -> tuple[list[StudyStatus], dict[str, str]]:
                 best.value if best else None,
                 best.params if best else {},
                 rows,
+                study.user_attrs.get(STOPPED) if study else None,
             )
         )
-    workers = active_states(latest_jobs(folder.read_job_lines())[0])
-    return out, workers
+    damaged = [str(p.relative_to(folder.path)) for p in live_workers(folder.path)[1]]
+    return Status(out, workers_alive(folder, strict=False), damaged)

@@ -9,13 +9,14 @@ shared study, `per_cell`), `executor` and `tracking`, plus::
       model.arch: {choices: [transformer, tree_unet]}
     objective: {metric: gen/novel_acc_l3, direction: maximize, at: best}
       # or: {samples_to_learn: {level: 3, threshold: 0.5}}   (minimised)
-    budget: {trials: 40, time_min: 120}   # per study; time from the study's creation
+    budget: {trials: 40, time_min: 120}   # per study; time from the study's creation; failed
+      # trials count; max_failures_in_a_row: 5 stops a study whose trials keep failing
     sampler: {kind: tpe, seed: 0}         # tpe | random
     pruner: {kind: median, warmup_evals: 2}   # median | hyperband | none
     workers: 4                            # array tasks asking the studies for trials
     enqueue: [{train.lr: 1.0e-3}]         # trials every study runs first (a known recipe)
 
-checks.check_search validates what the spec cannot alone (the configs of its trials).
+checks.check_search validates what the spec cannot alone (the configs, the objective's metric).
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ class Objective(BaseModel):
                 raise ValueError("samples_to_learn takes {level: k, threshold: t}, 0 < t < 1")
             # the default written in: every reader takes goal["threshold"]
             level = self.samples_to_learn["level"]
+            if level != int(level) or level < 1:
+                raise ValueError(f"samples_to_learn.level {level}: a grammar level, 1, 2, ...")
             self.samples_to_learn = {"level": level, "threshold": threshold}
         return self
 
@@ -141,8 +144,10 @@ class Objective(BaseModel):
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trials: int = Field(20, ge=1, le=100_000)
+    trials: int = Field(20, ge=1, le=100_000)  # every trial asked counts, failed ones too
     time_min: float | None = Field(None, gt=0)
+    # The study stops (with its reason, in tune status) when this many trials in a row failed.
+    max_failures_in_a_row: int = Field(5, ge=1)
 
 
 class SamplerSpec(BaseModel):

@@ -10,6 +10,7 @@ reuses its run instead of training it twice.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -32,11 +33,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # its one line per study o
 
 SPEC_FILE = "study.yaml"
 JOURNAL = "journal.log"
-# Trials that count against the budget: those asked, but failed ones (a failed trial is
-# retried). Enqueued trials wait to be asked (ask() takes them first), so they count then.
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-           optuna.trial.TrialState.RUNNING)  # fmt: skip
+State = optuna.trial.TrialState
+FINISHED = (State.COMPLETE, State.PRUNED, State.FAIL)
+# Trials that count against the budget: every trial asked, failed ones too (a study whose
+# trials all fail must end). Enqueued trials wait to be asked (ask() takes them first).
+COUNTED = (*FINISHED, State.RUNNING)
 OWNER = "worker"  # a trial's user attribute: the index of the worker that asked for it
+STOPPED = "stopped"  # a study's user attribute: why it stopped before its budget was spent
+STREAK_FROM = "failure_streak_from"  # ... and the trial number its failures count from
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,44 @@ def lock(folder: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def budget_left(study: optuna.Study, spec: StudySpec) -> bool:
-    counted = study.get_trials(deepcopy=False, states=COUNTED)
-    if len(counted) >= spec.budget.trials:
+    """Whether a worker may ask the study for another trial: trials and time are left, and it
+    has not stopped (recorded in the journal, for tune status and optuna-dashboard)."""
+    reason = stop_reason(study, spec)
+    if reason is not None:
+        if study.user_attrs.get(STOPPED) != reason:
+            study.set_user_attr(STOPPED, reason)
+        return False
+    if len(study.get_trials(deepcopy=False, states=COUNTED)) >= spec.budget.trials:
         return False
     if spec.budget.time_min is None:
         return True
     return time.time() - study.user_attrs["created"] < 60 * spec.budget.time_min
+
+
+def stop_reason(study: optuna.Study, spec: StudySpec) -> str | None:
+    """Why the study stops before its budget is spent: its last max_failures_in_a_row finished
+    trials failed (counted from the last `tune retry`); None while it goes on."""
+    since = study.user_attrs.get(STREAK_FROM, 0)
+    finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number >= since]
+    finished.sort(key=lambda t: t.datetime_complete or t.datetime_start)
+    streak = list(itertools.takewhile(lambda t: t.state == State.FAIL, reversed(finished)))
+    if not streak or len(streak) < min(spec.budget.max_failures_in_a_row, spec.budget.trials):
+        return None
+    last = streak[0]
+    error = last.user_attrs.get("error", "no error recorded")
+    return (
+        f"{len(streak)} trials in a row failed (the last, trial {last.number}: {error}); fix the "
+        "cause (its run folder's failed.json and run.log say more), then `rhmscale tune retry` "
+        "on the study folder goes on while budget is left (failed trials count), or submit the "
+        "spec, changed, under another name"
+    )
+
+
+def resume_stopped(study: optuna.Study) -> None:
+    """`tune retry`: a study stopped by failures goes on (its streak counts from here)."""
+    if study.user_attrs.get(STOPPED):
+        study.set_user_attr(STREAK_FROM, len(study.get_trials(deepcopy=False)))
+        study.set_user_attr(STOPPED, None)
 
 
 def trial_config(

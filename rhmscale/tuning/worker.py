@@ -8,7 +8,7 @@ journal which worker asked for it (OWNER): requeued after a preemption (submitit
 SIGUSR2) or resubmitted by `tune retry` after it was killed, the worker goes on with its running
 trials, from the runs' checkpoints, reporting to the same Optuna trials. So no trial is lost or
 trained twice. A trial that cannot run (its parameters, its config, its pack) fails with its
-reason; the worker goes on.
+reason; the worker goes on. SIGTERM/SIGINT (`tune cancel`) stop it between trials too.
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from rhmscale.sweeps.job import (
     set_threads,
 )
 from rhmscale.training.schedule import Verdict
+from rhmscale.training.stop import honour_stop_signals
 from rhmscale.training.stop import requested as stop_requested
+from rhmscale.tuning.liveness import record_path, recorded
 from rhmscale.tuning.spec import StudySpec
 from rhmscale.tuning.study import (
     OWNER,
     Cell,
+    State,
     budget_left,
     lock,
     objective_settled,
@@ -49,7 +52,6 @@ from rhmscale.tuning.study import (
 )
 
 log = logging.getLogger("rhmscale.tuning")
-State = optuna.trial.TrialState
 
 
 def history_of(run_dir: Path) -> list[dict[str, Any]]:
@@ -89,7 +91,7 @@ class Worker:
         """The starts of this worker before this one: 0 in a fresh study folder, so a seeded
         study draws the same trials when run again; a requeued or retried worker (whose
         sampler must not repeat what it drew) a new stream each time."""
-        path = self.folder / "workers" / f"{self.index}.starts"
+        path = record_path(self.folder, self.index).with_suffix(".starts")
         starts = read_field(path, "starts") or 0
         atomic_write_json(path, {"starts": starts + 1})
         return starts
@@ -160,21 +162,26 @@ class Worker:
         should_stop = requeue_requested if requeue else None
         self.restart = self.count_start()
         told: list[dict[str, Any]] = []
-        job = self.held()
-        while job is not None or not stop_requested():
-            job = job or self.ask()
-            if job is None:
-                break
-            states = self.train(job, should_stop)
-            if states is None:  # interrupted: the runs checkpointed
-                if requeue and requeue_requested():
-                    requeue()  # the requeued worker goes on with them
-                break
-            told += [
-                {"study": job.cell.study_name, "number": t.number, "state": state}
-                for t, state in zip(job.trials, states, strict=True)
-            ]
-            job = None
+        interrupted = False
+        # Stop signals are the worker's, not only the training's: submitit ignores SIGTERM, so
+        # a `tune cancel` arriving between trials was lost and the worker asked on.
+        with honour_stop_signals(), recorded(self.folder, self.index):
+            job = self.held()
+            while job is not None or not stop_requested():
+                job = job or self.ask()
+                if job is None:
+                    break
+                states = self.train(job, should_stop)
+                interrupted = states is None  # the runs checkpointed
+                if interrupted:
+                    break
+                told += [
+                    {"study": job.cell.study_name, "number": t.number, "state": state}
+                    for t, state in zip(job.trials, states, strict=True)
+                ]
+                job = None
+        if interrupted and requeue and requeue_requested():  # scontrol requeue SIGTERMs us
+            requeue()  # the requeued worker goes on with its trials
         return told
 
     def train(self, job: Job, should_stop) -> list[str] | None:
