@@ -14,6 +14,12 @@ neither waits for minutes nor loses a run: `auto` is online only when there are 
 the W&B server answers within `tracking.connect_timeout` seconds, else offline with one warning
 that says why and how to upload later (`wandb sync`); `online` raises a UserError in those cases.
 The server is asked once per process and base URL (a pack of 32 runs asks once).
+
+wandb reads its WANDB_* variables when first called and fails every run for one it cannot parse
+(WANDB_MODE=garbage, WANDB_SILENT=maybe, a WANDB_BASE_URL that is not an http(s) URL): they are
+checked first. `online` and `offline` then raise a UserError naming them; `auto` logs offline
+with them hidden from wandb. Under `auto` no W&B failure costs the run, only its mirror: a run
+that cannot start even offline, or whose logging fails later, goes on without W&B.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +90,8 @@ def _ask(url: str, timeout: float) -> str | None:
 
 
 def _request(url: str, timeout: float) -> str | None:
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "rhmscale"})
-    try:
+    try:  # Request() itself raises for a malformed URL: in this thread, a traceback on stderr
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "rhmscale"})
         with urllib.request.urlopen(request, timeout=timeout):
             return None
     except urllib.error.HTTPError:
@@ -103,6 +109,40 @@ def _request(url: str, timeout: float) -> str | None:
         if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return "is unreachable (no route to it)"
         return f"did not answer ({reason})"
+
+
+_refused: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # WANDB_* -> refused ones
+
+
+def refused_settings() -> dict[str, str]:
+    """The WANDB_* variables that wandb would refuse, each with why (wandb's own validation,
+    asked once per set of variables)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("WANDB_")))
+    if env not in _refused:
+        import wandb
+
+        refused = {}
+        for name, value in env:
+            try:
+                wandb.Settings().update_from_env_vars({name: value})
+            except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, UsageError...
+                errors = getattr(exc, "errors", None)
+                refused[name] = errors()[0]["msg"] if callable(errors) else first_line(exc)
+        _refused[env] = refused
+    return _refused[env]
+
+
+def settings_problem() -> str | None:
+    """What is wrong with the WANDB_* variables, naming them; None when wandb takes them."""
+    refused = refused_settings()
+    return (
+        "; ".join(f"{k}={os.environ.get(k)!r} is not valid ({why})" for k, why in refused.items())
+        or None
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -126,14 +166,23 @@ class Mode:
 def choose_mode(mode: str, timeout: float = DEFAULT_TIMEOUT) -> Mode:
     """Settle tracking.wandb: auto -> online (credentials and a server that answers within
     `timeout` seconds) or offline (saying why); online -> UserError when either is missing.
-    `auto` follows WANDB_MODE=offline|dryrun|disabled when it is set."""
-    if mode in ("offline", "disabled"):
-        return Mode(mode)
-    if mode not in ("auto", "online"):
+    `auto` follows WANDB_MODE=offline|dryrun|disabled when it is set. WANDB_* variables that
+    wandb refuses: a UserError naming them (online, offline), offline without them (auto)."""
+    if mode not in ("auto", "online", "offline", "disabled"):
         raise UserError(f"tracking.wandb={mode!r}: use auto, online, offline or disabled")
+    env_mode = ENV_MODES.get(os.environ.get("WANDB_MODE", "").lower())
+    if mode == "disabled" or (mode == "auto" and env_mode == "disabled"):
+        return Mode("disabled")
+    if problem := settings_problem():
+        if mode != "auto":
+            raise UserError(
+                f"tracking.wandb={mode}: {problem}; fix or unset "
+                f"{' and '.join(refused_settings())}, or use --wandb disabled"
+            )
+        return Mode("offline", f"{problem}; ignored")
+    if mode == "offline" or (mode == "auto" and env_mode == "offline"):
+        return Mode("offline")
     url = base_url()
-    if mode == "auto" and os.environ.get("WANDB_MODE", "").lower() in ENV_MODES:
-        return Mode(ENV_MODES[os.environ["WANDB_MODE"].lower()])
     if not has_credentials():
         if mode == "online":
             raise UserError(
@@ -157,6 +206,9 @@ def resolve_mode(mode: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     """online, offline or disabled for tracking.wandb `mode` (see choose_mode); a fallback to
     offline is logged."""
     chosen = choose_mode(mode, timeout)
+    if chosen.fallback is not None and refused_settings():  # the caller's wandb would fail
+        log.warning("W&B: %s: not logging to W&B", chosen.fallback)
+        return "disabled"
     if chosen.fallback is not None:
         log.warning("W&B: %s: logging offline (upload later with `wandb sync`)", chosen.fallback)
     return chosen.mode
@@ -169,16 +221,20 @@ def init_timeout(connect_timeout: float) -> float:
 
 @contextlib.contextmanager
 def wandb_folders(run_dir: RunDir) -> Iterator[None]:
-    """Point W&B's cache/data/artifact folders into the run directory while W&B is called."""
+    """Point W&B's cache/data/artifact folders into the run directory while W&B is called, and
+    hide the WANDB_* variables it would refuse (only `auto` gets this far with any)."""
     names = {
         "WANDB_DIR": run_dir.path,
         "WANDB_CACHE_DIR": run_dir.wandb / "cache",
         "WANDB_DATA_DIR": run_dir.wandb / "data",
         "WANDB_ARTIFACT_DIR": run_dir.wandb / "artifacts",
     }
-    saved = {name: os.environ.get(name) for name in names}
+    hidden = list(refused_settings())
+    saved = {name: os.environ.get(name) for name in [*names, *hidden]}
     run_dir.wandb.mkdir(parents=True, exist_ok=True)
     os.environ.update({name: str(path) for name, path in names.items()})
+    for name in hidden:
+        os.environ.pop(name, None)
     try:
         yield
     finally:
@@ -193,28 +249,49 @@ _open_runs: set[int] = set()  # id() of the MirrorRuns of this process not yet f
 
 
 class MirrorRun:
-    """One run's open W&B run; each call runs inside the run folder's W&B folders."""
+    """One run's open W&B run; each call runs inside the run folder's W&B folders.
 
-    def __init__(self, run: Any, run_dir: RunDir) -> None:
+    on_failure(exc), when given (tracking.wandb=auto), takes a failure to log instead of the
+    run: it is called once, and the run is not mirrored any more."""
+
+    def __init__(
+        self, run: Any, run_dir: RunDir, on_failure: Callable[[Exception], None] | None = None
+    ) -> None:
         self.run = run
         self.run_dir = run_dir
+        self.on_failure = on_failure
+        self.failed = False
         _open_runs.add(id(self))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        with wandb_folders(self.run_dir):
-            self.run.log({**metrics, "step": step})
+        self._logged(lambda: self.run.log({**metrics, "step": step}))
 
     def log_samples(self, step: int, rows: list[list[Any]]) -> None:
         """Generated samples as a W&B table (rows: sample, depth, grammatical, memorized)."""
         import wandb
 
-        table = wandb.Table(columns=SAMPLE_COLUMNS, data=[[step, *row] for row in rows])
-        with wandb_folders(self.run_dir):
+        def log_table() -> None:
+            table = wandb.Table(columns=SAMPLE_COLUMNS, data=[[step, *row] for row in rows])
             self.run.log({"gen/samples": table, "step": step})
 
+        self._logged(log_table)
+
+    def _logged(self, action: Callable[[], None]) -> None:
+        if self.failed:
+            return
+        with wandb_folders(self.run_dir):
+            try:
+                action()
+            except Exception as exc:
+                if self.on_failure is None:
+                    raise
+                self.failed = True
+                self.on_failure(exc)
+
     def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
+        quiet = contextlib.suppress(Exception) if self.failed else contextlib.nullcontext()
         try:
-            with wandb_folders(self.run_dir):
+            with wandb_folders(self.run_dir), quiet:  # a failed mirror has warned once
                 if summary:
                     self.run.summary.update(summary)
                 self.run.finish(exit_code=exit_code)
@@ -228,44 +305,56 @@ def open_run(config: RunConfig, run_dir: RunDir) -> MirrorRun | None:
     `online` raises a UserError (the run fails before it trains) when there are no
     credentials, the server does not answer, or wandb.init fails. `auto` logs one warning in
     the run's log and goes on offline instead; when wandb.init fails online while other runs of
-    this process are open (wandb holds on to the failed run's id until it is torn down), the
-    run goes on without a W&B run: the run folder has all of it."""
+    this process are open (wandb holds on to the failed run's id until it is torn down), or
+    fails offline, the run goes on without a W&B run: the run folder has all of it."""
     tracking = config.tracking
     chosen = choose_mode(tracking.wandb, tracking.connect_timeout)
     if chosen.mode == "disabled":
         return None
     run_log = logging.getLogger(f"rhmscale.run.{config.run_id()}")
-    if warning := chosen.warning(run_dir.path):
-        run_log.warning(warning)
+    auto = tracking.wandb == "auto"
     with wandb_folders(run_dir):
         try:
             run = _init(config, run_dir, chosen.mode)
         except Exception as exc:
             if chosen.mode != "online":
-                raise
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            problem = f"could not start a run ({why})"
+                if not auto:
+                    raise
+                why = "; ".join(filter(None, [chosen.fallback, "could not start offline"]))
+                return _not_mirrored(run_log, f"{why} ({first_line(exc)})", run_dir)
+            problem = f"could not start a run ({first_line(exc)})"
             with _answers_lock:  # the next members of a pack do not wait for it again
                 _answers[base_url()] = problem
             if tracking.wandb == "online":
                 raise UserError(f"W&B server {base_url()} {problem}") from exc
+            chosen = Mode("offline", f"the server {base_url()} {problem}")
             if _open_runs:
-                run_log.warning(
-                    "W&B: the server %s %s; other W&B runs are open in this process, so this "
-                    "run is not mirrored to W&B (its folder %s has all its results)",
-                    base_url(),
-                    problem,
-                    run_dir.path,
-                )
-                return None
-            run_log.warning(
-                Mode("offline", f"the server {base_url()} {problem}").warning(run_dir.path)
-            )
+                why = f"{chosen.fallback}; other W&B runs are open in this process"
+                return _not_mirrored(run_log, why, run_dir)
             _teardown_wandb()  # frees the failed run's id for the offline run
-            run = _init(config, run_dir, "offline")
+            try:
+                run = _init(config, run_dir, "offline")
+            except Exception as again:  # noqa: BLE001 - auto: the run goes on without W&B
+                why = f"{chosen.fallback}; nor offline ({first_line(again)})"
+                return _not_mirrored(run_log, why, run_dir)
         run.define_metric("step")
         run.define_metric("*", step_metric="step")
-    return MirrorRun(run, run_dir)
+    if warning := chosen.warning(run_dir.path):
+        run_log.warning(warning)
+
+    def stop_mirroring(exc: Exception) -> None:
+        _not_mirrored(run_log, f"logging failed ({first_line(exc)})", run_dir)
+
+    return MirrorRun(run, run_dir, on_failure=stop_mirroring if auto else None)
+
+
+def _not_mirrored(run_log: logging.Logger, why: str, run_dir: RunDir) -> None:
+    """tracking.wandb=auto and W&B failed: one warning line, and the run goes on without it."""
+    run_log.warning(
+        "W&B: %s: the run goes on without W&B (its folder %s has all its results)",
+        why,
+        run_dir.path,
+    )
 
 
 def _teardown_wandb() -> None:
