@@ -21,6 +21,7 @@ RANK = {
     "rhm": 1,
     "store": 0,
     "config": 0,
+    "bounds": 0,
     "config_io": 0,
     "errors": 0,
     "__init__": 0,
