@@ -109,7 +109,7 @@ class GrammarConfig(_Strict):
 
 class DataConfig(_Strict):
     P: int = setting(
-        4096, SIZE, per_member=True, gt=0, le=10**7, description="distinct training sequences"
+        4096, SIZE, per_member=True, gt=0, le=10**8, description="distinct training sequences"
     )
     n_test: int = setting(
         1024, SCIENCE, gt=0, le=10**6, description="held-out sequences (disjoint from training)"

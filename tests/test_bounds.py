@@ -126,7 +126,7 @@ def test_batched_sampling_draws_what_one_call_draws():
         ("eval.val_draws=1000000", "256"),
         ("eval.n_evals=1000000000", "10,000"),
         ("data.n_test=1000000000", "1,000,000"),
-        ("data.P=1000000000", "10,000,000"),
+        ("data.P=1000000000", "100,000,000"),
         ("train.batch_size=1000000000", "65,536"),
         ("train.max_steps=1000000000000", "10,000,000"),
         ("train.warmup_steps=1000000000000", "10,000,000"),
