@@ -1,6 +1,7 @@
 """Stop requests: SIGTERM or SIGINT (`timeout`, `kill`, `sweep cancel`, Ctrl-C, scancel) set a
-flag that the training loop reads after every step (and so after an evaluation, a few seconds
-at most); the runs then checkpoint and return "interrupted". A second signal exits at once.
+flag that the training loop reads after every step and an evaluation between its batches (a
+stopped evaluation is redone on resume); the runs then checkpoint and return "interrupted". A
+second signal exits at once.
 
 The flag is per process and stays set: a sweep task that was asked to stop does not start its
 next runs. SIGUSR2 (preemption, time limit) is submitit's, handled by the sweep task.
