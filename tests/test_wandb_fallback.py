@@ -134,3 +134,23 @@ def test_online_with_a_variable_wandb_refuses_exits_2_naming_it(tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert "WANDB_CONSOLE='garbage' is not valid" in result.stderr
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+def test_a_sweep_under_online_or_offline_with_a_bad_variable_is_refused_at_submission(
+    tmp_path, monkeypatch
+):
+    from rhmscale.errors import UserError
+    from rhmscale.sweeps.dispatch import submit
+    from rhmscale.sweeps.spec import parse_spec
+
+    monkeypatch.setenv("WANDB_CONSOLE", "garbage")
+    tree = {
+        "name": "wb",
+        "base": {"grammar": {"v": 4, "m": 2, "L": 2}, "data": {"P": 8, "n_test": 4}},
+        "grid": {"seed": [0]},
+        "executor": {"kind": "debug"},
+        "tracking": {"wandb": "offline"},
+    }
+    with pytest.raises(UserError, match="WANDB_CONSOLE='garbage' is not valid"):
+        submit(parse_spec(tree), tmp_path)
+    assert not (tmp_path / "wb").exists()

@@ -173,8 +173,21 @@ def submit(
     """
     ex = apply_executor_overrides(spec.executor, executor)
     expansion = expand_points(spec)  # every point valid before anything is written
+    check_tracking(expansion)
     with SweepDir((Path(root) / spec.name).resolve()).lock():
         return submit_prepared(prepare_expanded(spec, root, ex, expansion, states))
+
+
+def check_tracking(expansion: Expansion) -> None:
+    """tracking.wandb online or offline that W&B would refuse (bad WANDB_* variables; online:
+    no credentials or no server) fails the submission, not every run; auto never does."""
+    if not expansion.points:
+        return
+    tracking = expansion.points[0].config.tracking  # tracking is the same for every run
+    if tracking.wandb in ("online", "offline"):
+        from rhmscale.store.wandb_mirror import choose_mode
+
+        choose_mode(tracking.wandb, tracking.connect_timeout)
 
 
 def check_same_runs(sweep: SweepDir, expansion: Expansion) -> None:
