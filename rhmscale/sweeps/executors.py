@@ -8,6 +8,7 @@ that carries the scheduler's own message.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import warnings
@@ -22,14 +23,44 @@ from rhmscale.sweeps.job import SweepTask
 from rhmscale.sweeps.slurm_checks import check_partition_gpus
 from rhmscale.sweeps.spec import ExecutorSpec
 
+NO_SLURM_HINT = (
+    'set SLURM_CONF (for the dev cluster: eval "$(slurm/dev-cluster.sh env)", after '
+    "slurm/dev-cluster.sh start), run on the cluster's login node, or use --executor local"
+)
+
 
 def require_slurm() -> None:
-    if shutil.which("sbatch") is None:
+    """SLURM reachable before anything is written or submitted: sbatch on PATH, a configuration
+    it can find, a controller that answers (one call of the sinfo beside sbatch, with a
+    timeout). Else one line saying what is missing, where sbatch would print "Could not
+    establish a configuration source" or wait a minute for a SLURM_CONF that is not there."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
         raise UserError(
             "--executor slurm needs SLURM's sbatch on PATH, and it is not there; run on a "
             "cluster's login node, start the dev cluster (slurm/dev-cluster.sh start and export "
             "SLURM_CONF), or use --executor local"
         )
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        raise UserError(f"no reachable SLURM: SLURM_CONF={conf} is not a file; {NO_SLURM_HINT}")
+    sinfo = Path(sbatch).with_name("sinfo")  # the same installation's
+    if not sinfo.is_file():
+        return  # sbatch without its sinfo: sbatch decides
+    try:
+        out = subprocess.run(
+            [str(sinfo), "-h", "-o", "%P"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        raise UserError(
+            f"no reachable SLURM: sinfo did not answer within 20 s; {NO_SLURM_HINT}"
+        ) from None
+    if out.returncode != 0:
+        where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF unset, no /etc/slurm/slurm.conf"
+        if not conf and Path("/etc/slurm/slurm.conf").is_file():
+            where = "/etc/slurm/slurm.conf"
+        last = (out.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise UserError(f"no reachable SLURM ({where}; sinfo: {last}); {NO_SLURM_HINT}")
 
 
 def slurm_parameters(ex: ExecutorSpec, name: str) -> dict[str, Any]:
