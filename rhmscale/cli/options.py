@@ -47,6 +47,16 @@ WaitOpt = Annotated[
     typer.Option(help="Wait for the jobs (default: yes for local/debug, no for slurm)."),
 ]
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def check_wandb_mode(value: str | None) -> str | None:
+    """--wandb's callback: a bad mode is the option's mistake (not the YAML's tracking.wandb)."""
+    if value is not None and value not in WANDB_MODES:
+        raise typer.BadParameter(f"{value!r}: use {', '.join(WANDB_MODES)}")
+    return value
+
+
 Options = dict[str, tuple[Any, Any]]  # parameter name -> (Annotated type, default)
 
 

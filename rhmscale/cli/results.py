@@ -14,7 +14,7 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import check_output_file, writing
-from rhmscale.cli.options import RunsArg, fit_options
+from rhmscale.cli.options import RunsArg, check_wandb_mode, fit_options
 from rhmscale.errors import UserError
 
 if TYPE_CHECKING:
@@ -188,7 +188,10 @@ def report_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("report"),
     wandb: Annotated[
         str | None,
-        typer.Option(help="Log the report as a W&B summary run: auto, online, offline, disabled."),
+        typer.Option(
+            help="Log the report as a W&B summary run: auto, online, offline, disabled.",
+            callback=check_wandb_mode,
+        ),
     ] = None,
     *,
     fit: FitOptions,

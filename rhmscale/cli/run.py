@@ -13,7 +13,7 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
-from rhmscale.cli.options import ConfigOpt, OverrideOpt, RootOpt
+from rhmscale.cli.options import ConfigOpt, OverrideOpt, RootOpt, check_wandb_mode
 from rhmscale.errors import UserError
 
 grammar_app = typer.Typer(help="Inspect Random Hierarchy Model grammars.", no_args_is_help=True)
@@ -42,7 +42,10 @@ def run(
         Path | None, typer.Option(help="Exact run folder (default <root>/<sweep>/runs/<run_id>).")
     ] = None,
     wandb: Annotated[
-        str | None, typer.Option(help="W&B mode: auto, online, offline or disabled.")
+        str | None,
+        typer.Option(
+            help="W&B mode: auto, online, offline or disabled.", callback=check_wandb_mode
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     compile: Annotated[

@@ -9,7 +9,7 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
-from rhmscale.cli.options import RootOpt, WaitOpt, executor_options
+from rhmscale.cli.options import RootOpt, WaitOpt, check_wandb_mode, executor_options
 
 if TYPE_CHECKING:
     from rhmscale.tuning.dispatch import Submitted
@@ -142,15 +142,22 @@ def tune_cancel(path: StudyPathArg) -> None:
 @tune_app.command("report")
 def tune_report(
     path: StudyPathArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("tune-report"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path(
+        "tune-report"
+    ),
     wandb: Annotated[
-        str | None, typer.Option(help="W&B mode of the summary run (default: the spec's).")
+        str | None,
+        typer.Option(
+            help="W&B mode of the summary run (default: the spec's).", callback=check_wandb_mode
+        ),
     ] = None,
+    old_out: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
     """Best parameters per study, trials table and Optuna's figures; report.md, trials.csv,
     best.json and a W&B summary run."""
     from rhmscale.tuning.report import write_tune_report
 
+    out = old_out or output  # --out: the name before --output, kept working
     with writing(out):
         report = write_tune_report(path, out, wandb)
     make_console().print(f"wrote {report}")

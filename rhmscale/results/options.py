@@ -70,6 +70,7 @@ def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
         )
     if frame.empty:
         raise UserError("no finished runs to fit")
+    check_levels(frame, options.levels)
     if options.metric.format(k=1) not in frame.columns:
         levelled = sorted(
             {
@@ -80,4 +81,19 @@ def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
         )
         raise UserError(
             f"metric {options.metric!r} is not recorded; choose from: {', '.join(levelled)}"
+        )
+
+
+def check_levels(frame: pd.DataFrame, levels: str) -> None:
+    """--levels names levels that the collected runs' grammars have (1 to grammar.L)."""
+    if "grammar.L" not in frame.columns or frame["grammar.L"].isna().all():
+        return
+    low, top = level_range(levels)
+    depths = sorted({int(x) for x in frame["grammar.L"].dropna()})
+    deepest = depths[-1]
+    if low > deepest or (top != float("inf") and top > deepest):
+        have = ", ".join(map(str, depths))
+        raise UserError(
+            f"--levels {levels}: no such level; the runs' grammars have L = {have}, so levels "
+            f"1 to {deepest} (e.g. --levels 2-{deepest})"
         )
