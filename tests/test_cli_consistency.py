@@ -88,3 +88,48 @@ def test_levels_beyond_the_grammar_say_no_such_level(sweep, levels):
     assert result.returncode == 2, result.stderr
     assert f"--levels {levels}: no such level" in result.stderr and "L = 4" in result.stderr
     assert "data.P" not in result.stderr
+
+
+def test_status_runs_is_readable_at_80_columns(tmp_path):
+    """Short metric headers (l1 .. l3, novel, memo) and a caption naming them, not novel_…."""
+    from typer.testing import CliRunner
+
+    from rhmscale.cli import app
+    from rhmscale.store.atomic import atomic_write_json, atomic_write_text
+    from rhmscale.store.folders import SweepDir
+    from rhmscale.sweeps.grid import expand_points
+    from rhmscale.sweeps.spec import parse_spec, spec_to_yaml
+
+    base = {
+        "grammar": {"v": 4, "m": 2, "L": 3},
+        "data": {"P": 32, "n_test": 16},
+        "model": {"width": 16},
+        "tracking": {"wandb": "disabled"},
+    }
+    spec = parse_spec({"name": "t", "base": base, "grid": {"data.P": [8, 16], "seed": [0, 1]}})
+    sweep = SweepDir(tmp_path / "t")
+    sweep.path.mkdir(parents=True)
+    atomic_write_text(sweep.spec_file, spec_to_yaml(spec))
+    final = {"step": 1, "gen/novel_frac": 0.9, "gen/memorized_frac": 0.1}
+    final |= {f"gen/novel_acc_l{k}": 0.5 for k in (1, 2, 3)}
+    for point in expand_points(spec).points:
+        store = sweep.run_dir(point.run_id)
+        store.write_metrics([{"step": 1}])
+        atomic_write_json(store.result, {"run_id": point.run_id, "final": final})
+    out = CliRunner().invoke(app, ["sweep", "status", str(sweep.path), "--runs"], terminal_width=80)
+    assert out.exit_code == 0, out.output
+    assert "…" not in out.output, out.output
+    assert "l1 .. l3: final gen/novel_acc_l1 .. gen/novel_acc_l3" in " ".join(out.output.split())
+    assert "0.50" in out.output and "memo" in out.output
+
+
+def test_export_csv_of_both_tables_says_which_files_it_wrote(sweep, tmp_path):
+    out = cli("export", str(sweep), "-f", "csv", "-o", "table.csv", "--n-boot", "50", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table-exponents.csv", "table-p_star.csv"]
+    said = " ".join(out.stdout.split())
+    assert "wrote table-exponents.csv and table-p_star.csv" in said and "not table.csv" in said
+    one = cli("export", str(sweep), "-f", "csv", "-o", "p.csv", "--table", "p_star", cwd=tmp_path)
+    assert one.returncode == 0 and (tmp_path / "p.csv").exists(), one.stderr
+    help_text = " ".join(cli("export", "--help").stdout.replace("│", " ").split())
+    assert "table-exponents.csv and table-p_star.csv" in help_text

@@ -132,7 +132,14 @@ def export_command(
     path: RunsArg,
     fmt: Annotated[str, typer.Option("--format", "-f", help="md, csv, tex or json.")] = "md",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write (default: print).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write (default: print). A CSV file holds one table: CSV of both "
+            "tables writes two files beside it, table.csv -> table-exponents.csv and "
+            "table-p_star.csv (--table p_star writes table.csv itself).",
+        ),
     ] = None,
     table: Annotated[
         list[str] | None, typer.Option(help="exponents and/or p_star (default both).")
@@ -157,11 +164,19 @@ def export_command(
         return
     from rhmscale.store.atomic import atomic_write_text
 
+    written = []
     for name, text in texts.items():
         target = output.with_name(f"{output.stem}-{name}{output.suffix}") if name else output
         with writing(target):
             atomic_write_text(target, text)
-        make_console().print(f"wrote {target}")
+        written.append(str(target))
+    if len(written) == 1:
+        make_console().print(f"wrote {written[0]}")
+    else:  # not the file asked for: say so
+        make_console().print(
+            f"wrote {' and '.join(written)}, one file per table (a CSV file holds one table); "
+            f"not {output}: give --table exponents or --table p_star for one file"
+        )
 
 
 @fit_options

@@ -141,8 +141,16 @@ def runs_table(status: SweepStatus) -> Table:
         table.add_column(name, justify="right")
     metrics = [f"gen/novel_acc_l{k}" for k in range(1, depth + 1)]
     metrics += ["gen/novel_frac", "gen/memorized_frac"]
-    for name in metrics:
-        table.add_column(name.removeprefix("gen/"), justify="right")
+    headers = [f"l{k}" for k in range(1, depth + 1)] + ["novel", "memo"]
+    for name in headers:  # short, so that 80 columns show them; the caption says what they are
+        table.add_column(name, justify="right")
+    levels = "l1" if depth == 1 else f"l1 .. l{depth}"
+    table.caption = (
+        f"{levels}: final {' .. '.join(dict.fromkeys([metrics[0], metrics[depth - 1]]))}"
+        "; novel: gen/novel_frac; memo: gen/memorized_frac"
+        if depth
+        else None
+    )
     for run in sorted(done, key=lambda r: [str(r.values.get(k)).zfill(12) for k in keys]):
         final = finals[run.run_id]
         cells = [f"{final[m]:.2f}" if m in final else "" for m in metrics]
