@@ -133,3 +133,11 @@ def test_export_csv_of_both_tables_says_which_files_it_wrote(sweep, tmp_path):
     assert one.returncode == 0 and (tmp_path / "p.csv").exists(), one.stderr
     help_text = " ".join(cli("export", "--help").stdout.replace("│", " ").split())
     assert "table-exponents.csv and table-p_star.csv" in help_text
+
+
+def test_collect_without_output_shows_the_head_and_how_to_write_it(sweep, tmp_path):
+    out = cli("collect", str(sweep), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "first 5 of 72 rows" in out.stdout and "run_id" in out.stdout
+    assert "gen/novel_acc_l1" in out.stdout and "-o runs.parquet" in out.stdout
+    assert not list(tmp_path.iterdir())

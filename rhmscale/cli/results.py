@@ -65,6 +65,11 @@ def collect(
     for reason, ids in sorted(collection.skipped.items()):
         console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
     if output is None:
+        from rhmscale.cli.tables import frame_head
+
+        if not collection.frame.empty:
+            console.print(frame_head(collection.frame))
+        console.print("write the whole table with -o runs.parquet (or -o runs.csv)")
         return
     with writing(output):
         collection.write(output)

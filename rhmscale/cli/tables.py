@@ -244,3 +244,30 @@ def robustness_table(table: pd.DataFrame, options: FitOptions) -> Table:
             style="bold yellow" if row.moved else None,
         )  # fmt: skip
     return shown
+
+
+HEAD_COLUMNS = ("run_id", "grammar.v", "grammar.m", "grammar.L", "data.P", "seed", "step")
+
+
+def frame_head(frame: pd.DataFrame, rows: int = 5) -> Table:
+    """The first rows of a collected table, a few of its columns (80 columns wide)."""
+    from rich.table import Table
+
+    columns = [c for c in HEAD_COLUMNS if c in frame.columns]
+    metric = next((c for c in ("gen/novel_acc_l1", "val/loss") if c in frame.columns), None)
+    columns += [metric] if metric else []
+    table = Table(
+        title=f"first {min(rows, len(frame))} of {len(frame)} rows, {len(columns)} of "
+        f"{len(frame.columns)} columns"
+    )
+    for name in short_names(columns):
+        table.add_column(name, justify="right")
+    for _, row in frame.head(rows).iterrows():
+        cells = [row[c] for c in columns]
+        table.add_row(
+            *(
+                str(v)[:8] if c == "run_id" else f"{v:.3g}" if isinstance(v, float) else str(v)
+                for c, v in zip(columns, cells, strict=True)
+            )
+        )
+    return table
