@@ -3,6 +3,7 @@ where a fit failed, a cell has one dataset size, there is one level or no traini
 
 import ast
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +11,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 import rhmscale.results
 from rhmscale.results import plots
 from rhmscale.results.fit import FitOptions, fit
-from rhmscale.results.plot_kit import MAX_PANELS, prepare
+from rhmscale.results.plot_kit import (
+    MAX_PANELS,
+    declutter_ticks,
+    metric_words,
+    overlapping,
+    prepare,
+)
+from rhmscale.results.plot_sample_complexity import accuracy_vs_p, p_star_vs_theory
 from rhmscale.results.plots import write_figures
 from tests.synthetic_sweep import synthetic_frame
 
@@ -167,3 +176,121 @@ def test_results_imports_flow_one_way():
             assert top not in ("torch", "lightning"), f"{path.name} imports {name}"
             if top == "rhmscale":
                 assert rest.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+# --- what a reader reads off the figures ------------------------------------------------------
+
+
+def texts(fig: Figure) -> list[str]:
+    """Every title, axis label and annotation of a figure."""
+    found = [fig.get_suptitle(), fig.get_supxlabel(), fig.get_supylabel()]
+    for ax in fig.axes:
+        found += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        found += [t.get_text() for t in ax.texts]
+    return [t for t in found if t]
+
+
+def test_titles_and_labels_say_the_metric_in_words(sweep):
+    frame, result = sweep
+    data = prepare(frame, result)
+    for name, draw in plots.FIGURES.items():
+        for text in texts(draw(data)):
+            assert "gen/" not in text, f"{name}: {text!r}"
+    title = plots.FIGURES["accuracy_vs_P.png"](data).get_suptitle()
+    assert title.startswith("Accuracy of novel samples, through level k")
+    assert metric_words("gen/acc_l2") == "accuracy of samples (copies included), through level 2"
+    assert metric_words("val/loss") == "val/loss"
+
+
+def drawn(fig: Figure, gid: str) -> list:
+    return [line for ax in fig.axes for line in ax.get_lines() if line.get_gid() == gid]
+
+
+def test_the_fitted_law_is_drawn_only_at_the_fitted_levels(sweep):
+    frame, _ = sweep
+    result = fit(frame, options(levels="2-"))
+    fig = p_star_vs_theory(prepare(frame, result))
+    (law,) = drawn(fig, "fitted law")
+    points = result.crossings
+    fitted = points[points["k"] >= 2]
+    assert len(law.get_xdata()) == len(fitted) < len(points)
+    assert sorted(law.get_xdata()) == sorted(fitted["P_theory"])
+    assert "fitted law, levels 2-3" in [t.get_text() for t in fig.axes[0].get_legend().texts]
+
+
+def test_the_censored_count_in_the_text_is_the_count_drawn(sweep):
+    frame, _ = sweep
+    # A threshold the small sizes miss: level 3 is censored, and left out of the fit.
+    result = fit(frame, options(levels="1-2", threshold=0.96))
+    assert set(result.crossings.loc[result.crossings["censored"] != "", "k"]) == {3}
+    n_censored = (result.crossings["censored"] != "").sum()
+    assert n_censored > 0
+    fig = p_star_vs_theory(prepare(frame, result))
+    markers = sum(len(line.get_xdata()) for line in drawn(fig, "censored"))
+    (table,) = [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "exponent table"]
+    said = sum(int(n) for n in re.findall(r"(\d+) censored", table))
+    assert said == markers == n_censored
+
+
+def test_a_censored_crossing_sits_on_its_own_levels_curve(sweep):
+    frame, _ = sweep
+    result = fit(frame, options(threshold=0.96))
+    fig = accuracy_vs_p(prepare(frame, result))
+    markers = drawn(fig, "censored")
+    assert markers
+    for marker in markers:
+        (x,), (y,) = marker.get_xdata(), marker.get_ydata()
+        curves = [
+            line
+            for line in marker.axes.get_lines()
+            if line.get_linestyle() == "-" and line.get_color() == marker.get_markeredgecolor()
+        ]
+        assert len(curves) == 1  # the curve of the marker's colour: its level
+        cx, cy = (np.asarray(v, float) for v in curves[0].get_data())
+        assert y == pytest.approx(np.interp(np.log(x), np.log(cx), cy))
+
+
+def test_overlapping_tick_labels_are_left_out():
+    fig = Figure(figsize=(1.2, 1.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.set_xlim(1, 1e6)
+    ax.set_xticks(np.geomspace(1, 1e6, 13))
+    ax.set_xticklabels([f"{v:.0f}" for v in np.geomspace(1, 1e6, 13)])
+    declutter_ticks(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    assert 1 < len(boxes) < 13
+    assert not overlapping(boxes, vertical=False, pad=0)
+
+
+def optuna_study(params: list[str]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: sum(t.suggest_float(p, 0, 1) ** 2 for p in params), n_trials=8)
+    return study
+
+
+@pytest.mark.parametrize("params", [["a"], ["a", "b"]])
+def test_tuning_figures_name_the_objective_and_skip_a_lone_importance(
+    params, tmp_path, monkeypatch
+):
+    from rhmscale.tuning.report import study_figures
+
+    seen: list[str] = []
+    original = Figure.savefig
+
+    def recording(self, *args, **kw):
+        seen.extend(t.get_text() for t in self.findobj(lambda a: hasattr(a, "get_text")))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    words = ("samples to learn level 3", "samples seen until ... reaches 0.5")
+    paths = study_figures(optuna_study(params), tmp_path, "s", words)
+    names = sorted(p.stem for p in paths)
+    assert names == (["s-history", "s-parallel"] if len(params) == 1 else
+                     ["s-history", "s-importances", "s-parallel"])  # fmt: skip
+    assert not [t for t in seen if "Objective Value" in t]
+    assert any(words[0] in t for t in seen) and any(words[1] in t for t in seen)

@@ -8,6 +8,7 @@ backend or figure registry is touched (safe in notebooks, report builders and th
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import Formatter, LogFormatter
 
 from rhmscale.results.cells import GRAMMAR, rows_at, with_cells
 from rhmscale.results.fit import FitResult
@@ -35,6 +36,28 @@ CENSORED_MARKER_X = {"below": "<", "above": ">"}  # on an axis of P
 CENSORED_AT_P = {"below": "below the smallest P", "above": "above the largest P"}
 
 
+AT_WORDS = {"best": "at each run's lowest val/loss", "final": "at each run's last evaluation"}
+METRIC = re.compile(r"gen/(novel_)?(tuple_)?acc_l(\{k\}|\d+)")
+
+
+def metric_words(metric: str) -> str:
+    """gen/novel_acc_l{k} -> 'accuracy of novel samples, through level k': what a reader of a
+    figure needs instead of the key (an unknown key is returned as it is)."""
+    found = METRIC.fullmatch(metric)
+    if found is None:
+        return metric
+    novel, tuple_, level = found.groups()
+    level = "k" if level == "{k}" else level
+    which = "novel samples" if novel else "samples (copies included)"
+    if tuple_:
+        return f"level-{level} rule accuracy of {which}"
+    return f"accuracy of {which}, through level {level}"
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 @dataclass
 class Inputs:
     """What every figure draws from: the fit and the evaluations it used."""
@@ -47,6 +70,14 @@ class Inputs:
 
     def metric(self, k: int) -> str:
         return self.result.options.metric.format(k=k)
+
+    def words(self) -> str:
+        """The metric in words, its level written k."""
+        return metric_words(self.result.options.metric)
+
+    def at_words(self) -> str:
+        at = str(self.result.options.at)
+        return AT_WORDS.get(at, f"at step {at}")
 
     def levels(self, cell: str) -> list[int]:
         """Levels 1..L of the cell whose metric was recorded."""
@@ -178,3 +209,55 @@ def scale_log(ax: Axes, *, y: bool = False) -> None:
     for axis in [ax.xaxis, ax.yaxis] if y else [ax.xaxis]:
         compact_ticks(axis)
     ax.grid(True, which="major", alpha=0.3)
+
+
+class HideSome(Formatter):
+    """Another formatter's labels, but none at the values in `hidden` (labels that overlapped)."""
+
+    def __init__(self, inner: Formatter, hidden: list[float]) -> None:
+        self.inner, self.hidden = inner, np.asarray(hidden, float)
+
+    def set_locs(self, locs: list[float]) -> None:
+        self.inner.set_locs(locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        if len(self.hidden) and np.isclose(self.hidden, x, rtol=1e-9, atol=0).any():
+            return ""
+        return self.inner(x, pos)
+
+
+def overlapping(boxes: list, vertical: bool, pad: float = 3.0) -> list[int]:
+    """Indices of the boxes to hide so that no two kept ones overlap (pad pixels apart); boxes
+    are kept in the order given (major labels first)."""
+    kept, hide = [], []
+    for i, box in enumerate(boxes):
+        lo, hi = (box.y0, box.y1) if vertical else (box.x0, box.x1)
+        if any(lo < k_hi + pad and k_lo < hi + pad for k_lo, k_hi in kept):
+            hide.append(i)
+        else:
+            kept.append((lo, hi))
+    return hide
+
+
+def declutter_ticks(fig: Figure) -> None:
+    """Leave out tick labels that would overlap another (major labels win over minor ones),
+    at the figure's final layout: narrow panels and short log ranges crowd them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        for axis, vertical in ((ax.xaxis, False), (ax.yaxis, True)):
+            lo, hi = sorted(axis.get_view_interval())
+            labels = []
+            for ticks in (axis.get_major_ticks(), axis.get_minor_ticks()):
+                for tick in ticks:
+                    label = tick.label1 if tick.label1.get_visible() else tick.label2
+                    if lo <= tick.get_loc() <= hi and label.get_visible() and label.get_text():
+                        labels.append((tick.get_loc(), label.get_window_extent(renderer)))
+            hide = [labels[i][0] for i in overlapping([b for _, b in labels], vertical)]
+            if hide:
+                axis.set_major_formatter(HideSome(axis.get_major_formatter(), hide))
+                axis.set_minor_formatter(HideSome(axis.get_minor_formatter(), hide))

@@ -18,8 +18,10 @@ from matplotlib.patches import Patch
 
 from rhmscale.results.cells import SIZE, variables
 from rhmscale.results.fit import FitResult
+from rhmscale.results.options import level_range
 from rhmscale.results.plot_kit import (
     CELL_MARKERS,
+    CENSORED_AT_P,
     CENSORED_MARKER_X,
     CENSORED_MARKER_Y,
     DPI,
@@ -33,14 +35,17 @@ from rhmscale.results.plot_kit import (
     panels,
     scale_log,
     seed_summary,
+    sentence,
 )
 from rhmscale.results.theory import Theory, design_matrix
+
+ON_CURVE = {side: f"{where}, on its level's curve" for side, where in CENSORED_AT_P.items()}
 
 
 def accuracy_vs_p(data: Inputs) -> Figure:
     """Seed-mean accuracy of each level against P per cell, seed min-max band, P*_k marked."""
     options = data.result.options
-    fig, axes = panels(data, f"{options.metric} against dataset size", sharey=True)
+    fig, axes = panels(data, sentence(f"{data.words()}, against dataset size"), sharey=True)
     threshold = options.threshold
     for ax, cell in zip(axes, data.cells, strict=False):
         group = data.rows[data.rows["cell"] == cell]
@@ -56,11 +61,21 @@ def accuracy_vs_p(data: Inputs) -> Figure:
             if point is None:
                 continue
             if point["censored"]:
-                # At the bound it is censored at; levels set apart vertically, as several are
-                # often censored at the same bound.
+                # At the bound it is censored at, on its own level's curve (several levels are
+                # often censored at one bound: each marker sits on the curve of its colour).
                 marker = CENSORED_MARKER_X[point["censored"]]
-                y = np.clip(threshold + 0.06 * (k - 1), 0.03, 0.97)
-                ax.plot(point["P_star"], y, marker, mfc="white", mec=color, mew=1.5, ms=9)
+                y = np.interp(np.log(point["P_star"]), np.log(x), summary["mean"])
+                ax.plot(
+                    point["P_star"],
+                    y,
+                    marker,
+                    mfc="white",
+                    mec=color,
+                    mew=1.5,
+                    ms=9,
+                    zorder=5,
+                    gid="censored",
+                )
             else:
                 xerr = error_bars(*(pd.Series([point[c]]) for c in ("P_star", "P_lo", "P_hi")))
                 ax.errorbar(
@@ -81,7 +96,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(cell, fontsize=9)
     fig.supxlabel(P_LABEL)
-    fig.supylabel(f"{options.metric} (fraction), at {options.at}")
+    fig.supylabel(f"{data.words()} (fraction), {data.at_words()}")
     handles = level_handles(data.all_levels()) + [
         Patch(color="0.6", alpha=0.4, label="band: seed min-max"),
         Line2D([], [], ls="--", color="0.4", label=f"threshold {threshold:g}"),
@@ -95,7 +110,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
             color="0.3",
             label=f"P*_k, {options.ci:.0%} bootstrap CI",
         ),
-        *censored_handles(on_y=False),
+        *censored_handles(on_y=False, where=ON_CURVE),
     ]
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
@@ -148,7 +163,7 @@ def collapse(data: Inputs) -> Figure:
     scale_log(ax)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"P / P_k(theory),  P_k(theory) = {options.theory}")
-    ax.set_ylabel(f"{options.metric} (fraction, seed mean), at {options.at}")
+    ax.set_ylabel(f"{data.words()} (fraction, seed mean),\n{data.at_words()}")
     ax.set_title(data.title("Collapse on the theory's sample complexity"))
     handles = level_handles(data.all_levels()) + [
         Line2D(
@@ -158,41 +173,67 @@ def collapse(data: Inputs) -> Figure:
     ]
     handles.append(Line2D([], [], ls="--", color="0.4", label=f"threshold {options.threshold:g}"))
     if prefactor is not None:
-        label = f"measured P*/P_theory = {prefactor:.3g}\n(geometric mean)"
+        label = f"ratio to theory P*/P_k = {prefactor:.3g}\n(geometric mean)"
         handles.append(Line2D([], [], ls=":", color="k", label=label))
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
 
-def exponent_table(result: FitResult) -> str:
-    """The annotation of p_star_vs_theory: the exponents beside the theory, R^2, counts."""
+def levels_text(levels: list[int]) -> str:
+    """[2, 3] -> 'levels 2-3', [1] -> 'level 1', [1, 3] -> 'levels 1, 3'."""
+    if len(levels) == 1:
+        return f"level {levels[0]}"
+    if levels == list(range(levels[0], levels[-1] + 1)):
+        return f"levels {levels[0]}-{levels[-1]}"
+    return "levels " + ", ".join(map(str, levels))
+
+
+def counts_text(points: pd.DataFrame) -> str:
+    """'14 points, 0 censored': what is drawn of these points."""
+    levels = sorted(int(k) for k in points["k"].unique())
+    n_censored = int((points["censored"] != "").sum())
+    return f"{levels_text(levels)}: {len(points)} points, {n_censored} censored"
+
+
+def exponent_table(result: FitResult, fitted: pd.DataFrame, others: pd.DataFrame) -> str:
+    """The annotation of p_star_vs_theory: the exponents beside the theory, R^2, the fitted
+    prefactor, and the counts of the points drawn, fitted and not."""
     stats, exps = result.stats, result.exponents
     if exps.empty:
         reason = stats.get("fit_error", "no exponents")
-        return "no exponent fit:\n" + textwrap.fill(reason, 48)
-    ci = f"[{result.options.ci:.0%} CI]"
-    width = max(len("exponent"), *(len(t) for t in exps["term"]))
-    lines = [f"{'exponent':<{width}}  estimate {ci:<15} theory"]
-    for row in exps.itertuples():
-        interval = f"[{row.lo:.3f}, {row.hi:.3f}]"
-        lines.append(f"{row.term:<{width}}  {row.estimate:<8.3f} {interval:<15} {row.theory:g}")
-    lines.append(f"R² = {stats['r2']:.3f}   prefactor = {stats['prefactor']:.3g}")
-    lines.append(f"{stats['n_points']} points, {stats['n_censored']} censored (open triangles)")
+        lines = ["no exponent fit:", *textwrap.wrap(reason, 48)]
+    else:
+        ci = f"[{result.options.ci:.0%} CI]"
+        width = max(len("exponent"), *(len(t) for t in exps["term"]))
+        lines = [f"{'exponent':<{width}}  estimate {ci:<15} theory"]
+        for row in exps.itertuples():
+            interval = f"[{row.lo:.3f}, {row.hi:.3f}]"
+            lines.append(f"{row.term:<{width}}  {row.estimate:<8.3f} {interval:<15} {row.theory:g}")
+        lines.append(f"R² = {stats['r2']:.3f}   fitted law's prefactor {stats['prefactor']:.3g}")
+    if not fitted.empty:
+        lines.append(f"fitted, {counts_text(fitted)}")
+    if not others.empty:
+        lines.append(f"not fitted (pale), {counts_text(others)}")
     return "\n".join(lines)
 
 
 def p_star_vs_theory(data: Inputs) -> Figure:
-    """Measured P*_k (bootstrap interval) against P_k(theory), the theory line, the fitted law."""
+    """Measured P*_k (bootstrap interval) against P_k(theory), the theory line, the fitted law
+    at the points of the fitted levels (--levels); the other levels' points pale."""
     result, options = data.result, data.result.options
     title = "Measured sample complexity against the theory"
     points = result.crossings
     if points.empty:
         return message_figure(title, "no P*_k: no cell has a measured level")
     points = points[points["P_theory"] > 0]
+    low, high = level_range(options.levels)
+    in_fit = points["k"].between(low, high)
     fig = Figure(figsize=(7.6, 6.2), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     for k, group in points.groupby("k"):
         color = level_color(int(k))
+        fitted = low <= k <= high
+        alpha = 1.0 if fitted else 0.45
         measured = group[group["censored"] == ""]
         yerr = error_bars(measured["P_star"], measured["P_lo"], measured["P_hi"])
         ax.errorbar(
@@ -202,51 +243,68 @@ def p_star_vs_theory(data: Inputs) -> Figure:
             fmt="o",
             ms=5,
             color=color,
+            alpha=alpha,
             capsize=2,
-            label=f"level {k}",
+            label=f"level {k}" if fitted else f"level {k} (not fitted)",
         )
         for side, marker in CENSORED_MARKER_Y.items():
             censored = group[group["censored"] == side]
+            if censored.empty:
+                continue
             ax.plot(
                 censored["P_theory"],
                 censored["P_star"],
                 marker,
                 mfc="none",
                 mec=color,
+                alpha=alpha,
                 ms=8,
                 mew=1.5,
+                gid="censored",
             )
     span = points["P_theory"].to_numpy(float)
     x = np.geomspace(span.min() / 1.5, span.max() * 1.5, 50)
     prefactor = theory_prefactor(result)
-    label = f"theory {options.theory} × {prefactor:.3g}" if prefactor else "P* = P_theory"
+    label = (
+        f"theory {options.theory} × {prefactor:.3g}\n({prefactor:.3g}: ratio to theory, "
+        "geometric mean of P*/P_k)"
+        if prefactor
+        else "P* = P_theory"
+    )
     ax.plot(x, (prefactor or 1.0) * x, "--", color="k", lw=1.2, label=label)
-    if not result.exponents.empty:
-        design = design_matrix(list(result.exponents["term"]), variables(points))
+    if not result.exponents.empty and in_fit.any():
+        shown = points[in_fit]
+        design = design_matrix(list(result.exponents["term"]), variables(shown))
         coef = np.concatenate([[np.log(result.stats["prefactor"])], result.exponents["estimate"]])
         ax.plot(
-            points["P_theory"],
+            shown["P_theory"],
             np.exp(design @ coef),
             "x",
             color="0.2",
             ms=6,
             mew=1.2,
-            label="fitted law",
+            label=f"fitted law, {levels_text(sorted(int(k) for k in shown['k'].unique()))}",
+            gid="fitted law",
         )
     scale_log(ax, y=True)
     ax.set_xlabel(f"P_k(theory) = {options.theory}")
     ax.set_ylabel(f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
-    ax.set_title(f"{title}\n(threshold {options.threshold:g} on {options.metric}, at {options.at})")
+    ax.set_title(
+        f"{title}\n(P*_k: the P where {data.words()} reaches {options.threshold:g}, "
+        f"{data.at_words()})",
+        fontsize=10,
+    )
     ax.text(
         0.02,
         0.98,
-        exponent_table(result),
+        exponent_table(result, points[in_fit], points[~in_fit]),
         transform=ax.transAxes,
         va="top",
         ha="left",
         family="monospace",
         fontsize=7.5,
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+        gid="exponent table",
     )
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + censored_handles(on_y=True), loc="lower right", fontsize=8)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from rhmscale.results.fit import FitResult
 from rhmscale.results.plot_coherence import coherence_vs_p, coherence_vs_time
-from rhmscale.results.plot_kit import DPI, Inputs, prepare
+from rhmscale.results.plot_kit import DPI, Inputs, declutter_ticks, prepare
 from rhmscale.results.plot_sample_complexity import accuracy_vs_p, collapse, p_star_vs_theory
 from rhmscale.results.plot_training_time import time_to_learn
 from rhmscale.store.atomic import atomic_write
@@ -36,6 +36,7 @@ FIGURES: dict[str, Callable[[Inputs], Figure]] = {
 
 
 def save(fig: Figure, path: Path) -> Path:
+    declutter_ticks(fig)
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     return path
 

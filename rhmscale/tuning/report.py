@@ -55,8 +55,36 @@ def trials_frame(study: optuna.Study, spec: StudySpec, cell: Cell) -> pd.DataFra
     return frame
 
 
-def study_figures(study: optuna.Study, folder: Path, stem: str) -> list[Path]:
-    """Optuna's matplotlib figures; one that needs more trials than there are is left out."""
+def objective_words(spec: StudySpec) -> tuple[str, str]:
+    """What a trial's value is: a short name for axes, and in full words for titles (Optuna's
+    figures say 'Objective Value')."""
+    from rhmscale.results.plot_kit import metric_words
+
+    goal = spec.objective.samples_to_learn
+    if goal is not None:
+        level = int(goal["level"])
+        words = metric_words(level_key(goal))
+        return (
+            f"samples to learn level {level}",
+            f"samples seen until {words}, reaches {goal['threshold']:g}\n"
+            "(a trial that never does: 1 to 2 times the samples cap)",
+        )
+    words = metric_words(str(spec.objective.metric))
+    return words, f"{words}, {spec.objective.direction}d"
+
+
+def name_the_objective(figure: Any, words: str) -> None:
+    """Optuna's 'Objective Value' (axis labels, legends, colour bars) replaced by `words`."""
+    for text in figure.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "set_text")):
+        if "Objective Value" in text.get_text():
+            text.set_text(text.get_text().replace("Objective Value", words))
+
+
+def study_figures(
+    study: optuna.Study, folder: Path, stem: str, words: tuple[str, str]
+) -> list[Path]:
+    """Optuna's matplotlib figures, their objective named (`words`: short, full); one that needs
+    more trials than there are is left out, and so are importances of one parameter (1.0)."""
     from optuna.visualization import matplotlib as ov
 
     plots = {
@@ -64,16 +92,25 @@ def study_figures(study: optuna.Study, folder: Path, stem: str) -> list[Path]:
         "importances": ov.plot_param_importances,
         "parallel": ov.plot_parallel_coordinate,
     }
+    params = {name for t in study.get_trials(deepcopy=False) for name in t.distributions}
+    if len(params) < 2:
+        del plots["importances"]
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, plot in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks these experimental
             try:
-                axes = plot(study)
+                axes = plot(study, target_name=words[0])
             except (ValueError, RuntimeError):  # e.g. importances of fewer than 2 trials
                 continue
         figure = getattr(axes, "figure", None) or axes.flat[0].figure
+        name_the_objective(figure, words[0])
+        top = figure.axes[0]
+        loc = next((at for at in ("center", "left", "right") if top.get_title(at)), "center")
+        top.set_title(f"{top.get_title(loc)}\nvalue: {words[1]}", loc=loc, fontsize=10)
+        if name == "parallel":  # one axis per parameter: room for their tick labels
+            figure.set_size_inches(max(6.4, 1.5 * (len(params) + 1)), 5.2)
         path = folder / f"{stem}-{name}.png"
         figure.savefig(path, dpi=110, bbox_inches="tight")
         import matplotlib.pyplot as plt
@@ -114,8 +151,10 @@ def curves_figure(
         return None
     if goal is not None:
         ax.axhline(goal["threshold"], ls=":", color="black", lw=1, label="threshold")
-    ax.set(xscale="log", xlabel="samples seen", ylabel=metric, title=f"{study.study_name}: "
-           f"{drawn} trials")  # fmt: skip
+    from rhmscale.results.plot_kit import metric_words
+
+    ax.set(xscale="log", xlabel="samples seen (sequences)", ylabel=metric_words(metric),
+           title=f"{study.study_name}: {drawn} trials")  # fmt: skip
     ax.legend(loc="upper left", fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -132,7 +171,8 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
         if t is not None:
             best = {"number": t.number, "value": t.value, "params": t.params,
                     "run_id": t.user_attrs.get("run_id")}  # fmt: skip
-        figures = study_figures(study, out / "figures", f"study{i}") if best else []
+        words = objective_words(spec)
+        figures = study_figures(study, out / "figures", f"study{i}", words) if best else []
         curves_path = out / "figures" / f"study{i}-curves.png"
         curves = curves_figure(study, spec, folder.path / "runs", curves_path, t and t.number)
         figures += [curves] if curves else []
