@@ -91,6 +91,9 @@ def test_run_command_end_to_end(tmp_path):
     assert json.loads(result_json.read_text())["final"]["step"] == 20
     again = cli("run", "--root", str(tmp_path), "--wandb", "disabled", "--no-progress", *args)
     assert again.returncode == 0 and "at step 20" in again.stdout  # skipped, same table
+    assert "already done" not in result.stdout
+    said = " ".join(again.stdout.split())
+    assert f"already done: {result_json.parent} (result.json); nothing to do" in said
 
 
 def test_help_and_sweep_status_do_not_import_torch(tmp_path):

@@ -69,7 +69,8 @@ def run(
     target = run_dir or SweepDir(root / sweep).run_dir(cfg.run_id()).path
     console = make_console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
-    if RunDir(target).state() != "done":  # a done run is only shown
+    already_done = RunDir(target).state() == "done"
+    if not already_done:  # a done run is only shown
         check_tracking(cfg)
     from rhmscale.cli.tables import run_table
     from rhmscale.training import execute
@@ -83,6 +84,13 @@ def run(
     if outcome.state != "done":
         console.print(f"run stopped at a checkpoint in {target}; run again to resume")
         raise typer.Exit(3)
+    if already_done:
+        console.print(
+            f"already done: {target} (result.json); nothing to do. Its result follows; to train "
+            "it again, delete that folder",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print(run_table(outcome.result))
 
 
