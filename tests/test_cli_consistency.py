@@ -141,3 +141,15 @@ def test_collect_without_output_shows_the_head_and_how_to_write_it(sweep, tmp_pa
     assert "first 5 of 72 rows" in out.stdout and "run_id" in out.stdout
     assert "gen/novel_acc_l1" in out.stdout and "-o runs.parquet" in out.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_a_diverged_run_is_told_in_a_sentence_not_a_repr(tmp_path):
+    tiny = ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8", "data.n_test=4"]
+    tiny += ["train.max_steps=10", "model.arch=tree_unet", "model.width=16", "eval.n_samples=16"]
+    tiny += ["train.device=cpu", "train.lr=1e30", "train.warmup_steps=0"]
+    sets = [arg for item in tiny for arg in ("-o", item)]
+    out = cli("run", "--root", str(tmp_path), "--wandb", "disabled", "--no-progress", *sets)
+    assert out.returncode == 1, out.stderr
+    said = " ".join(out.stdout.split())
+    assert "run diverged: " in said and "not finite at step" in said, said
+    assert "Diverged(" not in said

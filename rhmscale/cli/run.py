@@ -78,7 +78,7 @@ def run(
     with writing(target), warnings_on_stderr(cfg.run_id()):
         (outcome,) = execute([cfg], [target], progress=progress)
     if outcome.state == "failed":
-        console.print(f"[red]run failed[/]: {outcome.error}")
+        console.print(failure_sentence(target, outcome.error), style="red", markup=False)
         console.print(f"details: {target / 'failed.json'}, {target / 'run.log'}", markup=False)
         raise typer.Exit(1)
     if outcome.state != "done":
@@ -92,6 +92,20 @@ def run(
             soft_wrap=True,
         )
     console.print(run_table(outcome.result))
+
+
+def failure_sentence(target: Path, error: str | None) -> str:
+    """Why the run failed, as a sentence from its failed.json ("run diverged: train/loss not
+    finite at step 12: ..."), not the exception's repr."""
+    from rhmscale.store.folders import RunDir, read_json_object
+
+    record = read_json_object(RunDir(target).failed) or {}
+    message = record.get("message")
+    if not message:
+        return f"run failed: {error}"
+    if record.get("reason") == "diverged":
+        return f"run diverged: {message}"
+    return f"run failed: {record.get('error', 'error')}: {message}"
 
 
 def check_sweep_option(sweep: str) -> None:
