@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 # The CPU wheel of this version is on disk on the project's machines; elsewhere pip picks a build.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ROOT ?= demo-runs
+# bench-grammar writes here, beside the committed numbers (bench/results/grammar_cpu.json).
+BENCH_OUT ?= bench/results/grammar_cpu.new.json
 
 .PHONY: demo test lint bench-grammar clean-demo
 
@@ -19,14 +21,19 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rhmscale sweep status $(DEMO_ROOT)/quick --runs
 	$(VENV)/bin/rhmscale fit $(DEMO_ROOT)/quick
 
+# The SLURM tests start the dev cluster (five daemons) and leave it running for the next run.
 test: $(VENV)/.installed
-	$(VENV)/bin/pytest -q
+	@$(VENV)/bin/pytest -q; status=$$?; \
+	if slurm/dev-cluster.sh status >/dev/null 2>&1; then \
+	  echo "note: the dev SLURM cluster (munged, mariadb, slurmdbd, slurmctld, slurmd) is still running, for the next test run; stop it: slurm/dev-cluster.sh stop"; \
+	fi; exit $$status
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 bench-grammar: $(VENV)/.installed
-	$(PY) bench/bench_grammar.py --out bench/results/grammar_cpu.json
+	$(PY) bench/bench_grammar.py --out $(BENCH_OUT)
+	@echo "compare with the committed bench/results/grammar_cpu.json; to replace it: mv $(BENCH_OUT) bench/results/grammar_cpu.json"
 
 clean-demo:
 	rm -rf $(DEMO_ROOT)

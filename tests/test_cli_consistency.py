@@ -153,3 +153,15 @@ def test_a_diverged_run_is_told_in_a_sentence_not_a_repr(tmp_path):
     said = " ".join(out.stdout.split())
     assert "run diverged: " in said and "not finite at step" in said, said
     assert "Diverged(" not in said
+
+
+def test_make_test_says_the_dev_cluster_runs_and_bench_writes_an_untracked_file():
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(
+        ["make", "-n", "test", "bench-grammar"], capture_output=True, text=True, cwd=root
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "slurm/dev-cluster.sh stop" in dry.stdout
+    (bench,) = [line for line in dry.stdout.splitlines() if "bench_grammar.py" in line]
+    assert bench.endswith("--out bench/results/grammar_cpu.new.json")
+    assert "mv bench/results/grammar_cpu.new.json bench/results/grammar_cpu.json" in dry.stdout
