@@ -180,3 +180,45 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"must be at most {err['ctx']['le']:,} (got {err['input']!r})"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
+
+
+def key_listing(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[dict[str, Any]]:
+    """Every dotted leaf key of a config model, in order, read off the model's fields (so it
+    cannot drift): its role (key_roles), whether it may differ between the members of a pack,
+    its default (JSON) and its description."""
+    from pydantic_core import PydanticUndefined
+
+    from rhmscale.config import key_roles
+
+    roles = key_roles(model) if not prefix else {}
+    rows: list[dict[str, Any]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += key_listing(ann, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if default is PydanticUndefined:
+            default = None
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        rows.append(
+            {
+                "key": f"{prefix}{name}",
+                "role": extra.get("role"),
+                "per_member": bool(extra.get("per_member")),
+                "default": json.loads(json.dumps(default, default=str)),
+                "description": field.description or choices(ann),
+            }
+        )
+    if roles:  # the top call: the same keys, in the same order, as key_roles
+        assert [row["key"] for row in rows] == list(roles), "key_listing drifted from key_roles"
+    return rows
+
+
+def choices(annotation: Any) -> str:
+    """'one of: a, b' for a Literal field without a description, else ''."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(annotation)))
+    return ""

@@ -1,5 +1,6 @@
 """Issue 20 (points 3 and 6): one message per mistake, one option name per meaning."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,3 +166,23 @@ def test_make_test_says_the_dev_cluster_runs_and_bench_writes_an_untracked_file(
     (bench,) = [line for line in dry.stdout.splitlines() if "bench_grammar.py" in line]
     assert bench.endswith("--out bench/results/grammar_cpu.new.json")
     assert "mv bench/results/grammar_cpu.new.json bench/results/grammar_cpu.json" in dry.stdout
+
+
+def test_config_keys_lists_role_default_and_description_from_the_models():
+    from rhmscale.config import ROLES, RunConfig, config_flat, key_roles
+
+    listed = json.loads(cli("config", "keys", "--json").stdout)
+    roles = key_roles()
+    assert [row["key"] for row in listed] == list(roles)
+    defaults = config_flat(RunConfig())
+    for row in listed:
+        assert row["role"] == roles[row["key"]].role and row["role"] in ROLES
+        assert row["per_member"] == roles[row["key"]].per_member
+        assert row["default"] == json.loads(json.dumps(defaults[row["key"]], default=str))
+    by_key = {row["key"]: row for row in listed}
+    assert by_key["data.P"]["description"].startswith("distinct training sequences")
+    assert by_key["model.arch"]["description"].startswith("one of: ")
+    text = cli("config", "keys").stdout.splitlines()
+    assert text[0].split() == ["key", "role", "default", "description"]
+    (line,) = [line for line in text if line.startswith("data.P ")]
+    assert line.split()[:3] == ["data.P", "size*", "4096"] and "distinct training" in line

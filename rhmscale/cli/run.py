@@ -181,11 +181,28 @@ def config_show(config: ConfigOpt = None, overrides: OverrideOpt = None) -> None
 
 
 @config_app.command("keys")
-def config_keys() -> None:
-    """List every valid dotted key."""
-    from rhmscale.config import valid_keys
+def config_keys(
+    json_out: Annotated[bool, typer.Option("--json", help="A JSON list of the keys.")] = False,
+) -> None:
+    """Every valid dotted key: its role (science, seed, size: a run's result depends on it;
+    bookkeeping: not part of the run id), default and description; '*' after the role: may
+    differ between the members of a pack."""
+    import json
 
-    typer.echo("\n".join(valid_keys()))
+    from rhmscale.config_io import key_listing
+
+    rows = key_listing()
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    cells = [
+        (r["key"], r["role"] + ("*" if r["per_member"] else ""), json.dumps(r["default"]))
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [("key", "role", "default"), *cells]) for i in range(3)]
+    for cell, row in zip([("key", "role", "default"), *cells], [None, *rows], strict=True):
+        text = "  ".join(value.ljust(width) for value, width in zip(cell, widths, strict=True))
+        typer.echo(f"{text}  {row['description'] if row else 'description'}".rstrip())
 
 
 def register(app: typer.Typer) -> None:
