@@ -22,7 +22,7 @@ import yaml
 
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grid import expand_points
-from rhmscale.sweeps.spec import parse_spec
+from rhmscale.sweeps.spec import load_spec, parse_spec
 from rhmscale.tuning import reference
 from rhmscale.tuning.checks import check_search
 from rhmscale.tuning.spec import parse_study_spec
@@ -62,7 +62,9 @@ def test_readme_starts_with_the_two_commands():
     assert first[0] == "```" and first[1].startswith("make demo ")
     assert first[2].startswith("make test ") and first[3] == "```"
     makefile = (ROOT / "Makefile").read_text()
-    assert "\ndemo:" in makefile and "\ntest:" in makefile
+    assert "\ndemo:" in makefile and "\ntest:" in makefile and "sweep submit quick" in makefile
+    runs = len(expand_points(load_spec("quick")).points)
+    assert f"`quick` sweep ({runs} CPU runs" in first[1], f"the quick preset has {runs} runs"
 
 
 @pytest.mark.parametrize("page, line, text", RUNNABLE, ids=ids(RUNNABLE))
@@ -131,7 +133,8 @@ def test_reference_is_generated():
 
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-PATH = re.compile(r"`((?:bench|rhmscale|tests|results|slurm|docs)/[\w./-]+)`")
+# A path in backticks must exist, unless the text says a command writes it ("writes `...`").
+PATH = re.compile(r"(?<!writes )`((?:bench|rhmscale|tests|results|slurm|docs)/[\w./-]+)`")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
