@@ -6,11 +6,13 @@ binary garbage, a JSONDecodeError for a torn line followed by others) from deep 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 
 from rhmscale.errors import UserError
 
@@ -18,7 +20,18 @@ from rhmscale.errors import UserError
 class CheckedJournal(JournalFileBackend):
     """JournalFileBackend whose reads raise a UserError at the first damaged line. (Optuna
     itself skips a torn last line, one a killed writer left without its newline: the entries
-    before it are whole.)"""
+    before it are whole.) A write first drops such a torn line: Optuna appended after it, and
+    the entry written was glued to it, lost (a new trial: an AttributeError in Optuna), and
+    the journal damaged once another line followed."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with get_lock_file(self._lock):  # Optuna's own append, after drop_torn_tail
+            drop_torn_tail(Path(self._file_path))
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         try:
@@ -28,6 +41,30 @@ class CheckedJournal(JournalFileBackend):
                 yield entry
         except ValueError:  # JSONDecodeError, UnicodeDecodeError, Optuna's "Invalid log format"
             raise UserError(damage_message(Path(self._file_path))) from None
+
+
+def drop_torn_tail(path: Path, block: int = 65536) -> None:
+    """Cut the file after its last newline: a last line without one is a write cut short
+    (readers skip it). Called with the journal's lock held, so no writer is mid-line."""
+    with open(path, "r+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        start = end
+        while start > 0:  # back to the last newline, a block at a time
+            start = max(0, start - block)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                break
+        else:
+            handle.truncate(0)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def first_damaged_line(path: Path) -> tuple[int, int] | None:

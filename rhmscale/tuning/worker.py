@@ -231,6 +231,9 @@ class Worker:
         rows = history_of(run_dir)
 
         def judge(row: dict[str, Any]) -> Verdict | None:
+            # metrics.parquet, read before the run resumed, may hold rows past its checkpoint
+            # (evaluated, then killed before the next checkpoint): the run redoes them
+            rows[:] = [r for r in rows if r["step"] < row["step"]]
             rows.append(row)
             if objective_settled(self.spec, rows):
                 return "settled"
