@@ -147,8 +147,12 @@ class DiffusionConfig(_Strict):
 class TrainConfig(_Strict):
     max_steps: int = setting(2000, SCIENCE, gt=0, le=10**7)
     batch_size: int = setting(256, SCIENCE, gt=0, le=65_536)
-    lr: float = setting(1e-3, SCIENCE, per_member=True, gt=0)
-    weight_decay: float = setting(0.0, SCIENCE, per_member=True, ge=0)
+    lr: float = setting(
+        1e-3, SCIENCE, per_member=True, gt=0, description="AdamW learning rate after warm-up"
+    )
+    weight_decay: float = setting(
+        0.0, SCIENCE, per_member=True, ge=0, description="AdamW (decoupled) weight decay"
+    )
     warmup_steps: int = setting(100, SCIENCE, per_member=True, ge=0, le=10**7)
     lr_schedule: Literal["constant", "cosine"] = setting("constant", SCIENCE, per_member=True)
     grad_clip: float = setting(
@@ -220,10 +224,19 @@ class TrackingConfig(_Strict):
     wandb: Literal["auto", "online", "offline", "disabled"] = setting(
         "auto", BOOKKEEPING, per_member=True
     )
-    project: str = setting("rhmscale", BOOKKEEPING, per_member=True)
-    entity: str | None = setting(None, BOOKKEEPING, per_member=True)
-    group: str | None = setting(None, BOOKKEEPING, per_member=True)
-    tags: list[str] = setting(role=BOOKKEEPING, per_member=True, default_factory=list)
+    project: str = setting("rhmscale", BOOKKEEPING, per_member=True, description="W&B project")
+    entity: str | None = setting(
+        None, BOOKKEEPING, per_member=True, description="W&B team or user; None: your default"
+    )
+    group: str | None = setting(
+        None,
+        BOOKKEEPING,
+        per_member=True,
+        description="W&B group (a sweep's runs default to its name)",
+    )
+    tags: list[str] = setting(
+        role=BOOKKEEPING, per_member=True, default_factory=list, description="W&B run tags"
+    )
     n_table_samples: int = setting(
         8, BOOKKEEPING, per_member=True, ge=0, le=1000, description="samples logged as a table"
     )

@@ -182,7 +182,16 @@ def test_config_keys_lists_role_default_and_description_from_the_models():
     by_key = {row["key"]: row for row in listed}
     assert by_key["data.P"]["description"].startswith("distinct training sequences")
     assert by_key["model.arch"]["description"].startswith("one of: ")
+    assert [row["key"] for row in listed if not row["description"]] == []  # every key says what
     text = cli("config", "keys").stdout.splitlines()
     assert text[0].split() == ["key", "role", "default", "description"]
     (line,) = [line for line in text if line.startswith("data.P ")]
     assert line.split()[:3] == ["data.P", "size*", "4096"] and "distinct training" in line
+
+
+def test_retry_help_names_every_state_it_resubmits():
+    from rhmscale.sweeps.dispatch import RETRYABLE
+
+    help_text = " ".join(cli("sweep", "retry", "--help").stdout.replace("│", " ").split())
+    assert all(state in help_text for state in RETRYABLE), help_text
+    assert "diverged runs are left" in help_text

@@ -59,6 +59,23 @@ def test_several_folders_are_fitted_together_a_shared_run_once(sweep, tmp_path):
     assert "| done | 72 |" in (tmp_path / "r" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_collected_table_fits_as_its_run_folders(sweep, tmp_path, suffix):
+    """A table from `collect -o` (runs shared without their folders) stands in for them, and
+    joins folders without counting a run twice."""
+    table = tmp_path / f"runs{suffix}"
+    assert rhmscale("collect", sweep, "-o", table).returncode == 0
+    whole = rhmscale("export", sweep, "--format", "json", "--n-boot", 100)
+    from_table = rhmscale("export", table, "--format", "json", "--n-boot", 100)
+    assert from_table.returncode == 0, from_table.stderr
+    assert from_table.stdout == whole.stdout
+    both = rhmscale("export", table, sweep, "--format", "json", "--n-boot", 100)
+    assert both.stdout == whole.stdout and "72 runs" in both.stderr
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    wrong = rhmscale("fit", tmp_path / "other.csv")
+    assert wrong.returncode == 2 and "not a table of `rhmscale collect -o`" in wrong.stderr
+
+
 def test_export_writes_each_format(sweep, tmp_path):
     for fmt in ("md", "tex", "json"):
         target = tmp_path / f"table.{fmt}"

@@ -230,6 +230,8 @@ def test_the_censored_count_in_the_text_is_the_count_drawn(sweep):
     (table,) = [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "exponent table"]
     said = sum(int(n) for n in re.findall(r"(\d+) censored", table))
     assert said == markers == n_censored
+    measured = sum(int(n) for n in re.findall(r"(\d+) measured", table))
+    assert measured == (result.crossings["censored"] == "").sum()  # as the fit counts points
 
 
 def test_a_censored_crossing_sits_on_its_own_levels_curve(sweep):

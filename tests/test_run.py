@@ -108,7 +108,7 @@ def test_a_failing_run_leaves_failed_json_and_a_log(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "make_datasets", broken)
     outcome = run_one(small("data.P=64", "train.max_steps=5"), tmp_path / "run")
-    assert outcome.state == "failed" and "disk on fire" in outcome.error
+    assert outcome.state == "failed" and outcome.error == "RuntimeError: disk on fire"
     store = RunDir(tmp_path / "run")
     failed = json.loads(store.failed.read_text())
     assert store.state() == "failed"

@@ -31,8 +31,8 @@ RootOpt = Annotated[Path, typer.Option(help="Runs root folder.")]
 RunsArg = Annotated[
     list[Path],
     typer.Argument(
-        help="Sweep folders <root>/<sweep> or folders of runs; several are fitted together "
-        "(a run in two of them counts once)."
+        help="Sweep folders <root>/<sweep>, folders of runs, or tables written by `rhmscale "
+        "collect -o` (.csv, .parquet); several are fitted together (a run in two counts once)."
     ),
 ]
 SpecArg = Annotated[

@@ -114,7 +114,8 @@ def sweep_submit(
 @sweep_app.command("retry")
 @executor_options
 def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
-    """Resubmit failed, interrupted and cancelled runs only."""
+    """Resubmit failed, corrupt (damaged files: repaired from their checkpoint), interrupted and
+    cancelled runs only; diverged runs are left (they would diverge again)."""
     from rhmscale.sweeps.dispatch import retry
 
     with writing(path):

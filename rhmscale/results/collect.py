@@ -47,6 +47,23 @@ class Collection:
         return ", ".join(parts)
 
 
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table that `rhmscale collect -o` wrote (a colleague's runs without their folders)."""
+    try:
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any reader error: say which file
+        raise UserError(f"{path}: not a readable table ({exc})") from exc
+    missing = {"run_id", "step", "final"} - set(frame.columns)
+    if missing:
+        raise UserError(
+            f"{path}: not a table of `rhmscale collect -o` (no column {', '.join(sorted(missing))})"
+        )
+    return frame
+
+
 def run_dirs(path: Path) -> list[RunDir]:
     """The run folders of a sweep folder (<sweep>/runs/*) or of a folder of runs."""
     path = Path(path)
@@ -79,10 +96,16 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
 
     Several folders are fitted together (a sweep extended by a second one): their cells merge
     by config, and a run found in two folders (same run id) counts once, done wherever it is
-    done."""
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    done. A path may also be a .csv or .parquet table that `collect -o` wrote: its runs join as
+    they are (they were done when it was written)."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     frames, done, skipped = [], set(), {}
-    for store in (store for path in paths for store in run_dirs(path)):
+    for table in (read_table(p) for p in paths if p.is_file() and p.suffix in TABLE_SUFFIXES):
+        table = table[~table["run_id"].isin(done)]
+        frames.append(table)
+        done.update(table["run_id"])
+    folders = [p for p in paths if not (p.is_file() and p.suffix in TABLE_SUFFIXES)]
+    for store in (store for path in folders for store in run_dirs(path)):
         run_id = store.path.name
         if run_id in done:
             continue

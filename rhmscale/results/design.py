@@ -24,9 +24,14 @@ NEARLY = 0.9
 SHORT = {column: short for short, column in GRAMMAR.items()}
 
 
+def spread(column: np.ndarray) -> float:
+    """Sum of squares about the mean; 0 for no points (a fit with nothing measured)."""
+    return float(np.sum((column - column.mean()) ** 2)) if column.size else 0.0
+
+
 def explained_by_groups(column: np.ndarray, groups: pd.Series) -> float:
     """Share of the column's variance between the groups (1: a function of the grouping)."""
-    total = float(np.sum((column - column.mean()) ** 2))
+    total = spread(column)
     if total == 0:
         return 0.0
     means = pd.Series(column).groupby(groups.to_numpy()).transform("mean").to_numpy()
@@ -35,7 +40,7 @@ def explained_by_groups(column: np.ndarray, groups: pd.Series) -> float:
 
 def explained_linearly(column: np.ndarray, others: np.ndarray) -> float:
     """R² of the column on the other columns (an intercept among them)."""
-    total = float(np.sum((column - column.mean()) ** 2))
+    total = spread(column)
     if total == 0:
         return 0.0
     coef, *_ = np.linalg.lstsq(others, column, rcond=None)

@@ -96,7 +96,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(cell, fontsize=9)
     fig.supxlabel(P_LABEL)
-    fig.supylabel(f"{data.words()} (fraction), {data.at_words()}")
+    fig.supylabel(f"{data.words()} (fraction),\n{data.at_words()}")  # 2 lines: fits 2 rows
     handles = level_handles(data.all_levels()) + [
         Patch(color="0.6", alpha=0.4, label="band: seed min-max"),
         Line2D([], [], ls="--", color="0.4", label=f"threshold {threshold:g}"),
@@ -189,10 +189,11 @@ def levels_text(levels: list[int]) -> str:
 
 
 def counts_text(points: pd.DataFrame) -> str:
-    """'14 points, 0 censored': what is drawn of these points."""
+    """'levels 1-3: 11 measured + 1 censored': what is drawn of these points (as the fit's
+    summary counts them: measured points, and censored ones beside them)."""
     levels = sorted(int(k) for k in points["k"].unique())
     n_censored = int((points["censored"] != "").sum())
-    return f"{levels_text(levels)}: {len(points)} points, {n_censored} censored"
+    return f"{levels_text(levels)}: {len(points) - n_censored} measured + {n_censored} censored"
 
 
 def exponent_table(result: FitResult, fitted: pd.DataFrame, others: pd.DataFrame) -> str:
@@ -290,8 +291,11 @@ def p_star_vs_theory(data: Inputs) -> Figure:
     ax.set_xlabel(f"P_k(theory) = {options.theory}")
     ax.set_ylabel(f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
     ax.set_title(
-        f"{title}\n(P*_k: the P where {data.words()} reaches {options.threshold:g}, "
-        f"{data.at_words()})",
+        f"{title}\n"
+        + textwrap.fill(
+            f"(P*_k: the P where {data.words()} reaches {options.threshold:g}, {data.at_words()})",
+            90,
+        ),
         fontsize=10,
     )
     ax.text(

@@ -83,7 +83,7 @@ def report_markdown(
 ) -> str:
     """variants: robustness()'s table, None when the baseline has no exponents to vary."""
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    options = "\n".join(f"- {k}: `{v}`" for k, v in vars(result.options).items())
+    options = "\n".join(f"- {k}: `{v}`" for k, v in vars(result.options).items() if v != "")
     sections = [
         f"# {title}",
         f"Generated {when} by {code_version()}.",

@@ -132,7 +132,8 @@ def robustness_summary(table: pd.DataFrame, options: FitOptions) -> str:
         f"{options.ci:.0%} interval, 'moved' when above 1."
     )
     unfitted = int((table["term"] == "").sum())
-    without = f" {unfitted} variants have no fit (see their note)." if unfitted else ""
+    plural = "s have" if unfitted > 1 else " has"
+    without = f" {unfitted} variant{plural} no fit (see their note)." if unfitted else ""
     if moved.empty:
         return what + " No variant moved an exponent." + without
     named = moved["variant"] + " (" + moved["moved_by"].map(lambda x: number(x, 1)) + ")"

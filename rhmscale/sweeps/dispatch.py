@@ -210,7 +210,7 @@ def check_same_runs(sweep: SweepDir, expansion: Expansion) -> None:
 
 
 def retry(path: Path, *, executor: dict[str, Any] | None = None) -> Submission:
-    """Resubmit a sweep folder's failed, interrupted and cancelled runs (its own sweep.yaml)."""
+    """Resubmit a sweep folder's RETRYABLE runs (its own sweep.yaml)."""
     path = Path(path).resolve()
     spec = load_sweep_spec(SweepDir(path))
     if path.name != spec.name:

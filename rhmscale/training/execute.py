@@ -37,7 +37,7 @@ class RunOutcome:
     state: str  # "done", "interrupted", or "failed" (failed.json written)
     run_dir: Path
     result: dict[str, Any] | None  # result.json's content when done
-    error: str | None = None  # "failed": the exception, as repr; "running": where
+    error: str | None = None  # "failed": "Type: message"; "running": where
 
 
 def execute(
@@ -323,7 +323,9 @@ class _Runs:
             self.stores[i].write_failed(self.configs[i].run_id(), exc, **record)
         except OSError as write_error:  # a full disk: the log and the outcome still say it
             self.log[i].error("could not write failed.json: %s", write_error)
-        self.outcomes[i] = RunOutcome("failed", self.stores[i].path, None, repr(exc)[:500])
+        self.outcomes[i] = RunOutcome(
+            "failed", self.stores[i].path, None, f"{type(exc).__name__}: {exc}"[:500]
+        )
         if i in self.members:
             self.finish_wandb(i, exit_code=1)
         elif mirror is not None:
