@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# rhmscale through SLURM on a GPU machine, end to end: bench/slurm_gpu_scenario.sh MODE OUT
+# rhmscale through SLURM on a GPU machine, end to end: bench/slurm_gpu_scenario.sh STAGES OUT
 #
 # Installs the dev cluster from an offline bundle (.slurm-bundle, made on a machine with a
 # package registry by: slurm/dev-cluster.sh bundle .slurm-bundle), starts it with the machine's
-# GPUs (4 shards each, no accounting), then
-#   probe: one GPU job (what it sees) and one packed task of SPEC, shortened, to time it;
-#   full:  SPEC three times through sbatch, each in its own root:
-#          serial/   one task per GPU (gpus_per_task 1): the tasks run one after another;
-#          shared/   the same with 4 tasks per GPU through shards (--gres=shard:1);
-#          requeue/  shared again, with a 2-minute time limit (SLURM sends USR2 at 30 s,
-#                    submitit requeues) and task 0 requeued by 'scontrol requeue' at its first
-#                    checkpoint; its runs must end as the uninterrupted ones (compare.json).
-# OUT gets at most 8 files: scenario.log, summary.json, compare.json, evidence.tgz (cluster
-# config, sbatch lines, squeue snapshots, statuses, run folders without checkpoints).
+# GPUs (4 shards each, no accounting), then runs STAGES, a comma-separated list of
+#   probe:   one GPU job (what it sees) and one packed task of SPEC, shortened, to time it;
+#   serial:  SPEC through sbatch, one task per GPU (gpus_per_task 1): tasks one after another;
+#   shared:  the same with 4 tasks per GPU through shards (--gres=shard:1);
+#   requeue: shared again, with a time limit of RQ_TIMEOUT_MIN minutes (default 2: SLURM sends
+#            USR2 90 s before it, at 30 s; submitit requeues) and task 0 requeued by 'scontrol requeue' at its first checkpoint; its
+#            runs must end as the uninterrupted ones (compare.json).
+# Each stage has its own root under /tmp/scenario/roots. A later call on the same (warm) machine
+# keeps them; on a fresh one, FROM=evidence.tgz of an earlier call restores their run folders
+# (checkpoints left out), so stages can be split across calls and still be compared.
+# OUT gets: scenario.log, summary.json (wall times of the stages run so far), compare.json
+# (when serial and another sweep stage are there), evidence.tgz (cluster config, sbatch lines,
+# squeue snapshots, statuses, run folders without checkpoints).
+# DEADLINE=S (seconds of this script): a stage still running then is cancelled and left out of
+# summary.json, so that a call ends inside its limit with what it has; a later call redoes it.
 # Wheels in .whl/ (packages the machine lacks) are installed first, into /tmp/site.
 set -uo pipefail
-mode=$1 out=$(realpath "$2")
+stages=,$1, out=$(realpath "$2")
 SPEC=${SPEC:-results/slurm-gpu/gpu-packed.yaml}
 work=/tmp/scenario
-rm -rf "$work" && mkdir -p "$work/evidence"
+mkdir -p "$work/evidence" "$work/roots"
+[[ -z ${FROM:-} || -n $(ls "$work/roots") ]] || tar -xzf "$FROM" -C "$work" || exit 1
 ev=$work/evidence
 say() { echo "[$(date +%T)] $*" | tee -a "$out/scenario.log"; }
 fail() {
@@ -29,6 +35,7 @@ fail() {
 pack() { tar -czf "$out/evidence.tgz" -C "$work" --exclude='*.ckpt' --exclude='wandb' evidence roots 2>/dev/null; }
 rhm() { python3 -c "from rhmscale.cli import main; main()" "$@"; }
 since() { awk -v t0="$1" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f", t1 - t0}'; }
+wanted() { [[ $stages == *",$1,"* ]]; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -52,9 +59,14 @@ cp "$state/slurm.conf" "$state/gres.conf" "$ev/"
 scontrol show node >"$ev/node.txt"
 sinfo -o "%P %N %c %m %G %T" | tee -a "$out/scenario.log"
 
-snapshot() { # snapshot NAME: squeue of the sweep's array, every 2 s, until it is gone
+snapshot() { # snapshot NAME LABEL: squeue of the sweep's array, every 2 s, until it is gone
     local name=$1
     while [[ -n $(squeue -h -r -n "rhm-$name") ]]; do
+        if ((SECONDS > ${DEADLINE:-999999})) && [[ ! -e $ev/late-$2 ]]; then
+            say "$2: past the deadline (${DEADLINE} s): cancelled, left for a later call"
+            touch "$ev/late-$2"
+            scancel -n "rhm-$name"
+        fi
         { date +%T; squeue -r -n "rhm-$name" -o "%i %T %b %M %L %r"; } >>"$ev/squeue-$2.txt"
         # A requeued task waits out its credential (11 s here): let it start at once.
         squeue -h -r -n "rhm-$name" -t PD -o "%i %r" | awk '$2 == "BeginTime" {print $1}' |
@@ -67,6 +79,11 @@ run_sweep() { # run_sweep LABEL [submit options...]: submit SPEC into roots/LABE
     local label=$1 root=$work/roots/$1 start name
     shift
     name=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$SPEC")
+    if grep -q "^$label " "$ev/walls.txt" 2>/dev/null; then
+        say "$label: done by an earlier call, kept"
+        return
+    fi
+    rm -rf "$root" "$ev/late-$label" # a stage cut short by a deadline is redone whole
     rhm sweep plan "$SPEC" --root "$root" "$@" >"$ev/plan-$label.txt" 2>&1
     start=$(date +%s.%N)
     rhm sweep submit "$SPEC" --root "$root" "$@" >"$ev/submit-$label.txt" 2>&1 ||
@@ -74,31 +91,27 @@ run_sweep() { # run_sweep LABEL [submit options...]: submit SPEC into roots/LABE
     [[ -z ${ON_SUBMIT:-} ]] || $ON_SUBMIT "$root/$name" "$name" &
     snapshot "$name" "$label"
     wait
-    WALL[$label]=$(since "$start")
+    [[ -e $ev/late-$label ]] || echo "$label $(since "$start")" >>"$ev/walls.txt"
     rhm sweep status "$root/$name" >"$ev/status-$label.txt" 2>&1
     cp "$root/$name"/submitit/*_submission.sh "$ev/sbatch-$label.sh" 2>/dev/null
     grep -h -E ": device |from step|requeue|USR2|signal" "$root/$name"/runs/*/run.log >"$ev/runlog-$label.txt"
-    say "$label: $(rhm sweep status "$root/$name" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])') in ${WALL[$label]} s"
+    say "$label: $(rhm sweep status "$root/$name" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])') in $(since "$start") s"
 }
-declare -A WALL
 
-if [[ $mode == probe ]]; then
+if wanted probe; then
     srun --gres=shard:1 bash -c 'echo "in a shard job: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"; python3 -c "import torch; print(torch.cuda.device_count(), torch.cuda.get_device_name())"' 2>&1 | tee -a "$out/scenario.log"
     python3 - "$SPEC" "$work/probe.yaml" <<'EOF'
 import sys, yaml
 spec = yaml.safe_load(open(sys.argv[1]))
 spec["name"] = "probe"
 spec["base"]["train"]["max_steps"] = 5000
-spec["grid"] = spec["grid"][:1]
+spec["grid"] = spec["grid"][:1] if isinstance(spec["grid"], list) else spec["grid"]
 yaml.safe_dump(spec, open(sys.argv[2], "w"))
 EOF
     SPEC=$work/probe.yaml run_sweep probe
-    grep -h "training\|done" "$work/roots/probe/probe/runs/"*/run.log | head -4 | tee -a "$out/scenario.log"
-    pack
-    exit 0
+    grep -h "training\|done\|compiled" "$work/roots/probe/probe/runs/"*/run.log | head -6 | tee -a "$out/scenario.log"
 fi
 
-# ------------------------------------------------------------------ full
 requeue_first_task() { # once a run of task 0 has a checkpoint, 'scontrol requeue' it
     local folder=$1 array="" run
     for _ in $(seq 300); do
@@ -111,19 +124,28 @@ requeue_first_task() { # once a run of task 0 has a checkpoint, 'scontrol requeu
     scontrol requeue "${array}_0" 2>&1 | tee -a "$out/scenario.log"
 }
 
-run_sweep serial
-run_sweep shared --tasks-per-gpu 4 --shards-per-gpu 4
-ON_SUBMIT=requeue_first_task run_sweep requeue --tasks-per-gpu 4 --shards-per-gpu 4 --timeout-min 2
+wanted serial && run_sweep serial
+wanted shared && run_sweep shared --tasks-per-gpu 4 --shards-per-gpu 4
+wanted requeue && ON_SUBMIT=requeue_first_task run_sweep requeue --tasks-per-gpu 4 --shards-per-gpu 4 --timeout-min "${RQ_TIMEOUT_MIN:-2}"
 
-python3 bench/slurm_gpu_compare.py "$work/roots" --out "$out/compare.json" | tee -a "$out/scenario.log"
-python3 - "$out/summary.json" "${WALL[serial]}" "${WALL[shared]}" "${WALL[requeue]}" <<'EOF'
-import json, sys, subprocess
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip()
-serial, shared, requeue = map(float, sys.argv[2:])
-json.dump({"gpu": gpu, "wall_s": {"serial": serial, "shared_4_per_gpu": shared,
-           "requeue_shared": requeue}, "shared_speedup": serial / shared},
-          open(sys.argv[1], "w"), indent=1)
+if grep -q "^serial " "$ev/walls.txt" 2>/dev/null && [[ -d $work/roots/shared || -d $work/roots/requeue ]]; then
+    python3 bench/slurm_gpu_compare.py "$work/roots" --out "$out/compare.json" | tee -a "$out/scenario.log"
+fi
+python3 - "$out/summary.json" "$ev/walls.txt" <<'EOF'
+import json, subprocess, sys
+from pathlib import Path
+try:
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+except FileNotFoundError:  # the scenario tried on a CPU machine's declared GPUs
+    gpu = "none (no nvidia-smi)"
+walls = Path(sys.argv[2])
+lines = walls.read_text().splitlines() if walls.exists() else []
+wall_s = {label: float(s) for label, s in (line.split() for line in lines)}
+summary = {"gpu": gpu, "wall_s": wall_s}
+if "serial" in wall_s and "shared" in wall_s:
+    summary["shared_speedup"] = wall_s["serial"] / wall_s["shared"]
+json.dump(summary, open(sys.argv[1], "w"), indent=1)
 EOF
 cat "$out/summary.json" | tee -a "$out/scenario.log"
 pack
