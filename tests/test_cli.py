@@ -33,6 +33,18 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_gpu_asked_for_where_there_is_none_exits_2_and_writes_nothing(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tiny = ["-o", "grammar.v=8", "-o", "grammar.m=2", "-o", "grammar.L=2", "-o", "data.P=16"]
+    tiny += ["-o", "data.n_test=8", "-o", "train.device=cuda"]
+    result = cli("run", "--root", str(tmp_path / "runs"), *tiny, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "no GPU is visible here; use train.device=auto" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unreadable_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grammar: {v: [1, 2\n")

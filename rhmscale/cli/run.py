@@ -70,7 +70,10 @@ def run(
     console = make_console()
     console.print(f"run [bold]{cfg.run_id()}[/] -> {target}")
     already_done = RunDir(target).state() == "done"
-    if not already_done:  # a done run is only shown
+    if not already_done:  # a done run is only shown; the machine's answers before its folder
+        from rhmscale.training.fabric import check_device
+
+        check_device(cfg)
         check_tracking(cfg)
     from rhmscale.cli.tables import run_table
     from rhmscale.training import execute

@@ -15,6 +15,13 @@ from rhmscale.config import RunConfig
 from rhmscale.errors import UserError
 
 
+def check_device(config: RunConfig) -> None:
+    """train.device=cuda where no GPU is visible is the user's to change, said before a run
+    folder is made (`rhmscale run`) or when a task starts (a sweep's node)."""
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no GPU is visible here; use train.device=auto")
+
+
 def make_fabric(config: RunConfig) -> Any:
     """Fabric on one device: train.device (auto: a GPU if there is one), train.precision (auto:
     bf16 autocast on a GPU, fp32 on a CPU)."""
@@ -23,8 +30,7 @@ def make_fabric(config: RunConfig) -> Any:
 
     quiet_lightning()
     train = config.train
-    if train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no GPU is visible here; use train.device=auto")
+    check_device(config)
     gpu = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
     precision = train.precision if train.precision != "auto" else ("bf16" if gpu else "32")
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
