@@ -32,7 +32,10 @@ fail() {
     pack
     exit 1
 }
-pack() { tar -czf "$out/evidence.tgz" -C "$work" --exclude='*.ckpt' --exclude='wandb' evidence roots 2>/dev/null; }
+pack() {
+    cp -r "${RHMSCALE_SLURM_STATE:-$HOME/.rhmscale-slurm}/log" "$ev/slurm-log" 2>/dev/null
+    tar -czf "$out/evidence.tgz" -C "$work" --exclude='*.ckpt' --exclude='wandb' evidence roots 2>/dev/null
+}
 rhm() { python3 -c "from rhmscale.cli import main; main()" "$@"; }
 since() { awk -v t0="$1" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f", t1 - t0}'; }
 wanted() { [[ $stages == *",$1,"* ]]; }

@@ -594,9 +594,15 @@ EOF
 
 cgroup_conf_text() {
     cat <<EOF
-# Written by slurm/dev-cluster.sh. The dev cluster uses no cgroup plugin
-# (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none); nothing here is read.
+# Written by slurm/dev-cluster.sh. The dev cluster uses no cgroup plugin for jobs
+# (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none).
 EOF
+    # On a cgroup v2 machine slurmd still opens the cgroup/v2 plugin, which asks systemd over
+    # dbus for a scope to put its step daemons in; a container has neither ("cannot connect to
+    # dbus system daemon ... slurmd initialization failed"): build the hierarchy by hand.
+    if [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]]; then
+        printf '%s\n' "CgroupPlugin=cgroup/v2" "IgnoreSystemd=yes"
+    fi
 }
 
 # write_file PATH MODE CONTENT: write atomically; returns 0 if the content changed.
@@ -630,7 +636,7 @@ write_config() {
     fake_gpu_files
     write_file "$GRES_CONF" 644 "$(gres_conf_text)" && changed=1
     write_file "$DBD_CONF" 600 "$(slurmdbd_conf_text)" && changed=1
-    write_file "$CGROUP_CONF" 644 "$(cgroup_conf_text)" || true
+    write_file "$CGROUP_CONF" 644 "$(cgroup_conf_text)" && changed=1
     CONFIG_CHANGED=$changed
 }
 
@@ -784,7 +790,10 @@ start_slurmd() {
     check_port_free "$SLURMD_PORT" slurmd
     rm -f "$RUN_DIR/slurmd.pid"
     log "starting slurmd"
-    run_daemon "$LOG_DIR/slurmd.out" slurmd -N localhost
+    run_daemon "$LOG_DIR/slurmd.out" slurmd -N localhost || {
+        log_tail "$LOG_DIR/slurmd.log"
+        die "slurmd did not start: $(grep -a -h -E 'error|fatal' "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.out" 2>/dev/null | tail -n 1)"
+    }
 }
 
 node_state() {
