@@ -598,10 +598,12 @@ cgroup_conf_text() {
 # (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none).
 EOF
     # On a cgroup v2 machine slurmd still opens the cgroup/v2 plugin, which asks systemd over
-    # dbus for a scope to put its step daemons in; a container has neither ("cannot connect to
-    # dbus system daemon ... slurmd initialization failed"): build the hierarchy by hand.
-    if [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]]; then
-        printf '%s\n' "CgroupPlugin=cgroup/v2" "IgnoreSystemd=yes"
+    # dbus for a scope for its step daemons; a container has no systemd ("cannot connect to dbus
+    # system daemon ... slurmd initialization failed"), and IgnoreSystemd=yes fails too where
+    # the cgroup tree cannot be made (gVisor: "Could not create scope directory"). Nothing here
+    # uses cgroups, so load the v1 plugin, which asks for nothing until a job plugin uses it.
+    if [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs && ! -S /run/dbus/system_bus_socket ]]; then
+        echo "CgroupPlugin=cgroup/v1"
     fi
 }
 
