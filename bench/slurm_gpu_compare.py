@@ -1,9 +1,9 @@
 """Compare the runs of bench/slurm_gpu_scenario.sh's sweeps with the uninterrupted serial ones.
 
-python bench/slurm_gpu_compare.py ROOTS --out compare.json
+python bench/slurm_gpu_compare.py ROOTS --out compare.json [--reference serial]
 
 ROOTS holds serial/, shared/ and requeue/, each with one sweep folder. The same spec gives the
-same run ids in each, so every run of shared/ and requeue/ is matched with its serial twin:
+same run ids in each, so every run of the others is matched with its twin in the reference:
 per run, whether it is done, the step it last resumed from (run.log), and the largest
 difference of its final metrics and of its val/loss curve from the twin's.
 """
@@ -32,7 +32,7 @@ def final(run: Path) -> dict[str, float] | None:
 
 def resumed_from(run: Path) -> list[int]:
     log = (run / "run.log").read_text()
-    return [int(step) for step in re.findall(r"from step (\d+)", log)]
+    return [int(step) for step in re.findall(r"training \d+ run\(s\) from step (\d+)", log)]
 
 
 def val_curve(run: Path) -> pd.Series:
@@ -61,14 +61,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reference", default="serial", help="the uninterrupted sweep's root")
     args = parser.parse_args()
-    serial = runs_of(args.roots / "serial")
-    report: dict = {"serial_done": sum(final(r) is not None for r in serial.values())}
-    for label in ("shared", "requeue"):
-        if not (args.roots / label).is_dir():
+    reference = runs_of(args.roots / args.reference)
+    report: dict = {
+        "reference": args.reference,
+        "reference_done": sum(final(r) is not None for r in reference.values()),
+    }
+    for label in ("serial", "shared", "requeue"):
+        if label == args.reference or not (args.roots / label).is_dir():
             continue
         runs = runs_of(args.roots / label)
-        rows = {rid: compare(serial[rid], run) for rid, run in sorted(runs.items())}
+        rows = {rid: compare(reference[rid], run) for rid, run in sorted(runs.items())}
         summary = {
             "runs": len(rows),
             "done": sum(r["done"] for r in rows.values()),

@@ -131,8 +131,10 @@ wanted serial && run_sweep serial
 wanted shared && run_sweep shared --tasks-per-gpu 4 --shards-per-gpu 4
 wanted requeue && ON_SUBMIT=requeue_first_task run_sweep requeue --tasks-per-gpu 4 --shards-per-gpu 4 --timeout-min "${RQ_TIMEOUT_MIN:-2}"
 
-if grep -q "^serial " "$ev/walls.txt" 2>/dev/null && [[ -d $work/roots/shared || -d $work/roots/requeue ]]; then
-    python3 bench/slurm_gpu_compare.py "$work/roots" --out "$out/compare.json" | tee -a "$out/scenario.log"
+reference=${REFERENCE:-serial} # the uninterrupted sweep the others are compared with
+if grep -q "^$reference " "$ev/walls.txt" 2>/dev/null && [[ $(ls "$work/roots" | grep -v probe | wc -l) -ge 2 ]]; then
+    python3 bench/slurm_gpu_compare.py "$work/roots" --out "$out/compare.json" \
+        --reference "$reference" | tee -a "$out/scenario.log"
 fi
 python3 - "$out/summary.json" "$ev/walls.txt" <<'EOF'
 import json, subprocess, sys
