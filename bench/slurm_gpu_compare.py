@@ -35,10 +35,16 @@ def resumed_from(run: Path) -> list[int]:
     return [int(step) for step in re.findall(r"training \d+ run\(s\) from step (\d+)", log)]
 
 
-def val_curve(run: Path) -> pd.Series:
+def curve(run: Path, metric: str) -> pd.Series:
     frame = pd.read_parquet(run / "metrics.parquet")
-    frame = frame.dropna(subset=["val/loss"])
-    return frame.set_index("step")["val/loss"]
+    return frame.dropna(subset=[metric]).set_index("step")[metric]
+
+
+def first_difference(twin: Path, run: Path, metric: str) -> tuple[int | None, float]:
+    """The first evaluation step where the two curves differ, and their largest difference."""
+    curves = pd.concat([curve(twin, metric), curve(run, metric)], axis=1, join="inner")
+    diff = (curves.iloc[:, 0] - curves.iloc[:, 1]).abs()
+    return (int(diff[diff > 0].index.min()) if (diff > 0).any() else None), float(diff.max())
 
 
 def compare(twin: Path, run: Path) -> dict:
@@ -50,9 +56,16 @@ def compare(twin: Path, run: Path) -> dict:
     diffs = {key: abs(a[key] - b[key]) for key in shared}
     row["max_abs_diff_continuous"] = max(diffs[k] for k in CONTINUOUS)
     row["max_abs_diff_generation"] = max(v for k, v in diffs.items() if k.startswith("gen/"))
+    # fractions in [0, 1] (accuracies, copy share), apart from counts such as gen/novel_n
+    row["max_abs_diff_accuracy"] = max(
+        v for k, v in diffs.items() if "acc" in k or k.endswith("_frac")
+    )
     row["bitwise_equal_final"] = all(v == 0 for v in diffs.values())
-    curves = pd.concat([val_curve(twin), val_curve(run)], axis=1, join="inner")
-    row["val_loss_curve_max_abs_diff"] = float((curves.iloc[:, 0] - curves.iloc[:, 1]).abs().max())
+    row["val_loss_curve_max_abs_diff"] = first_difference(twin, run, "val/loss")[1]
+    first, row["train_loss_curve_max_abs_diff"] = first_difference(twin, run, "train/loss")
+    row["train_loss_first_differs_at"] = first
+    resumes = [step for step in row["resumed_from"] if step > 0]
+    row["differs_before_any_resume"] = first is not None and (not resumes or first < min(resumes))
     row["val_loss_final"] = [a["val/loss"], b["val/loss"]]
     return row
 
@@ -78,7 +91,15 @@ def main() -> None:
             "done": sum(r["done"] for r in rows.values()),
             "resumed": sum(any(s > 0 for s in r["resumed_from"]) for r in rows.values()),
         }
-        for key in ("max_abs_diff_continuous", "max_abs_diff_generation"):
+        summary["differs_before_any_resume"] = sum(
+            r.get("differs_before_any_resume", False) for r in rows.values()
+        )
+        for key in (
+            "max_abs_diff_continuous",
+            "max_abs_diff_generation",
+            "max_abs_diff_accuracy",
+            "train_loss_curve_max_abs_diff",
+        ):
             values = [r[key] for r in rows.values() if key in r]
             summary[key] = max(values) if values else None
         equal = [r.get("bitwise_equal_final", False) for r in rows.values()]
