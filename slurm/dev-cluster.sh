@@ -861,12 +861,15 @@ cmd_start() {
     require_host
     local t0=$SECONDS
     write_config
-    if [[ -f $CONF ]] && all_up && node_usable; then
-        if ((CONFIG_CHANGED == 0)); then
-            log "already running (state $STATE; $(gres_summary))"
-            export_line
-            return 0
-        fi
+    if ((CONFIG_CHANGED == 0)) && [[ -f $CONF ]] && all_up && node_usable; then
+        log "already running (state $STATE; $(gres_summary))"
+        export_line
+        return 0
+    fi
+    # A changed configuration (other --gpus, accounting turned on ...) is read only by a new
+    # slurmctld and slurmd: stop running ones first, also when another daemon is down (turning
+    # accounting on, slurmdbd is: the old slurmctld would go on without it).
+    if ((CONFIG_CHANGED)) && { pid_alive "$RUN_DIR/slurmctld.pid" slurmctld || pid_alive "$RUN_DIR/slurmd.pid" slurmd; }; then
         restart_slurm
     fi
     start_munge
