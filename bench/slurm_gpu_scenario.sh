@@ -8,13 +8,15 @@
 #   serial:  SPEC through sbatch, one task per GPU (gpus_per_task 1): tasks one after another;
 #   shared:  the same with 4 tasks per GPU through shards (--gres=shard:1);
 #   requeue: shared again, with a time limit of RQ_TIMEOUT_MIN minutes (default 2: SLURM sends
-#            USR2 90 s before it, at 30 s; submitit requeues) and task 0 requeued by 'scontrol requeue' at its first checkpoint; its
-#            runs must end as the uninterrupted ones (compare.json).
+#            USR2 90 s before it, at 30 s; submitit requeues) and task 0 requeued by
+#            'scontrol requeue' at its first checkpoint; its runs must end as the uninterrupted
+#            ones (compare.json).
 # Each stage has its own root under /tmp/scenario/roots. A later call on the same (warm) machine
 # keeps them; on a fresh one, FROM=evidence.tgz of an earlier call restores their run folders
 # (checkpoints left out), so stages can be split across calls and still be compared.
 # OUT gets: scenario.log, summary.json (wall times of the stages run so far), compare.json
-# (when serial and another sweep stage are there), evidence.tgz (cluster config, sbatch lines,
+# (each other sweep stage against REFERENCE, default serial, once that one is there),
+# evidence.tgz (cluster config, sbatch lines,
 # squeue snapshots, statuses, run folders without checkpoints).
 # DEADLINE=S (seconds of this script): a stage still running then is cancelled and left out of
 # summary.json, so that a call ends inside its limit with what it has; a later call redoes it.

@@ -99,13 +99,13 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
     done. A path may also be a .csv or .parquet table that `collect -o` wrote: its runs join as
     they are (they were done when it was written)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+    is_table = {p: p.is_file() and p.suffix in TABLE_SUFFIXES for p in paths}
     frames, done, skipped = [], set(), {}
-    for table in (read_table(p) for p in paths if p.is_file() and p.suffix in TABLE_SUFFIXES):
+    for table in (read_table(p) for p in paths if is_table[p]):
         table = table[~table["run_id"].isin(done)]
         frames.append(table)
         done.update(table["run_id"])
-    folders = [p for p in paths if not (p.is_file() and p.suffix in TABLE_SUFFIXES)]
-    for store in (store for path in folders for store in run_dirs(path)):
+    for store in (store for path in paths if not is_table[path] for store in run_dirs(path)):
         run_id = store.path.name
         if run_id in done:
             continue
