@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Run a sweep on a GPU machine and pack what comes back: bench/device_sweep.sh SPEC LIMIT_S OUT
+# Run a sweep on a GPU machine and pack what comes back:
+#   bench/device_sweep.sh SPEC LIMIT_S OUT [WHERE ...]
 #   SPEC     a preset name or spec file; LIMIT_S  seconds the sweep may take (then its runs are
-#   asked to checkpoint and stop, and a later submit resumes them); OUT  folder for the results:
-#   device.txt, submit.log (with wall_s), status.txt, runs.tgz (run folders without
-#   checkpoints or W&B files) and wandb.tgz.* (the offline W&B runs, in 15 MB pieces).
+#   asked to checkpoint and stop, and a later call resumes them); OUT  folder for the results:
+#   device.txt, submit.log (wall_s of each submission), status.txt, runs.tgz (run folders
+#   without checkpoints or W&B files) and wandb.tgz.* (the offline W&B runs, in 15 MB pieces).
+#   WHERE    cell selections (`sweep submit --where`), submitted one after the other into the
+#   same sweep while time is left: the cells that matter most first (default: every cell).
+# Environment: ROOT (default sw) the runs root; a second call on the same machine finds the
+#   first's runs there (done ones are skipped, interrupted ones resume from their checkpoint).
+#   OPTIONS  more `sweep submit` options, e.g. "--executor local --tasks-per-gpu 3".
+#   WANDB=0  leaves wandb.tgz.* out.
 # Wheels in .whl/ (packages the machine lacks) are installed first, into /tmp/site.
 set -uo pipefail
 spec=$1 limit=$2 out=$3
+shift 3
+root=${ROOT:-sw}
+wheres=("$@")
+[ ${#wheres[@]} -eq 0 ] && wheres=("")
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
@@ -17,13 +28,32 @@ rhmscale() { python3 -c "from rhmscale.cli import main; main()" "$@"; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } >"$out/device.txt" 2>&1
-start=$(date +%s)
-timeout -s TERM -k 60 "$limit" python3 -c "from rhmscale.cli import main; main()" \
-    sweep submit "$spec" --root sw >"$out/submit.log" 2>&1
-echo "rc=$? wall_s=$(($(date +%s) - start))" >>"$out/submit.log"
-pkill -TERM -f submitit && sleep 15  # workers of a stopped submit checkpoint and end
-name=$(ls sw)
-rhmscale sweep status "sw/$name" >"$out/status.txt" 2>&1
-tar --exclude='*.ckpt' --exclude='wandb' -czf "$out/runs.tgz" sw
-find sw -type d -name wandb -prune -print0 | tar --null -T - -czf - | split -b 15m - "$out/wandb.tgz."
+deadline=$(($(date +%s) + limit))
+for where in "${wheres[@]}"; do
+    [ $(($(date +%s) + 10)) -ge "$deadline" ] && break
+    echo "== cells: ${where:-all} ($((deadline - $(date +%s))) s left)" >>"$out/submit.log"
+    start=$(date +%s)
+    # shellcheck disable=SC2086  # OPTIONS holds several options
+    python3 -c "from rhmscale.cli import main; main()" sweep submit "$spec" --root "$root" \
+        ${where:+--where "$where"} ${OPTIONS:-} >>"$out/submit.log" 2>&1 &
+    submit=$!
+    while kill -0 "$submit" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
+    if kill -0 "$submit" 2>/dev/null; then
+        # The workers checkpoint and end (interrupted; a later call resumes them), then the
+        # submit that waits for them returns.
+        echo "deadline: the workers are asked to stop" >>"$out/submit.log"
+        pkill -TERM -f submitit.core._submit
+        for _ in $(seq 90); do kill -0 "$submit" 2>/dev/null || break; sleep 1; done
+        kill -0 "$submit" 2>/dev/null && pkill -KILL -f submitit && kill "$submit"
+    fi
+    wait "$submit"
+    echo "rc=$? wall_s=$(($(date +%s) - start))" >>"$out/submit.log"
+done
+name=$(ls "$root")
+rhmscale sweep status "$root/$name" >"$out/status.txt" 2>&1
+tar --exclude='*.ckpt' --exclude='wandb' -czf "$out/runs.tgz" "$root"
+if [ "${WANDB:-1}" != 0 ]; then
+    find "$root" -type d -name wandb -prune -print0 | tar --null -T - -czf - |
+        split -b 15m - "$out/wandb.tgz."
+fi
 ls -la "$out"

@@ -537,3 +537,21 @@ def test_another_spec_under_the_same_sweep_name_is_refused(tmp_path):
     # The same runs under other executor or tracking settings are the same sweep.
     same = first | {"tracking": {"wandb": "disabled", "tags": ["again"]}}
     assert submit(parse_spec(same), tmp_path).record is None
+
+
+def test_where_submits_the_selected_cells_and_leaves_the_others_pending(tmp_path):
+    """`sweep plan|submit --where`: a sweep submitted a part at a time into one folder."""
+    s = spec({"grammar.v": [8, 16], "data.P": [8, 16]})
+    points = {}
+    for point in expand_points(s).points:
+        points.setdefault(point.config.grammar.v, []).append(point.run_id)
+    assert set(prepare(s, tmp_path, where="v=16").run_ids) == set(points[16])
+    assert set(prepare(s, tmp_path, where="grammar.v=8|16").run_ids) == set(points[8] + points[16])
+    for run_id in points[16]:
+        fake_done(tmp_path / "t", run_id)
+    assert prepare(s, tmp_path, where="v=16").run_ids == []  # done: nothing to submit
+    assert set(prepare(s, tmp_path).run_ids) == set(points[8])  # the other part, later
+    with pytest.raises(UserError, match=r"selects no runs; v is 8, 16"):
+        prepare(s, tmp_path, where="v=32")
+    with pytest.raises(UserError, match="unknown key 'widht'"):
+        prepare(s, tmp_path, where="widht=8")

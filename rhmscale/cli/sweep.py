@@ -25,6 +25,15 @@ ParamsFromOpt = Annotated[
 ]
 
 
+SubmitWhereOpt = Annotated[
+    str,
+    typer.Option(
+        help='Only the runs of these cells: "L=3", "s=2, v=16|32" (grammar letters or config '
+        "keys); the others stay pending for a later submission into the same sweep.",
+    ),
+]
+
+
 ParamsUnlikeOpt = Annotated[
     bool,
     typer.Option(
@@ -61,6 +70,7 @@ def sweep_plan(
     overrides: dict[str, Any],
     params_from: ParamsFromOpt = None,
     params_unlike: ParamsUnlikeOpt = False,
+    where: SubmitWhereOpt = "",
 ) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted
     (on SLURM, with the #SBATCH lines of its job array)."""
@@ -69,7 +79,7 @@ def sweep_plan(
     from rhmscale.sweeps.grouping import pack_plan
 
     sweep = load_sweep(spec, params_from, params_unlike)
-    prepared = prepare(sweep, root, executor=overrides)
+    prepared = prepare(sweep, root, executor=overrides, where=where)
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
     title = f"sweep {sweep.name} -> {root / sweep.name}"
@@ -101,13 +111,14 @@ def sweep_submit(
     wait: WaitOpt = None,
     params_from: ParamsFromOpt = None,
     params_unlike: ParamsUnlikeOpt = False,
+    where: SubmitWhereOpt = "",
 ) -> None:
     """Submit every run that is not done (nor queued or running) as one job array."""
     from rhmscale.sweeps.dispatch import submit
 
     sweep = load_sweep(spec, params_from, params_unlike)
     with writing(root / sweep.name):
-        submission = submit(sweep, root, executor=overrides)
+        submission = submit(sweep, root, executor=overrides, where=where)
     follow(submission, wait)
 
 

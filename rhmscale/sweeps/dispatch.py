@@ -75,10 +75,11 @@ def prepare(
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
     query_queue: bool = True,
+    where: str = "",
 ) -> Prepared:
     """Everything a submission needs, without submitting: the runs to submit, in tasks."""
     ex = apply_executor_overrides(spec.executor, executor)
-    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue)
+    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue, where)
 
 
 def prepare_expanded(
@@ -88,11 +89,14 @@ def prepare_expanded(
     expansion: Expansion,
     states: Iterable[str],
     query_queue: bool = True,
+    where: str = "",
 ) -> Prepared:
+    """The runs in `states` (of the cells `where` selects, all when empty), in tasks."""
     sweep = SweepDir((Path(root) / spec.name).resolve())
     check_same_runs(sweep, expansion)
     status = status_of(sweep, spec.name, expansion, query_queue=query_queue, strict=True)
     wanted = set(states)
+    selected = selected_runs(expansion, where)
     items = [
         {
             "run_id": point.run_id,
@@ -100,9 +104,26 @@ def prepare_expanded(
             "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
-        if run.state in wanted
+        if run.state in wanted and point.run_id in selected
     ]
     return Prepared(spec, sweep, ex, group_tasks(items, ex), status)
+
+
+def selected_runs(expansion: Expansion, where: str) -> set[str]:
+    """The run ids of the cells `where` selects ("L=3", "s=2, v=16|32": as fit's --where);
+    every run when it is empty. A condition that selects nothing is an error naming the values."""
+    ids = {point.run_id for point in expansion.points}
+    if not where.strip():
+        return ids
+    import pandas as pd
+
+    from rhmscale.config import flatten
+    from rhmscale.results.cells import select_cells
+
+    frame = pd.DataFrame(
+        [flatten(p.config.model_dump(mode="json")) | {"run_id": p.run_id} for p in expansion.points]
+    )
+    return set(select_cells(frame, where)["run_id"])
 
 
 @dataclass
@@ -165,8 +186,10 @@ def submit(
     *,
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
+    where: str = "",
 ) -> Submission:
     """Submit every run not done (nor queued/running) as one job array; returns at once.
+    `where` submits the selected cells only: the others stay pending, for a later submission.
 
     Two submissions of one sweep at once are serialised (the sweep's lock), so the second
     sees the first's runs as queued and does not submit them again.
@@ -175,7 +198,7 @@ def submit(
     expansion = expand_points(spec)  # every point valid before anything is written
     check_tracking(expansion)
     with SweepDir((Path(root) / spec.name).resolve()).lock():
-        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states))
+        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states, where=where))
 
 
 def check_tracking(expansion: Expansion) -> None:
