@@ -18,21 +18,10 @@ from typing import Any
 
 from rhmscale.config import flatten, key_roles, member_keys
 from rhmscale.sweeps.cost import expected_steps, pack_cost
+from rhmscale.sweeps.gpus import visible_gpu_count
 from rhmscale.sweeps.spec import ExecutorSpec
 
 Item = dict[str, Any]
-
-
-def visible_gpu_count() -> int:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return len([d for d in env.split(",") if d.strip()])
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
-        return 0
 
 
 def local_workers(ex: ExecutorSpec) -> int:
