@@ -40,13 +40,17 @@ from sweep_breakdown import PROBE, is_helper, runs_of, union_length
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.9
+NEEDED = ["pydantic", "submitit", "wandb", "optuna"]  # what a GPU image may lack
 GPU_FIELDS = ["index", "name", "uuid", "memory.total", "driver_version", "pci.bus_id"]
 
 
 def install_wheels(code: Path) -> str | None:
-    """Wheels in <code>/.whl (what the machine lacks) into /tmp/site; the folder, or None."""
+    """Wheels in <code>/.whl (what the machine lacks) into /tmp/site, when this Python lacks
+    rhmscale's packages; the folder, or None."""
+    import importlib.util
+
     wheels = sorted((code / ".whl").glob("*.whl"))
-    if not wheels:
+    if not wheels or all(importlib.util.find_spec(name) for name in NEEDED):
         return None
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
@@ -222,21 +226,25 @@ def torch_version() -> str:
 
 
 def dry_run(args, counts: list[int], gpus: list[str]) -> None:
-    """Each count's GPUs, workers (as the local executor will start them) and command."""
-    from rhmscale.sweeps.dispatch import apply_executor_overrides
+    """Each count's GPUs, workers and packs (as a submission would make them) and command."""
+    from rhmscale.sweeps.dispatch import prepare
     from rhmscale.sweeps.gpus import worker_gpus
-    from rhmscale.sweeps.grouping import local_workers
     from rhmscale.sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
-    ex = apply_executor_overrides(spec.executor, {"kind": "local"})
     for n in counts:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[:n])
-        workers = local_workers(ex)
+        root = args.root / f"{n}gpu"
+        prepared = prepare(spec, root, executor={"kind": "local"}, query_queue=False)
+        ex, workers = prepared.executor, len(prepared.tasks)
         given = worker_gpus(workers, ex.gpus_per_task, gpus[:n]) if ex.gpus_per_task else []
-        print(f"{n} GPU(s): CUDA_VISIBLE_DEVICES={','.join(gpus[:n])}, {workers} worker(s)")
+        pack_of = {item["run_id"]: item.get("pack") for task in prepared.tasks for item in task}
+        sizes = Counter(pack_of.values())  # workers of a shared queue each hold every pack
+        packs = f", {len(sizes)} packs of {min(sizes.values())}-{max(sizes.values())} runs"
+        print(f"{n} GPU(s): CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}, "
+              f"{workers} worker(s){packs if ex.pack else ''}")  # fmt: skip
         print("  workers' GPUs:", [",".join(g) for g in given] or "none (no gpus_per_task)")
-        print("  " + shlex.join(submit_command(args.spec, args.root / f"{n}gpu", [])))
+        print("  " + shlex.join(submit_command(args.spec, root, shlex.split(args.submit_args))))
 
 
 def main() -> None:

@@ -125,3 +125,36 @@ def test_each_local_worker_sees_its_fake_gpu(tmp_path, monkeypatch):
     for log in (tmp_path / "fake-gpus" / "runs").glob("*/run.log"):
         seen += re.findall(r"CUDA_VISIBLE_DEVICES=(\S*)", log.read_text())
     assert Counter(seen) == {"5": 2, "7": 2}
+
+
+def first_packs(monkeypatch, tmp_path, devices: str):
+    """paper-lite locally on the given GPUs: each worker's GPU, the pack it starts with, and
+    the size of every pack."""
+    from rhmscale.sweeps.dispatch import prepare
+    from rhmscale.sweeps.spec import load_spec
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", devices)
+    prepared = prepare(load_spec("paper-lite"), tmp_path, query_queue=False)
+    gpus = worker_gpus(len(prepared.tasks), 1, visible_gpus())
+    pack_of = {item["run_id"]: item["pack"] for task in prepared.tasks for item in task}
+    sizes = Counter(pack_of.values())
+    return [g for (g,) in gpus], [task[0]["pack"] for task in prepared.tasks], sizes
+
+
+def test_on_eight_gpus_every_worker_has_a_pack_and_the_longest_start_apart(monkeypatch, tmp_path):
+    """paper-lite makes 7 packs of 27 for one GPU's 3 workers; on 8 GPUs (24 workers) those 7
+    left GPU 7 without a pack and 17 workers idle. Packs now hold at most runs/workers, and
+    worker i starts with pack i, so the 8 longest packs start on the 8 GPUs."""
+    gpus, first, sizes = first_packs(monkeypatch, tmp_path, "0,1,2,3,4,5,6,7")
+    assert len(gpus) == 24 and len(sizes) >= 24
+    assert first == list(range(24))
+    assert sorted(gpus[:8]) == [str(g) for g in range(8)]  # packs 0-7, one on each GPU
+    assert Counter(gpus) == {str(g): 3 for g in range(8)}
+    assert max(sizes.values()) <= 189 // 24
+
+
+def test_on_one_gpu_the_packs_stay_as_measured(monkeypatch, tmp_path):
+    """The one-GPU run that results/paper-lite and bench/results measured: 7 packs of 27."""
+    gpus, first, sizes = first_packs(monkeypatch, tmp_path, "0")
+    assert gpus == ["0"] * 3 and first == [0, 1, 2]
+    assert sorted(sizes.values()) == [27] * 7

@@ -51,10 +51,13 @@ def test_local_workers_share_one_queue_of_whole_packs_longest_first():
         for i in range(10)
     ]
     tasks = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=2))
-    # Each worker holds every pack, in the same order, tagged with one queue: a pack goes to
-    # the worker that claims it first (SweepTask).
-    assert len(tasks) == 2 and tasks[0] == tasks[1] and len(tasks[0]) == 10
-    assert len({item["queue"] for item in tasks[0]}) == 1
+    # Each worker holds every pack, tagged with one queue: a pack goes to the worker that
+    # claims it first (SweepTask); worker i starts with pack i, then takes them in order.
+    assert len(tasks) == 2 and len(tasks[0]) == len(tasks[1]) == 10
+    assert len({item["queue"] for task in tasks for item in task}) == 1
+    for i, task in enumerate(tasks):
+        numbers = list(dict.fromkeys(item["pack"] for item in task))
+        assert numbers == [i] + [n for n in range(3) if n != i]
     packs = {}
     for item in tasks[0]:
         packs.setdefault(item["pack"], []).append(item["config"]["data"]["P"])

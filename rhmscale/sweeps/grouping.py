@@ -95,21 +95,32 @@ def group_packed_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
     Packs are numbered longest first (by expected cost: more data, longer sequences and more
     steps cost more), so that workers and array tasks start the long packs together and the
     short ones fill in after them, rather than one ending alone on a long pack.
+
+    Locally a pack holds at most runs / workers runs (rounded down), so that every worker has
+    one: fewer packs than workers would leave workers, and on a node of several GPUs whole
+    GPUs, idle while the few packs train.
     """
-    packs = make_packs(items, ex.runs_per_task)
+    workers = local_workers(ex) if ex.kind == "local" else 1
+    size = min(ex.runs_per_task, max(1, len(items) // workers))
+    packs = make_packs(items, size)
     for number, pack in enumerate(packs):
         for item in pack:
             item["pack"] = number
     if ex.kind == "slurm":
         return packs
-    n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
-    every = [item for pack in packs for item in pack]
+    n = min(len(packs), workers)
     if n == 1:
-        return [every]
+        return [[item for pack in packs for item in pack]]
     # Local workers share one queue, longest first: a worker that ends a pack takes the next
     # one nobody has claimed (SweepTask), so none is left alone with a list dealt in advance.
+    # Worker i starts with pack i: workers are dealt round the GPUs (gpus.py), so the longest
+    # packs start on different GPUs, not on whichever GPU's workers happen to start first.
     queue = uuid.uuid4().hex[:12]
-    return [[item | {"queue": queue} for item in every] for _ in range(n)]
+    tagged = [[item | {"queue": queue} for item in pack] for pack in packs]
+    return [
+        [*tagged[i], *(item for j, pack in enumerate(tagged) if j != i for item in pack)]
+        for i in range(n)
+    ]
 
 
 @dataclass
