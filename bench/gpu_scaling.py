@@ -94,6 +94,8 @@ def counts_of(text: str | None, n_gpus: int) -> list[int]:
     too_many = [c for c in wanted if c > n_gpus or c < 1]
     if too_many:
         sys.exit(f"--counts {text}: {too_many} not between 1 and the {n_gpus} GPU(s) there are")
+    if 1 not in wanted:
+        sys.exit(f"--counts {text}: add 1, the wall time every efficiency is measured against")
     return sorted(set(wanted))
 
 
@@ -104,11 +106,12 @@ class UtilisationSampler:
         self.log, self.process = log, None
         if enabled:
             query = "--query-gpu=timestamp,index,utilization.gpu,memory.used"
-            self.process = subprocess.Popen(
-                ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "500"],
-                stdout=log.open("w"),
-                stderr=subprocess.DEVNULL,
-            )
+            with log.open("w") as sink:  # the child keeps its own handle
+                self.process = subprocess.Popen(
+                    ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "500"],
+                    stdout=sink,
+                    stderr=subprocess.DEVNULL,
+                )
 
     def stop(self) -> dict[str, dict[str, float]]:
         if self.process is None:
