@@ -12,7 +12,9 @@ on any count), the seconds workers stood idle before the last one ended, each GP
 fraction (nvidia-smi sampled every 0.5 s) and how many workers each GPU got (the phase probe of
 bench/probe/ records each worker's CUDA_VISIBLE_DEVICES). OUT/gpu_scaling.json holds it with the
 GPUs' names, memory, driver, PCI bus and `nvidia-smi topo -m`; OUT/<n>gpu-submit.log the
-submissions' output.
+submissions' output. Where one call cannot hold every count (a time limit), `--previous
+OLD/gpu_scaling.json` takes the counts it measured, e.g. `--counts 1` first, then
+`--counts 2,8 --previous OLD/gpu_scaling.json` (the same --root: each count has its folder).
 
 On a GPU machine without a package registry, wheels in .whl/ are installed into /tmp/site first
 (as bench/device_sweep.sh does) and put on the submissions' PYTHONPATH.
@@ -88,15 +90,28 @@ def base_gpus(facts: list[dict[str, str]], fake: str | None) -> list[str]:
     return [fact["index"] for fact in facts]
 
 
-def counts_of(text: str | None, n_gpus: int) -> list[int]:
+def counts_of(text: str | None, n_gpus: int, earlier: list[dict]) -> list[int]:
     """--counts, else 1, 2 and every GPU; each at most the GPUs there are, once, in order."""
     wanted = [int(c) for c in text.split(",")] if text else [1, 2, n_gpus]
     too_many = [c for c in wanted if c > n_gpus or c < 1]
     if too_many:
         sys.exit(f"--counts {text}: {too_many} not between 1 and the {n_gpus} GPU(s) there are")
-    if 1 not in wanted:
-        sys.exit(f"--counts {text}: add 1, the wall time every efficiency is measured against")
+    if 1 not in wanted and not any(row["gpus"] == 1 for row in earlier):
+        sys.exit(
+            f"--counts {text}: add 1, the wall time every efficiency is measured against "
+            "(or give --previous, a report that has it)"
+        )
     return sorted(set(wanted))
+
+
+def previous_rows(path: Path | None, args) -> list[dict]:
+    """The rows of an earlier report of the same spec and options, marked with where from."""
+    if path is None:
+        return []
+    report = json.loads(path.read_text())
+    if (report["spec"], report["submit_args"]) != (args.spec, args.submit_args):
+        sys.exit(f"--previous {path} measured {report['spec']} {report['submit_args']!r}")
+    return [row | {"from": str(path)} for row in report["rows"]]
 
 
 class UtilisationSampler:
@@ -261,6 +276,12 @@ def main() -> None:
     parser.add_argument("--submit-args", default="", help="more `sweep submit` options")
     parser.add_argument("--fake-gpus", help="stand-in GPU ids on a machine without GPUs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        help="an earlier gpu_scaling.json of this spec on this machine: its rows for the counts "
+        "not run now (e.g. the 1-GPU baseline, where one call cannot hold every count)",
+    )
     args = parser.parse_args()
     args.root, args.code = args.root.resolve(), args.code.resolve()
     site = install_wheels(args.code)
@@ -269,21 +290,24 @@ def main() -> None:
     gpus = base_gpus(facts, args.fake_gpus)
     if not gpus:
         sys.exit("no GPUs: nvidia-smi lists none (--fake-gpus 0,1 checks the machinery on CPUs)")
-    counts = counts_of(args.counts, len(gpus))
+    earlier = previous_rows(args.previous, args)
+    counts = counts_of(args.counts, len(gpus), earlier)
     if args.dry_run:
         dry_run(args, counts, gpus)
         return
-    if args.root.exists() and any(args.root.iterdir()):
-        sys.exit(f"--root {args.root} is not empty: each count must start from no runs")
+    used_roots = [args.root / f"{n}gpu" for n in counts if (args.root / f"{n}gpu").exists()]
+    if used_roots:
+        sys.exit(f"{used_roots[0]} exists: each count must start from no runs (a new --root)")
     out = (args.out or args.root).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = [site, str(args.code), str(PROBE), os.environ.get("PYTHONPATH")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     env["PYTHONUNBUFFERED"] = "1"
-    rows = []
+    rows = [row for row in earlier if row["gpus"] not in counts]
     for n in counts:
         rows.append(run_count(args, n, gpus, env, out))
         print(json.dumps(rows[-1]), flush=True)
+    rows.sort(key=lambda row: row["gpus"])
     used = [f for f in facts if f["index"] in gpus]
     names = Counter(f["name"] for f in used)
     report = {

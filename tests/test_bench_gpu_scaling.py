@@ -36,6 +36,8 @@ def test_dry_run_deals_each_count_of_gpus_its_workers(tmp_path):
 
 @pytest.mark.slow
 def test_fake_gpus_measure_each_count_and_record_each_workers_gpu(tmp_path):
+    """Each count in its own root, on the first n ids; each worker's id recorded; the
+    efficiency is wall(1) / (n wall(n)) of the rows."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -54,14 +56,17 @@ def test_fake_gpus_measure_each_count_and_record_each_workers_gpu(tmp_path):
             }
         )
     )
+    # Two calls, as where one call cannot hold every count: 1 GPU, then 2 with the first's rows.
+    common = ["--root", str(tmp_path / "runs"), "--fake-gpus", "5,7"]
+    common += ["--submit-args", "--gpus-per-task 1"]
+    bench(str(spec), *common, "--out", str(tmp_path / "first"), "--counts", "1")
+    first = tmp_path / "first" / "gpu_scaling.json"
     out = tmp_path / "out"
-    bench(
-        str(spec), "--root", str(tmp_path / "runs"), "--out", str(out),
-        "--fake-gpus", "5,7", "--submit-args", "--gpus-per-task 1",
-    )  # fmt: skip
+    bench(str(spec), *common, "--out", str(out), "--counts", "2", "--previous", str(first))
     report = json.loads((out / "gpu_scaling.json").read_text())
     rows = report["rows"]
     assert [row["gpus"] for row in rows] == [1, 2]
+    assert rows[0]["from"] == str(first) and "from" not in rows[1]
     assert [row["cuda_visible_devices"] for row in rows] == ["5", "5,7"]
     assert all(row["rc"] == 0 and row["runs_done"] == 4 for row in rows)
     assert [row["workers_per_gpu"] for row in rows] == [{"5": 1}, {"5": 1, "7": 1}]
