@@ -51,16 +51,22 @@ def test_local_workers_share_one_queue_of_whole_packs_longest_first():
         for i in range(10)
     ]
     tasks = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=2))
-    # Each worker holds every pack, in the same order, tagged with one queue: a pack goes to
-    # the worker that claims it first (SweepTask).
-    assert len(tasks) == 2 and tasks[0] == tasks[1] and len(tasks[0]) == 10
-    assert len({item["queue"] for item in tasks[0]}) == 1
+    # Each worker holds every pack, tagged with one queue: a pack goes to the worker that
+    # claims it first (SweepTask); worker i starts with pack i, then takes them in order.
+    assert len(tasks) == 2 and len(tasks[0]) == len(tasks[1]) == 10
+    assert len({item["queue"] for task in tasks for item in task}) == 1
+    for i, task in enumerate(tasks):
+        numbers = list(dict.fromkeys(item["pack"] for item in task))
+        assert numbers == [i] + [n for n in range(3) if n != i]
     packs = {}
     for item in tasks[0]:
         packs.setdefault(item["pack"], []).append(item["config"]["data"]["P"])
     assert sorted(len(p) for p in packs.values()) == [3, 3, 4]
+    # Longest first: no early stopping, so every run trains max_steps and the pack of 4 costs
+    # most; packs of equal cost in order of their largest P.
     largest = [max(packs[number]) for number in sorted(packs)]
-    assert largest == sorted(largest, reverse=True)  # pack 0 holds the largest P
+    assert [len(packs[number]) for number in sorted(packs)] == [4, 3, 3]
+    assert largest[1:] == sorted(largest[1:], reverse=True)
     one = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=1))
     assert len(one) == 1 and "queue" not in one[0][0]  # one worker needs no queue
 

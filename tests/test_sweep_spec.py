@@ -188,7 +188,7 @@ def test_load_spec_from_a_file_and_a_missing_one(tmp_path):
 
 
 def test_tasks_group_runs():
-    items = [{"i": i} for i in range(7)]
+    items = [{"i": i, "config": {}} for i in range(7)]
     assert [len(t) for t in group_tasks(items, ExecutorSpec(kind="slurm", runs_per_task=3))] == [
         3,
         3,

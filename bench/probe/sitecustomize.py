@@ -118,6 +118,7 @@ def write() -> None:
             "argv": sys.argv,
             "started": STARTED,
             "ended": time.time(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # its GPUs
             "events": EVENTS,
         }
         json.dump(record, f)

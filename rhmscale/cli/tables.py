@@ -159,18 +159,24 @@ def runs_table(status: SweepStatus) -> Table:
 
 
 def packs_table(plan: PackPlan) -> Table:
-    """One row per pack: what tells it from the other packs, and what its members vary in."""
+    """One row per pack, in the order they start (the most expensive first): what tells it
+    from the other packs, what its members vary in, its expected steps and share of the work."""
     from rich.table import Table
 
-    table = Table(title="packs (members train together on one device)")
+    table = Table(title="packs (members train together on one device; longest expected first)")
     table.add_column("pack", justify="right")
     table.add_column("runs", justify="right")
+    table.add_column("steps (est.)", justify="right")
+    table.add_column("work (est.)", justify="right")
     for name in short_names([*plan.shape_keys, *plan.member_keys]):
         table.add_column(name)
+    total = sum(pack.cost for pack in plan.packs) or 1.0
     for pack in plan.packs:
         table.add_row(
             str(pack.number),
             str(pack.size),
+            f"{pack.steps:,}",
+            f"{pack.cost / total:.1%}",
             *(str(pack.shape[key]) for key in plan.shape_keys),
             *(format_values(pack.members[key]) for key in plan.member_keys),
         )

@@ -2,8 +2,8 @@
 
 slurm: one job array per submission (executor.batch()), the spec's resources as sbatch
 options; debug: in this process; local: one process per task, each given its own GPU(s) when
-the task asks for GPUs and there are any. A submission the scheduler refuses is a UserError
-that carries the scheduler's own message.
+the task asks for GPUs and there are any (gpus.py says which). A submission the scheduler
+refuses is a UserError that carries the scheduler's own message.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 import submitit
 
 from rhmscale.errors import UserError
-from rhmscale.sweeps.grouping import Item, visible_gpu_count
+from rhmscale.sweeps.gpus import as_indices, visible_gpus, worker_gpus
+from rhmscale.sweeps.grouping import Item
 from rhmscale.sweeps.job import SweepTask
 from rhmscale.sweeps.slurm_checks import check_partition_gpus
 from rhmscale.sweeps.spec import ExecutorSpec
@@ -128,10 +129,14 @@ def quiet_submitit() -> None:
 
 
 def preflight(ex: ExecutorSpec) -> None:
-    """What can be known to fail before anything is written or submitted (SLURM only)."""
+    """What can be known to fail before anything is written or submitted: SLURM reachable
+    with the GPUs asked for; locally, visible GPUs that workers can be given."""
     if ex.kind == "slurm":
         require_slurm()
         check_partition_gpus(ex, gpu_request(ex))
+    if ex.kind == "local" and ex.gpus_per_task and (gpus := visible_gpus()):
+        worker_gpus(1, ex.gpus_per_task, gpus)  # enough of them for one task
+        as_indices(tuple(gpus))  # named so that submitit can hand them on
 
 
 def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
@@ -182,13 +187,12 @@ def submit_calls(
 def submit_local(
     executor: Any, ex: ExecutorSpec, fn: Any, calls: list[tuple[Any, ...]], threads: int
 ) -> list[Any]:
-    """Local: one process per call; each gets its own GPU(s) when there are any."""
-    n_gpus = visible_gpu_count() if ex.gpus_per_task else 0
+    """Local: one process per call; with GPUs, each its share of the visible ones (gpus.py)."""
+    gpus = visible_gpus() if ex.gpus_per_task else []
+    given = worker_gpus(len(calls), ex.gpus_per_task, gpus) if gpus else [()] * len(calls)
     jobs = []
-    for i, call in enumerate(calls):
-        if n_gpus:
-            first = (i * ex.gpus_per_task) % n_gpus
-            gpus = tuple((first + k) % n_gpus for k in range(ex.gpus_per_task))
-            executor.update_parameters(gpus_per_node=ex.gpus_per_task, visible_gpus=gpus)
+    for call, mine in zip(calls, given, strict=True):
+        if mine:
+            executor.update_parameters(gpus_per_node=len(mine), visible_gpus=as_indices(mine))
         jobs.append(executor.submit(fn, *call, threads))
     return jobs

@@ -3,7 +3,8 @@
 An item is one run to submit: {"run_id", "config" (RunConfig as JSON), "run_dir"}, plus
 "pack" (its pack's number) when the executor packs. On SLURM a task is `runs_per_task` runs in
 sequence, or one pack; locally one task per worker (the local executor starts every task at
-once), the runs or packs dealt out; the debug executor runs everything in one task.
+once), the runs or packs dealt out; the debug executor runs everything in one task. Runs and
+packs go longest first, by their expected cost (cost.py).
 """
 
 from __future__ import annotations
@@ -16,21 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rhmscale.config import flatten, key_roles, member_keys
+from rhmscale.sweeps.cost import expected_steps, pack_cost
+from rhmscale.sweeps.gpus import visible_gpu_count
 from rhmscale.sweeps.spec import ExecutorSpec
 
 Item = dict[str, Any]
-
-
-def visible_gpu_count() -> int:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return len([d for d in env.split(",") if d.strip()])
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
-        return 0
 
 
 def local_workers(ex: ExecutorSpec) -> int:
@@ -50,6 +41,7 @@ def group_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
         return []
     if ex.pack:
         return group_packed_tasks(items, ex)
+    items = longest_first(items)
     if ex.kind == "local":
         n = min(len(items), local_workers(ex))
         return [items[i::n] for i in range(n)]
@@ -59,8 +51,18 @@ def group_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def longest_first(items: list[Item]) -> list[Item]:
+    """Unpacked runs in order of expected cost (cost.pack_cost of each alone), the longest
+    first, so that the longest start first, as packs do; ties keep their order."""
+    from rhmscale.config import RunConfig
+
+    costs = [pack_cost([RunConfig.model_validate(item["config"])]) for item in items]
+    return [item for _, item in sorted(zip(costs, items, strict=True), key=lambda ci: -ci[0])]
+
+
 def make_packs(items: list[Item], size: int) -> list[list[Item]]:
-    """Runs of one shape (pack_key) in packs of up to `size`, runs of similar data.P together.
+    """Runs of one shape (pack_key) in packs of up to `size`, runs of similar data.P together,
+    the packs in order of their expected cost (cost.pack_cost), the most expensive first.
 
     A pack steps until its last member stops, and with early stopping a run's length grows with
     its training set: packing runs in order of P lets the small-P packs end early instead of
@@ -69,44 +71,56 @@ def make_packs(items: list[Item], size: int) -> list[list[Item]]:
     """
     from rhmscale.config import RunConfig, pack_key
 
-    shapes: dict[str, list[tuple[int, Item]]] = {}
+    shapes: dict[str, list[tuple[RunConfig, Item]]] = {}
     for item in items:
         config = RunConfig.model_validate(item["config"])
-        shapes.setdefault(pack_key(config), []).append((config.data.P, item))
-    packs = []
+        shapes.setdefault(pack_key(config), []).append((config, item))
+    packs: list[tuple[tuple[float, int], list[Item]]] = []
     for members in shapes.values():
-        ordered = [item for _, item in sorted(members, key=lambda pair: pair[0])]
+        ordered = sorted(members, key=lambda pair: pair[0].data.P)
         n_packs = math.ceil(len(ordered) / size)
         bounds = [round(i * len(ordered) / n_packs) for i in range(n_packs + 1)]
-        packs += [ordered[a:b] for a, b in itertools.pairwise(bounds)]
-    return packs
+        for a, b in itertools.pairwise(bounds):
+            pack = ordered[a:b]
+            configs = [config for config, _ in pack]
+            longest = (pack_cost(configs), max(c.data.P for c in configs))
+            packs.append((longest, [item for _, item in pack]))
+    # Equal costs (e.g. runs that all reach max_steps): the pack of more data first.
+    return [pack for _, pack in sorted(packs, key=lambda pair: pair[0], reverse=True)]
 
 
 def group_packed_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
     """Each item gets its pack number; a task holds whole packs (one, except local/debug).
 
-    Packs are numbered longest first (the pack of the largest data.P: with early stopping,
-    runs on more data train longer), so that workers start the long packs together and the
-    short ones fill in after them, rather than one worker ending alone on a long pack.
+    Packs are numbered longest first (by expected cost: more data, longer sequences and more
+    steps cost more), so that workers and array tasks start the long packs together and the
+    short ones fill in after them, rather than one ending alone on a long pack.
+
+    Locally a pack holds at most runs / workers runs (rounded down), so that every worker has
+    one: fewer packs than workers would leave workers, and on a node of several GPUs whole
+    GPUs, idle while the few packs train.
     """
-    packs = sorted(make_packs(items, ex.runs_per_task), key=lambda pack: -largest_p(pack))
+    workers = local_workers(ex) if ex.kind == "local" else 1
+    size = min(ex.runs_per_task, max(1, len(items) // workers))
+    packs = make_packs(items, size)
     for number, pack in enumerate(packs):
         for item in pack:
             item["pack"] = number
     if ex.kind == "slurm":
         return packs
-    n = 1 if ex.kind == "debug" else min(len(packs), local_workers(ex))
-    every = [item for pack in packs for item in pack]
+    n = min(len(packs), workers)
     if n == 1:
-        return [every]
+        return [[item for pack in packs for item in pack]]
     # Local workers share one queue, longest first: a worker that ends a pack takes the next
     # one nobody has claimed (SweepTask), so none is left alone with a list dealt in advance.
+    # Worker i starts with pack i: workers are dealt round the GPUs (gpus.py), so the longest
+    # packs start on different GPUs, not on whichever GPU's workers happen to start first.
     queue = uuid.uuid4().hex[:12]
-    return [[item | {"queue": queue} for item in every] for _ in range(n)]
-
-
-def largest_p(pack: list[Item]) -> int:
-    return max(item["config"]["data"]["P"] for item in pack)
+    tagged = [[item | {"queue": queue} for item in pack] for pack in packs]
+    return [
+        [*tagged[i], *(item for j, pack in enumerate(tagged) if j != i for item in pack)]
+        for i in range(n)
+    ]
 
 
 @dataclass
@@ -115,6 +129,8 @@ class PackRow:
     size: int
     shape: dict[str, Any]  # the plan's shape keys: this pack's value
     members: dict[str, list[Any]]  # the plan's member keys: this pack's members' values
+    steps: int  # expected steps of its longest member (cost.expected_steps)
+    cost: float  # expected token-samples (cost.pack_cost)
 
 
 @dataclass
@@ -136,11 +152,17 @@ def distinct(values: list[Any]) -> list[Any]:
 
 
 def pack_plan(tasks: list[list[Item]]) -> PackPlan:
+    from rhmscale.config import RunConfig
+
     by_run: dict[int, dict[str, dict[str, Any]]] = {}
     for task in tasks:  # a run once, also when workers share a queue of every pack
         for item in task:
-            by_run.setdefault(item["pack"], {})[item["run_id"]] = flatten(item["config"])
-    members = {number: list(pack.values()) for number, pack in by_run.items()}
+            by_run.setdefault(item["pack"], {})[item["run_id"]] = item["config"]
+    validated = {
+        number: [RunConfig.model_validate(c) for c in pack.values()]
+        for number, pack in by_run.items()
+    }
+    members = {number: [flatten(c) for c in pack.values()] for number, pack in by_run.items()}
     flat = [config for pack in members.values() for config in pack]
     per_member = set(member_keys())
 
@@ -157,6 +179,8 @@ def pack_plan(tasks: list[list[Item]]) -> PackPlan:
             len(configs),
             {k: configs[0].get(k) for k in shape_keys},
             {k: distinct([c.get(k) for c in configs]) for k in varying},
+            max(expected_steps(c) for c in validated[number]),
+            pack_cost(validated[number]),
         )
         for number, configs in sorted(members.items())
     ]
