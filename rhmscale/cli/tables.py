@@ -163,11 +163,11 @@ def packs_table(plan: PackPlan) -> Table:
     from the other packs, what its members vary in, its expected steps and share of the work."""
     from rich.table import Table
 
-    table = Table(title="packs (members train together on one device; longest expected first)")
+    table = Table(title="packs (members train together on one device; longest first: ~ = expected)")
     table.add_column("pack", justify="right")
     table.add_column("runs", justify="right")
-    table.add_column("steps (est.)", justify="right")
-    table.add_column("work (est.)", justify="right")
+    table.add_column("~steps", justify="right")
+    table.add_column("~work", justify="right")
     for name in short_names([*plan.shape_keys, *plan.member_keys]):
         table.add_column(name)
     total = sum(pack.cost for pack in plan.packs) or 1.0
