@@ -56,6 +56,16 @@ def test_only_the_gpus_the_user_made_visible_are_used(monkeypatch):
     assert given == ["2", "3", "2", "3"]
 
 
+def test_a_worker_resubmitted_alone_gets_its_own_gpu(monkeypatch):
+    """`tune retry` resubmits the workers that ended (here 1 and 3 of 0..3 on two GPUs): each
+    gets the GPU its number had, not the first GPU, where worker 0 still runs."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    recorder = RecordingExecutor()
+    ex = ExecutorSpec(kind="local", gpus_per_task=1, tasks_per_gpu=2)
+    submit_local(recorder, ex, None, [(), ()], threads=1, slots=[1, 3])
+    assert recorder.given == ["1", "1"]
+
+
 def test_tasks_of_several_gpus_get_disjoint_groups(monkeypatch):
     assert given_to_workers(monkeypatch, "4,5,6,7", gpus_per_task=2) == ["4,5", "6,7"]
     # 3 GPUs, 2 a task: one task's worth; the third GPU is left, never shared by two groups.

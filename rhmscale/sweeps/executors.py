@@ -161,15 +161,21 @@ def submit_tasks(ex: ExecutorSpec, folder: Path, name: str, tasks: list[list[Ite
 
 
 def submit_calls(
-    ex: ExecutorSpec, folder: Path, name: str, fn: Any, calls: list[tuple[Any, ...]]
+    ex: ExecutorSpec,
+    folder: Path,
+    name: str,
+    fn: Any,
+    calls: list[tuple[Any, ...]],
+    slots: list[int] | None = None,
 ) -> list[Any]:
     """One job per call, fn(*call, threads), as one array (SLURM) or one process each (local);
-    sbatch's refusals as UserErrors carrying its message."""
+    sbatch's refusals as UserErrors carrying its message. `slots`: the calls' worker numbers,
+    which decide their GPUs locally (default 0, 1, ...)."""
     executor = make_executor(ex, folder, name)
     threads = ex.cpus
     try:
         if ex.kind == "local":
-            return submit_local(executor, ex, fn, calls, threads)
+            return submit_local(executor, ex, fn, calls, threads, slots)
         with executor.batch():
             jobs = [executor.submit(fn, *call, threads) for call in calls]
         return jobs
@@ -185,14 +191,23 @@ def submit_calls(
 
 
 def submit_local(
-    executor: Any, ex: ExecutorSpec, fn: Any, calls: list[tuple[Any, ...]], threads: int
+    executor: Any,
+    ex: ExecutorSpec,
+    fn: Any,
+    calls: list[tuple[Any, ...]],
+    threads: int,
+    slots: list[int] | None = None,
 ) -> list[Any]:
-    """Local: one process per call; with GPUs, each its share of the visible ones (gpus.py)."""
+    """Local: one process per call; with GPUs, each its share of the visible ones (gpus.py),
+    by its worker number (`slots`): a worker resubmitted alone gets the GPU it had, not the
+    first one, where the workers still running are."""
+    slots = list(range(len(calls))) if slots is None else slots
     gpus = visible_gpus() if ex.gpus_per_task else []
-    given = worker_gpus(len(calls), ex.gpus_per_task, gpus) if gpus else [()] * len(calls)
+    n = max(slots, default=-1) + 1
+    given = worker_gpus(n, ex.gpus_per_task, gpus) if gpus else [()] * n
     jobs = []
-    for call, mine in zip(calls, given, strict=True):
-        if mine:
+    for call, slot in zip(calls, slots, strict=True):
+        if mine := given[slot]:
             executor.update_parameters(gpus_per_node=len(mine), visible_gpus=as_indices(mine))
         jobs.append(executor.submit(fn, *call, threads))
     return jobs

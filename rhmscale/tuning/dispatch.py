@@ -75,8 +75,8 @@ def submit(
         todo = [i for i in range(spec.workers) if worker_name(i) not in alive]
         if not todo:
             return Submitted(folder, [], ex.kind)
-        jobs = submit_calls(ex, folder.submitit, spec.name, TuneTask(),
-                            [(str(folder.path), i) for i in todo])  # fmt: skip
+        calls = [(str(folder.path), i) for i in todo]
+        jobs = submit_calls(ex, folder.submitit, spec.name, TuneTask(), calls, slots=todo)
         folder.append_job_line(submit_record(ex, jobs, [[worker_name(i)] for i in todo]))
     return Submitted(folder, jobs, ex.kind)
 
