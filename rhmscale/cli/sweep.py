@@ -12,7 +12,7 @@ from rhmscale.cli.failures import writing
 from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
 
 if TYPE_CHECKING:
-    from rhmscale.sweeps.dispatch import Submission
+    from rhmscale.sweeps.dispatch import Prepared, Submission
 
 sweep_app = typer.Typer(help="Plan, submit and follow sweeps of runs.", no_args_is_help=True)
 
@@ -64,12 +64,18 @@ def sweep_plan(
 ) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted
     (on SLURM, with the #SBATCH lines of its job array)."""
-    from rhmscale.cli.tables import packs_table, status_table
     from rhmscale.sweeps.dispatch import prepare
-    from rhmscale.sweeps.grouping import pack_plan
 
     sweep = load_sweep(spec, params_from, params_unlike)
-    prepared = prepare(sweep, root, executor=overrides)
+    print_plan(prepare(sweep, root, executor=overrides), root)
+
+
+def print_plan(prepared: Prepared, root: Path) -> None:
+    """The plan table: cells, runs, done, to submit; packs; on SLURM the sbatch options."""
+    from rhmscale.cli.tables import packs_table, status_table
+    from rhmscale.sweeps.grouping import pack_plan
+
+    sweep = prepared.spec
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
     title = f"sweep {sweep.name} -> {root / sweep.name}"

@@ -191,16 +191,18 @@ def check_tracking(expansion: Expansion) -> None:
 
 
 def check_same_runs(sweep: SweepDir, expansion: Expansion) -> None:
-    """A sweep folder holds one spec's runs: another spec of the same name (other points; the
-    executor or tracking may differ) is refused, or status would show one spec's runs while
-    collect and fit read both."""
+    """A sweep folder holds one spec's runs: another spec of the same name is refused, or status
+    would show one spec's runs while collect and fit read both. The same runs (the executor or
+    tracking may differ) are the same sweep; so are more runs beside every recorded one: the
+    sweep grown (`sweep refine`), whose spec then becomes the recorded one."""
     if not sweep.spec_file.exists():
         return
     recorded = {point.run_id for point in expand_points(load_sweep_spec(sweep)).points}
     given = {point.run_id for point in expansion.points}
-    if recorded != given:
+    if not recorded <= given:
+        grown = " (it was grown, e.g. by sweep refine)" if given < recorded else ""
         raise UserError(
-            f"{sweep.path} holds sweep '{sweep.path.name}' from another spec "
+            f"{sweep.path} holds sweep '{sweep.path.name}' from another spec{grown} "
             f"({len(given - recorded)} of this spec's {len(given)} runs are not in it, "
             f"{len(recorded - given)} of its {len(recorded)} runs not in this spec): give this "
             f"spec another name (fit both folders together: rhmscale fit A B), or go on with "
