@@ -1,6 +1,7 @@
 """Sweep specs: parsing, grid expansion, validation of every point, presets, plan/status."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -537,3 +538,37 @@ def test_another_spec_under_the_same_sweep_name_is_refused(tmp_path):
     # The same runs under other executor or tracking settings are the same sweep.
     same = first | {"tracking": {"wandb": "disabled", "tags": ["again"]}}
     assert submit(parse_spec(same), tmp_path).record is None
+
+
+def test_a_logspace_of_formulas_gives_each_cell_its_own_range():
+    """The coarse start for `sweep refine`: 4 sizes per cell from P_1/4 to 4 P_L."""
+    sweep = spec(
+        {
+            "grammar.v": [4, 8],
+            "grammar.m": [2],
+            "data.P": {"logspace": ["v*m^2/4", "4*v*m^(L+1)", 4]},
+            "seed": [0, 1],
+        }
+    )
+    sizes: dict[int, set[int]] = {}
+    for config in expand(sweep):
+        sizes.setdefault(config.grammar.v, set()).add(config.data.P)
+    for v, found in sizes.items():
+        assert sorted(found) == logspace_ints(v * 4 / 4, 4 * v * 2**4, 4)
+    assert len(expand(sweep)) == 2 * 4 * 2
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        (["v*m^^2", 64, 3], "is not a formula"),
+        (["k*v", 64, 3], "'k' is not allowed"),
+        (["__import__('os')", 64, 3], "is not allowed"),
+        (["v", "v/8", 3], "at v=4, m=2, s=2, L=3 (bounds 4, 0.5)"),
+    ],
+)
+def test_a_bad_formula_logspace_is_a_user_error(bounds, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        expand(spec({"data.P": {"logspace": bounds}}))
+    with pytest.raises(UserError, match="cannot be zipped"):
+        expand(spec({"zip": [{"data.P": {"logspace": ["v", "2*v", 2]}, "seed": [0, 1]}]}))
