@@ -84,15 +84,15 @@ def sweep_refine(
         console.print(f"  not proposed: {proposal['cell']} P={proposal['data.P']}: {why}")
     root = path.parent
     if not growth.taken:
-        met = not len(found.proposals)
+        met = (found.points["action"] == "").all()
         console.print(
             "every bracket meets the target: nothing to refine"
             if met
-            else "nothing new to run (see above)"
+            else "nothing new to run (the table and the lines above say why)"
         )
         return
     console.print(
-        f"refinement: {growth.n_added} new runs at {len(growth.taken)} sizes "
+        f"refinement: {growth.n_added} new run(s) at {len(growth.taken)} size(s) "
         f"({growth.n_before} -> {growth.n_before + growth.n_added} runs)"
     )
     if output is not None:
