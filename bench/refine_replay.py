@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rhmscale.config import REPLICATE_SEED
 from rhmscale.results.cells import SIZE, with_cells
 from rhmscale.results.collect import read_table
 from rhmscale.results.fit import fit, json_safe
 from rhmscale.results.options import FitOptions
-from rhmscale.results.refinement import SEED, refinement
+from rhmscale.results.refinement import refinement
 from rhmscale.sweeps.refine import budgeted
 
 TOLERANCE = 1.10  # half-widths within 10% of the full grid's
@@ -53,7 +54,7 @@ def nearest_runs(runs: pd.DataFrame, proposal: dict, used: set[str]) -> tuple[in
     cell = runs[runs["cell"] == proposal["cell"]]
     sizes = np.sort(cell[SIZE].unique())
     size = int(sizes[np.argmin(np.abs(np.log(sizes / proposal[SIZE])))])
-    there = cell[(cell[SIZE] == size) & cell[SEED].isin(proposal["seeds"])]
+    there = cell[(cell[SIZE] == size) & cell[REPLICATE_SEED].isin(proposal["seeds"])]
     return size, sorted(set(there["run_id"]) - used)
 
 

@@ -324,6 +324,11 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
     return roles
 
 
+# The seed that replicates of one cell and size differ in (grammar.seed, also a seed, picks the
+# grammar); `sweep refine` adds replicates by it.
+REPLICATE_SEED = "seed"
+
+
 def size_key(model: type[BaseModel] = RunConfig) -> str:
     """The one key whose role is "size": the fit's x axis (data.P), what `sweep refine` adds."""
     (key,) = [key for key, kind in key_roles(model).items() if kind.role == SIZE]

@@ -80,6 +80,12 @@ def sweep_refine(
     found = refinement(collection.frame, fit, target, seeds)
     growth = grow(spec, found.proposals.to_dict("records"), max_runs)
     console.print(refine_table(found.points, target))
+    done = collection.counts()["done"]
+    if done < growth.n_before:
+        console.print(
+            f"[yellow]note:[/] {growth.n_before - done} of the sweep's {growth.n_before} runs are "
+            "not done: the brackets are those of the done runs (the others are not proposed again)"
+        )
     for proposal, why in growth.left:
         console.print(f"  not proposed: {proposal['cell']} P={proposal['data.P']}: {why}")
     root = path.parent

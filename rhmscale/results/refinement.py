@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rhmscale.config import n_sequences
+from rhmscale.config import REPLICATE_SEED, n_sequences
 from rhmscale.errors import UserError
 from rhmscale.results.cells import SIZE, by_cell, cell_keys, rows_at, select_cells, with_cells
 from rhmscale.results.crossing import BELOW
@@ -31,7 +31,6 @@ from rhmscale.results.options import FitOptions, check_options, level_range
 from rhmscale.results.sample_complexity import sample_complexity
 from rhmscale.results.theory import Theory
 
-SEED = "seed"  # the replicate seed refine adds (grammar.seed stays the cell's grammar)
 EDGE_PRIORITY = math.inf  # an unmeasured point first: its P*_k is only a bound
 
 
@@ -99,7 +98,7 @@ class CellRuns:
     def __init__(self, group: pd.DataFrame, target: float, seeds: int | None):
         self.target = target
         self.sizes = np.sort(group[SIZE].unique()).astype(float)
-        self.used = {int(P): set(g[SEED].astype(int)) for P, g in group.groupby(SIZE)}
+        self.used = {int(P): set(g[REPLICATE_SEED].astype(int)) for P, g in group.groupby(SIZE)}
         common = set.intersection(*self.used.values())
         self.usual = sorted(common or set.union(*self.used.values()))  # a new size's seeds
         self.n = seeds or int(np.median([len(s) for s in self.used.values()]))

@@ -16,12 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rhmscale.config import cell_columns, cell_of, size_key
+from rhmscale.config import REPLICATE_SEED, cell_columns, cell_of, size_key
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
-
-SEED = "seed"  # the replicate seed a proposal names
 
 
 @dataclass
@@ -59,8 +57,8 @@ def is_missing(value: Any) -> bool:
 def block_for(template: Point, size: int, seeds: list[int]) -> dict[str, Any]:
     """A grid block of one cell: the template run's grid values but size and seed."""
     size_name = size_key()
-    kept = {k: [v] for k, v in template.values.items() if k not in (size_name, SEED)}
-    return {**kept, size_name: [int(size)], SEED: [int(s) for s in seeds]}
+    kept = {k: [v] for k, v in template.values.items() if k not in (size_name, REPLICATE_SEED)}
+    return {**kept, size_name: [int(size)], REPLICATE_SEED: [int(s) for s in seeds]}
 
 
 def budgeted(counts: list[int], room: float) -> list[bool]:
@@ -101,7 +99,7 @@ def grow(spec: SweepSpec, proposals: list[dict[str, Any]], max_runs: int | None 
             growth.left.append((proposal, "its runs are in the sweep already"))
             continue
         claimed.update(p.run_id for p in new)
-        block[SEED] = [p.config.seed for p in new]
+        block[REPLICATE_SEED] = [p.config.seed for p in new]
         candidates.append((proposal, block, [p.run_id for p in new]))
     room = math.inf if max_runs is None else max_runs - len(held)
     blocks: dict[str, dict[str, Any]] = {}
