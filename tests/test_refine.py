@@ -207,6 +207,10 @@ def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
     assert submitted.exit_code == 0, submitted.output
     assert SweepDir(folder).spec_file.read_text() == spec_to_yaml(written)
     assert "submitted" in submitted.output
+    # The new runs are not done: refine says so and proposes none of them again.
+    again = runner.invoke(app, ["sweep", "refine", str(folder), "--n-boot", "300"])
+    assert again.exit_code == 0, again.output
+    assert "runs are not done" in again.output and "refinement:" not in again.output
 
 
 @pytest.mark.parametrize(
@@ -282,3 +286,24 @@ def test_a_refined_sweep_covers_the_truth_at_least_as_often_as_the_full_grid():
         refined_hits += covers(refined, options)
     assert refined_hits >= full_hits - 2, (refined_hits, full_hits)
     assert refined_hits >= 0.8 * reps
+
+
+def test_seed_noise_wider_than_a_narrow_bracket_gets_more_seeds():
+    """Sizes 10% apart around P*_2 and noisy seeds: the crossing's interval reaches well past
+    its bracket, so more sizes would not narrow it; more seeds at the bracket's ends would."""
+    rng = np.random.default_rng(9)
+    v, m = 8, 3
+    centre = true_p_star(v, m, 2)
+    sizes = np.round(centre * 1.1 ** np.arange(-6, 7)).astype(int)
+    rows = [
+        r for P in sizes for seed in range(2) for r in run_rows(rng, v, m, int(P), seed, noise=0.25)
+    ]
+    found = refinement(pd.DataFrame(rows), FitOptions(n_boot=300, levels="2"), 1.25)
+    (point,) = found.points.itertuples()
+    assert point.bracket_ratio <= 1.25 and point.P_hi > point.P_right * 1.25  # noise: wide
+    seeded = found.proposals[found.proposals["reason"].str.contains("more seeds")]
+    assert sorted(seeded["data.P"]) == sorted([int(point.P_left), int(point.P_right)])
+    assert all(list(s) == [2, 3] for s in seeded["seeds"])  # new seeds, as many as the cell has
+    assert len(found.proposals) == len(seeded)  # no size: the bracket meets the target
+    more = refinement(pd.DataFrame(rows), FitOptions(n_boot=300, levels="2"), 1.25, seeds=3)
+    assert all(list(s) == [2, 3, 4] for s in more.proposals["seeds"])
