@@ -207,6 +207,9 @@ def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
     assert submitted.exit_code == 0, submitted.output
     assert SweepDir(folder).spec_file.read_text() == spec_to_yaml(written)
     assert "submitted" in submitted.output
+    (line,) = [r for r in SweepDir(folder).read_job_lines() if r["event"] == "refine"]
+    assert line["first_block"] == len(grown.grid) and line["runs_added"] > 0
+    assert line["runs_added"] == sum(len(p["seeds"]) for p in line["proposals"])
     # The new runs are not done: refine says so and proposes none of them again.
     again = runner.invoke(app, ["sweep", "refine", str(folder), "--n-boot", "300"])
     assert again.exit_code == 0, again.output

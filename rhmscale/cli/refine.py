@@ -62,7 +62,7 @@ def sweep_refine(
     from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps.dispatch import prepare
     from rhmscale.sweeps.dispatch import submit as submit_spec
-    from rhmscale.sweeps.refine import grow
+    from rhmscale.sweeps.refine import grow, growth_record
     from rhmscale.sweeps.spec import spec_to_yaml
     from rhmscale.sweeps.status import load_sweep_spec
 
@@ -111,6 +111,7 @@ def sweep_refine(
         return
     with writing(path):
         submission = submit_spec(growth.spec, root, executor=overrides)
+        SweepDir(path).append_job_line(growth_record(growth, target, max_runs))
     follow(submission, wait)
 
 

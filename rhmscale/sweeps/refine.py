@@ -12,6 +12,7 @@ spent on the proposals in order of priority, whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from rhmscale.sweeps.spec import SweepSpec
 class Growth:
     spec: SweepSpec  # the recorded spec with the new blocks (the same spec when none)
     n_before: int  # runs the sweep held
+    first_block: int = 0  # the index of the first new grid block in spec.grid
     taken: list[dict[str, Any]] = field(default_factory=list)  # proposals added, + "run_ids"
     left: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # proposal, why not
 
@@ -117,9 +119,28 @@ def grow(spec: SweepSpec, proposals: list[dict[str, Any]], max_runs: int | None 
         return growth
     grid = spec.grid if isinstance(spec.grid, list) else [spec.grid]
     grown = spec.model_copy(update={"grid": [*grid, *blocks.values()]})
+    growth.first_block = len(grid)
     after = {p.run_id for p in expand_points(grown).points}
     added = {rid for p in growth.taken for rid in p["run_ids"]}
     if after != held | added:  # the blocks hold exactly the runs taken
         raise AssertionError("grown spec's runs differ from the proposals taken")
     growth.spec = grown
     return growth
+
+
+def growth_record(growth: Growth, target: float, max_runs: int | None) -> dict[str, Any]:
+    """jobs.jsonl's line for a submitted refinement: when the sweep grew, by which grid blocks
+    of its sweep.yaml (first_block on), and why (each proposal's reason)."""
+    return {
+        "event": "refine",
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "target": target,
+        "max_runs": max_runs,
+        "runs_before": growth.n_before,
+        "runs_added": growth.n_added,
+        "first_block": growth.first_block,
+        "proposals": [
+            {key: p.get(key) for key in ("cell", size_key(), "seeds", "reason")}
+            for p in growth.taken
+        ],
+    }
