@@ -191,6 +191,14 @@ def test_rounds_end_when_every_bracket_meets_the_target_and_refine_is_then_idemp
 
 def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
     folder = make_sweep(tmp_path, coarse(np.random.default_rng(5)))
+    # A run the sweep holds but has not run (a cell left for later): refine leaves it pending.
+    held = load_sweep_spec(SweepDir(folder))
+    later = {"grammar.v": [32], "grammar.m": [3], "data.P": [100], "seed": [0]}
+    held = held.model_copy(update={"grid": [*held.grid, later]})
+    atomic_write_text(SweepDir(folder).spec_file, spec_to_yaml(held))
+    (pending,) = {p.run_id for p in expand_points(held).points} - {
+        p.name for p in (folder / "runs").iterdir()
+    }
     recorded = SweepDir(folder).spec_file.read_text()
     out = tmp_path / "grown.yaml"
     runner = CliRunner()
@@ -210,6 +218,12 @@ def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
     (line,) = [r for r in SweepDir(folder).read_job_lines() if r["event"] == "refine"]
     assert line["first_block"] == len(grown.grid) and line["runs_added"] > 0
     assert line["runs_added"] == sum(len(p["seeds"]) for p in line["proposals"])
+    (submit,) = [r for r in SweepDir(folder).read_job_lines() if r["event"] == "submit"]
+    sent = {rid for task in submit["tasks"] for rid in task["run_ids"]}
+    new = {p.run_id for p in expand_points(written).points} - {
+        p.run_id for p in expand_points(held).points
+    }
+    assert sent == new and pending not in sent  # the refinement's runs only
     # The new runs are not done: refine says so and proposes none of them again.
     again = runner.invoke(app, ["sweep", "refine", str(folder), "--n-boot", "300"])
     assert again.exit_code == 0, again.output

@@ -106,11 +106,12 @@ def sweep_refine(
             atomic_write_text(output, spec_to_yaml(growth.spec))
         console.print(f"wrote the grown spec to {output}")
     if not submit:
-        print_plan(prepare(growth.spec, root, executor=overrides), root)
+        new = growth.run_ids
+        print_plan(prepare(growth.spec, root, executor=overrides, runs=new), root)
         console.print(f"submit it with: rhmscale sweep refine {path} --submit (same options)")
         return
     with writing(path):
-        submission = submit_spec(growth.spec, root, executor=overrides)
+        submission = submit_spec(growth.spec, root, executor=overrides, runs=growth.run_ids)
         SweepDir(path).append_job_line(growth_record(growth, target, max_runs))
     follow(submission, wait)
 

@@ -75,10 +75,12 @@ def prepare(
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
     query_queue: bool = True,
+    runs: Iterable[str] | None = None,
 ) -> Prepared:
-    """Everything a submission needs, without submitting: the runs to submit, in tasks."""
+    """Everything a submission needs, without submitting: the runs to submit, in tasks.
+    runs: only these run ids (a refinement's new runs); None: any run of the spec."""
     ex = apply_executor_overrides(spec.executor, executor)
-    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue)
+    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue, runs)
 
 
 def prepare_expanded(
@@ -88,11 +90,13 @@ def prepare_expanded(
     expansion: Expansion,
     states: Iterable[str],
     query_queue: bool = True,
+    runs: Iterable[str] | None = None,
 ) -> Prepared:
     sweep = SweepDir((Path(root) / spec.name).resolve())
     check_same_runs(sweep, expansion)
     status = status_of(sweep, spec.name, expansion, query_queue=query_queue, strict=True)
     wanted = set(states)
+    only = None if runs is None else set(runs)
     items = [
         {
             "run_id": point.run_id,
@@ -100,7 +104,7 @@ def prepare_expanded(
             "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
-        if run.state in wanted
+        if run.state in wanted and (only is None or point.run_id in only)
     ]
     return Prepared(spec, sweep, ex, group_tasks(items, ex), status)
 
@@ -165,8 +169,10 @@ def submit(
     *,
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
+    runs: Iterable[str] | None = None,
 ) -> Submission:
     """Submit every run not done (nor queued/running) as one job array; returns at once.
+    runs: only these run ids (`sweep refine --submit`: its new runs, not other pending ones).
 
     Two submissions of one sweep at once are serialised (the sweep's lock), so the second
     sees the first's runs as queued and does not submit them again.
@@ -175,7 +181,7 @@ def submit(
     expansion = expand_points(spec)  # every point valid before anything is written
     check_tracking(expansion)
     with SweepDir((Path(root) / spec.name).resolve()).lock():
-        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states))
+        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states, runs=runs))
 
 
 def check_tracking(expansion: Expansion) -> None:

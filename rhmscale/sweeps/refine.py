@@ -32,8 +32,13 @@ class Growth:
     left: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # proposal, why not
 
     @property
+    def run_ids(self) -> list[str]:
+        """The new runs."""
+        return [rid for p in self.taken for rid in p["run_ids"]]
+
+    @property
     def n_added(self) -> int:
-        return sum(len(p["run_ids"]) for p in self.taken)
+        return len(self.run_ids)
 
 
 def same_value(a: Any, b: Any) -> bool:
