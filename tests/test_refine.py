@@ -237,18 +237,20 @@ def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
         (["--seeds", "0"], "--seeds 0: at least 1"),
         (["--levels", "5"], "--levels 5: no such level"),
         (["--where", "v=99"], "selects no runs"),
+        (["--tasks-per-gpu", "2", "-o", "{tmp}/grown.yaml"], "tasks_per_gpu"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     folder = make_sweep(tmp_path, coarse(np.random.default_rng(8), cells=[(8, 3)]))
     recorded = SweepDir(folder).spec_file.read_text()
     rhmscale = str(Path(sys.executable).with_name("rhmscale"))
+    args = [arg.format(tmp=tmp_path) for arg in args]
     command = [rhmscale, "sweep", "refine", str(folder), "--submit", *args]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert SweepDir(folder).spec_file.read_text() == recorded
-    assert not (folder / "jobs.jsonl").exists()
+    assert not (folder / "jobs.jsonl").exists() and not (tmp_path / "grown.yaml").exists()
     result = subprocess.run(
         [rhmscale, "sweep", "refine", str(tmp_path)], capture_output=True, text=True
     )

@@ -101,13 +101,14 @@ def sweep_refine(
         f"refinement: {growth.n_added} new run(s) at {len(growth.taken)} size(s) "
         f"({growth.n_before} -> {growth.n_before + growth.n_added} runs)"
     )
+    # The plan validates the executor's overrides and the folder's runs before anything is written.
+    prepared = prepare(growth.spec, root, executor=overrides, runs=growth.run_ids)
     if output is not None:
         with writing(output):
             atomic_write_text(output, spec_to_yaml(growth.spec))
         console.print(f"wrote the grown spec to {output}")
     if not submit:
-        new = growth.run_ids
-        print_plan(prepare(growth.spec, root, executor=overrides, runs=new), root)
+        print_plan(prepared, root)
         console.print(f"submit it with: rhmscale sweep refine {path} --submit (same options)")
         return
     with writing(path):
