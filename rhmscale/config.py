@@ -324,6 +324,17 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
     return roles
 
 
+# The seed that replicates of one cell and size differ in (grammar.seed, also a seed, picks the
+# grammar); `sweep refine` adds replicates by it.
+REPLICATE_SEED = "seed"
+
+
+def size_key(model: type[BaseModel] = RunConfig) -> str:
+    """The one key whose role is "size": the fit's x axis (data.P), what `sweep refine` adds."""
+    (key,) = [key for key, kind in key_roles(model).items() if kind.role == SIZE]
+    return key
+
+
 def keys_with(config: BaseModel, *roles: str) -> dict[str, Any]:
     """The config's dotted keys whose role is one of `roles`, with their values."""
     kinds = key_roles(type(config))

@@ -36,16 +36,12 @@ def synthetic_frame(
     L: int = 3,
     seeds: int = 3,
     n_sizes: int = 8,
-    width: float = 0.6,
-    noise: float = 0.04,
-    steps: tuple[int, ...] = (10_000,),
-    time_star: float = 2e4,
-    prefactor: float = 3.0,
-    level1_factor: float = 1.0,
+    **law,
 ) -> pd.DataFrame:
     """Rows in the shape collect() returns; the last step of each run is its final row.
-    level1_factor moves level 1 off the law (P*_1 times this factor)."""
+    law: run_rows' keywords (width, noise, steps, time_star, prefactor, level1_factor)."""
     rows = []
+    prefactor = law.get("prefactor", 3.0)
     for v, m in cells:
         lo, hi = true_p_star(v, m, 1, prefactor) / 6, true_p_star(v, m, L, prefactor) * 6
         shift = rng.uniform(0, 1)
@@ -54,35 +50,56 @@ def synthetic_frame(
         )
         for P in np.unique(np.round(sizes).astype(int)):
             for seed in range(seeds):
-                run_id = f"v{v}m{m}P{P}s{seed}"
-                for step in steps:
-                    row = {
-                        "run_id": run_id,
-                        "step": step,
-                        "samples_seen": step * BATCH,
-                        "val/loss": 1.0,
-                        "final": step == max(steps),
-                        "grammar.v": v,
-                        "grammar.m": m,
-                        "grammar.s": 2,
-                        "grammar.L": L,
-                        "grammar.seed": 0,
-                        "data.P": int(P),
-                        "seed": seed,
-                        "train.batch_size": BATCH,
-                    }
-                    in_time = sigmoid((np.log(step * BATCH) - np.log(time_star)) / width)
-                    depth = 0.0
-                    for k in range(1, L + 1):
-                        p_star = true_p_star(v, m, k, prefactor) * (level1_factor if k == 1 else 1)
-                        level = sigmoid((np.log(P) - np.log(p_star)) / width)
-                        acc = np.clip(level * in_time + rng.normal(0, noise), 0, 1)
-                        # A model that does not memorise: novel samples score as all do.
-                        row[f"gen/acc_l{k}"] = row[f"gen/novel_acc_l{k}"] = acc
-                        depth += acc
-                    row["gen/coherence_length"] = row["gen/novel_coherence_length"] = 2.0**depth
-                    rows.append(row)
+                rows += run_rows(rng, v, m, int(P), seed, L=L, **law)
     return pd.DataFrame(rows)
+
+
+def run_rows(
+    rng: np.random.Generator,
+    v: int,
+    m: int,
+    P: int,
+    seed: int,
+    *,
+    L: int = 3,
+    width: float = 0.6,
+    noise: float = 0.04,
+    steps: tuple[int, ...] = (10_000,),
+    time_star: float = 2e4,
+    prefactor: float = 3.0,
+    level1_factor: float = 1.0,
+) -> list[dict]:
+    """One run's evaluation rows. level1_factor moves level 1 off the law (P*_1 times it)."""
+    rows = []
+    run_id = f"v{v}m{m}P{P}s{seed}"
+    for step in steps:
+        row = {
+            "run_id": run_id,
+            "step": step,
+            "samples_seen": step * BATCH,
+            "val/loss": 1.0,
+            "final": step == max(steps),
+            "grammar.v": v,
+            "grammar.m": m,
+            "grammar.s": 2,
+            "grammar.L": L,
+            "grammar.seed": 0,
+            "data.P": int(P),
+            "seed": seed,
+            "train.batch_size": BATCH,
+        }
+        in_time = sigmoid((np.log(step * BATCH) - np.log(time_star)) / width)
+        depth = 0.0
+        for k in range(1, L + 1):
+            p_star = true_p_star(v, m, k, prefactor) * (level1_factor if k == 1 else 1)
+            level = sigmoid((np.log(P) - np.log(p_star)) / width)
+            acc = np.clip(level * in_time + rng.normal(0, noise), 0, 1)
+            # A model that does not memorise: novel samples score as all do.
+            row[f"gen/acc_l{k}"] = row[f"gen/novel_acc_l{k}"] = acc
+            depth += acc
+        row["gen/coherence_length"] = row["gen/novel_coherence_length"] = 2.0**depth
+        rows.append(row)
+    return rows
 
 
 def write_run_dirs(frame: pd.DataFrame, root: Path) -> list[str]:

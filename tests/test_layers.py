@@ -25,6 +25,7 @@ RANK = {
     "config_io": 0,
     "errors": 0,
     "__init__": 0,
+    "formula": 0,
 }
 # Third-party frameworks and the only parts that may import them.
 FRAMEWORKS = {

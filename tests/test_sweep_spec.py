@@ -1,6 +1,7 @@
 """Sweep specs: parsing, grid expansion, validation of every point, presets, plan/status."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rhmscale.cli import app
+from rhmscale.cli.sweep import cell_runs
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import SweepDir
@@ -545,13 +547,48 @@ def test_where_submits_the_selected_cells_and_leaves_the_others_pending(tmp_path
     points = {}
     for point in expand_points(s).points:
         points.setdefault(point.config.grammar.v, []).append(point.run_id)
-    assert set(prepare(s, tmp_path, where="v=16").run_ids) == set(points[16])
-    assert set(prepare(s, tmp_path, where="grammar.v=8|16").run_ids) == set(points[8] + points[16])
+    assert cell_runs(s, "") is None
+    assert cell_runs(s, "grammar.v=8|16") == set(points[8] + points[16])
+    assert set(prepare(s, tmp_path, runs=cell_runs(s, "v=16")).run_ids) == set(points[16])
     for run_id in points[16]:
         fake_done(tmp_path / "t", run_id)
-    assert prepare(s, tmp_path, where="v=16").run_ids == []  # done: nothing to submit
+    assert prepare(s, tmp_path, runs=cell_runs(s, "v=16")).run_ids == []  # done: nothing to do
     assert set(prepare(s, tmp_path).run_ids) == set(points[8])  # the other part, later
     with pytest.raises(UserError, match=r"selects no runs; v is 8, 16"):
-        prepare(s, tmp_path, where="v=32")
+        cell_runs(s, "v=32")
     with pytest.raises(UserError, match="unknown key 'widht'"):
-        prepare(s, tmp_path, where="widht=8")
+        cell_runs(s, "widht=8")
+
+
+def test_a_logspace_of_formulas_gives_each_cell_its_own_range():
+    """The coarse start for `sweep refine`: 4 sizes per cell from P_1/4 to 4 P_L."""
+    sweep = spec(
+        {
+            "grammar.v": [4, 8],
+            "grammar.m": [2],
+            "data.P": {"logspace": ["v*m^2/4", "4*v*m^(L+1)", 4]},
+            "seed": [0, 1],
+        }
+    )
+    sizes: dict[int, set[int]] = {}
+    for config in expand(sweep):
+        sizes.setdefault(config.grammar.v, set()).add(config.data.P)
+    for v, found in sizes.items():
+        assert sorted(found) == logspace_ints(v * 4 / 4, 4 * v * 2**4, 4)
+    assert len(expand(sweep)) == 2 * 4 * 2
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        (["v*m^^2", 64, 3], "is not a formula"),
+        (["k*v", 64, 3], "'k' is not allowed"),
+        (["__import__('os')", 64, 3], "is not allowed"),
+        (["v", "v/8", 3], "at v=4, m=2, s=2, L=3 (bounds 4, 0.5)"),
+    ],
+)
+def test_a_bad_formula_logspace_is_a_user_error(bounds, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        expand(spec({"data.P": {"logspace": bounds}}))
+    with pytest.raises(UserError, match="cannot be zipped"):
+        expand(spec({"zip": [{"data.P": {"logspace": ["v", "2*v", 2]}, "seed": [0, 1]}]}))

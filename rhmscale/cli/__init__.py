@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from rhmscale.cli import results, run
+from rhmscale.cli import refine, results, run
 from rhmscale.cli.sweep import sweep_app
 from rhmscale.cli.tune import tune_app
 from rhmscale.errors import UserError
@@ -29,6 +29,7 @@ run.register(app)  # commands in workflow order: run, collect, fit, export, plot
 results.register(app)
 app.add_typer(run.grammar_app, name="grammar")
 app.add_typer(run.config_app, name="config")
+refine.register(sweep_app)  # sweep refine reads results: its own module
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(tune_app, name="tune")
 

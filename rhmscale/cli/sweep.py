@@ -12,7 +12,7 @@ from rhmscale.cli.failures import writing
 from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
 
 if TYPE_CHECKING:
-    from rhmscale.sweeps.dispatch import Submission
+    from rhmscale.sweeps.dispatch import Prepared, Submission
 
 sweep_app = typer.Typer(help="Plan, submit and follow sweeps of runs.", no_args_is_help=True)
 
@@ -61,6 +61,24 @@ def load_sweep(spec: str, params_from: Path | None, params_unlike: bool = False)
     return tuned
 
 
+def cell_runs(sweep: Any, where: str) -> set[str] | None:
+    """The run ids of the cells `where` selects (as fit's --where); None (every run) when empty.
+    A condition that selects nothing is an error naming the values there are."""
+    if not where.strip():
+        return None
+    import pandas as pd
+
+    from rhmscale.config import flatten
+    from rhmscale.results.cells import select_cells
+    from rhmscale.sweeps.grid import expand_points
+
+    points = expand_points(sweep).points
+    frame = pd.DataFrame(
+        [flatten(p.config.model_dump(mode="json")) | {"run_id": p.run_id} for p in points]
+    )
+    return set(select_cells(frame, where)["run_id"])
+
+
 @sweep_app.command("plan")
 @executor_options
 def sweep_plan(
@@ -74,12 +92,18 @@ def sweep_plan(
 ) -> None:
     """Expand and validate a sweep: its cells, runs, what is done and what would be submitted
     (on SLURM, with the #SBATCH lines of its job array)."""
-    from rhmscale.cli.tables import packs_table, status_table
     from rhmscale.sweeps.dispatch import prepare
-    from rhmscale.sweeps.grouping import pack_plan
 
     sweep = load_sweep(spec, params_from, params_unlike)
-    prepared = prepare(sweep, root, executor=overrides, where=where)
+    print_plan(prepare(sweep, root, executor=overrides, runs=cell_runs(sweep, where)), root)
+
+
+def print_plan(prepared: Prepared, root: Path) -> None:
+    """The plan table: cells, runs, done, to submit; packs; on SLURM the sbatch options."""
+    from rhmscale.cli.tables import packs_table, status_table
+    from rhmscale.sweeps.grouping import pack_plan
+
+    sweep = prepared.spec
     status, ex, to_submit = prepared.status, prepared.executor, prepared.run_ids
     console = make_console()
     title = f"sweep {sweep.name} -> {root / sweep.name}"
@@ -118,7 +142,7 @@ def sweep_submit(
 
     sweep = load_sweep(spec, params_from, params_unlike)
     with writing(root / sweep.name):
-        submission = submit(sweep, root, executor=overrides, where=where)
+        submission = submit(sweep, root, executor=overrides, runs=cell_runs(sweep, where))
     follow(submission, wait)
 
 

@@ -277,3 +277,22 @@ def frame_head(frame: pd.DataFrame, rows: int = 5) -> Table:
             )
         )
     return table
+
+
+def refine_table(points: pd.DataFrame, target: float) -> Table:
+    """`sweep refine`: per cell and level, P*_k, its interval, its bracket and what is proposed."""
+    from rich.table import Table
+
+    from rhmscale.results.export import number, p_star_text, size
+
+    table = Table(title=f"brackets of P*_k (target: a ratio of {target:g})")
+    for name in ("cell", "k", "P*_k", "interval", "bracket", "ratio", "proposed"):
+        table.add_column(name, justify="left" if name in ("cell", "proposed") else "right")
+    for _, row in points.iterrows():
+        value, interval = p_star_text(row)
+        left, right = (size(x) if x == x else "" for x in (row["P_left"], row["P_right"]))
+        table.add_row(
+            row["cell"], str(row["k"]), value, interval, f"{left} .. {right}",
+            number(row["bracket_ratio"], 2), row["action"] or "[green]meets the target[/]",
+        )  # fmt: skip
+    return table

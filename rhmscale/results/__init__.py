@@ -10,6 +10,7 @@ and a report. Each stage is a module with one job:
   training_time.py      samples seen until each level is learnt
   coherence.py          coherence length against P, a power law per cell
   options.py, fit.py    the fit's settings, and fit() running the stages into a FitResult
+  refinement.py         where P*_k are loose and which runs would narrow them (sweep refine)
   export.py             the tables as Markdown, CSV, LaTeX, JSON
   plots.py              the PNG figures (plot_*.py draw them)
   report.py             one folder with report.md, tables and figures; a W&B summary run

@@ -13,7 +13,7 @@ import pandas as pd
 from rhmscale import config
 from rhmscale.errors import UserError
 
-(SIZE,) = [key for key, kind in config.key_roles().items() if kind.role == config.SIZE]
+SIZE = config.size_key()
 # The theory's names of the grammar numbers, and the columns that hold them.
 GRAMMAR = {"v": "grammar.v", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L"}
 # Cells in numeric order of L, v, m, s (labels would sort v=16 before v=8).

@@ -30,20 +30,16 @@ def logit(y: np.ndarray | float, eps: float = 1e-3) -> np.ndarray:
     return np.log(y / (1 - y))
 
 
-def crossings(
-    log_x: np.ndarray, means: np.ndarray, threshold: float, last: bool = False
+def crossing_brackets(
+    means: np.ndarray, threshold: float, last: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """First (or last) upward crossing of each row of `means` (rows x points), in log x.
-
-    Returns (log x*, censoring code): code 0 = measured, -1 = below the first x, +1 = above
-    the last x. Censored rows get the bound they are censored at.
-    """
-    means = np.atleast_2d(means)
-    above = means >= threshold
-    n = len(log_x)
-    if n == 1:  # nothing to interpolate: censored on one side or the other
-        code = np.where(above[:, 0], -1, 1)
-        return np.full(len(means), log_x[0]), code
+    """Where each row of `means` (rows x points) crosses: the index `right` of the first point
+    after its first (or last) upward crossing, which lies between points right - 1 and right,
+    and the censoring code: 0 = measured, -1 = below the first point (right = 0), +1 = above
+    the last (right = n). The one statement of the crossing rule; crossings() interpolates in
+    the bracket, `sweep refine` adds sizes inside it."""
+    above = np.atleast_2d(means) >= threshold
+    n = above.shape[1]
     if last:
         # The point after the last one below the threshold, when the curve ends above it.
         below = ~above
@@ -55,6 +51,23 @@ def crossings(
         right = above.argmax(axis=1)
         reached = above.any(axis=1)
         code = np.where(~reached, 1, np.where(right == 0, -1, 0))
+    return np.where(code == 1, n, right), code
+
+
+def crossings(
+    log_x: np.ndarray, means: np.ndarray, threshold: float, last: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """First (or last) upward crossing of each row of `means` (rows x points), in log x.
+
+    Returns (log x*, censoring code): code 0 = measured, -1 = below the first x, +1 = above
+    the last x. Censored rows get the bound they are censored at.
+    """
+    means = np.atleast_2d(means)
+    n = len(log_x)
+    if n == 1:  # nothing to interpolate: censored on one side or the other
+        code = np.where(means[:, 0] >= threshold, -1, 1)
+        return np.full(len(means), log_x[0]), code
+    right, code = crossing_brackets(means, threshold, last)
     right = np.clip(right, 1, n - 1)
     left = right - 1
     rows = np.arange(len(means))
@@ -84,6 +97,10 @@ class Crossing:
     hi: float
     var: float  # bootstrap variance of log x* (the fit's weights)
     replicates: np.ndarray  # bootstrap replicates of log x*
+    # The sizes measured either side of the crossing (its bracket); nan on the open side of a
+    # censored point: (nan, x_min) below the grid, (x_max, nan) above it.
+    left: float = float("nan")
+    right: float = float("nan")
 
 
 def bootstrap_crossing(
@@ -104,10 +121,16 @@ def bootstrap_crossing(
     of n seeds has (n-1)/n of its variance, a third too little with the usual 3 seeds.
     Replicates that are censored count at their bound. last: the last upward crossing.
     """
-    log_x = np.log(np.asarray(x, dtype=float))
+    x = np.asarray(x, dtype=float)
+    log_x = np.log(x)
     means = np.array([values.mean() for values in per_seed])
     value, code = crossings(log_x, means[None, :], threshold, last)
     censored = {0: "", -1: BELOW, 1: ABOVE}[int(code[0])]
+    right = int(crossing_brackets(means[None, :], threshold, last)[0][0])
+    bracket = (
+        float(x[right - 1]) if right > 0 else float("nan"),
+        float(x[right]) if right < len(x) else float("nan"),
+    )
     boot = np.empty((n_boot, len(x)))
     for j, values in enumerate(per_seed):
         n = len(values)
@@ -119,12 +142,11 @@ def bootstrap_crossing(
     replicates, _ = crossings(log_x, boot, threshold, last)
     if censored:
         nan = float("nan")
-        return Crossing(float(value[0]), censored, nan, nan, nan, replicates)
+        return Crossing(float(value[0]), censored, nan, nan, nan, replicates, *bracket)
     tail = (1 - ci) / 2 * 100
     lo, hi = np.percentile(replicates, [tail, 100 - tail])
-    return Crossing(
-        float(value[0]), "", float(lo), float(hi), float(robust_variance(replicates)), replicates
-    )
+    variance = float(robust_variance(replicates))
+    return Crossing(float(value[0]), "", float(lo), float(hi), variance, replicates, *bracket)
 
 
 def robust_variance(replicates: np.ndarray) -> np.ndarray:

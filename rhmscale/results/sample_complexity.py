@@ -50,6 +50,8 @@ def sample_complexity(
                     "P_lo": float(np.exp(found.lo)),
                     "P_hi": float(np.exp(found.hi)),
                     "censored": found.censored,
+                    "P_left": found.left,  # the sizes either side of the crossing
+                    "P_right": found.right,
                     "log_sd": float(np.sqrt(found.var)),
                     "n_sizes": len(sizes),
                     "n_seeds": int(np.median([len(v) for v in values])),

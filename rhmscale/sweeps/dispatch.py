@@ -75,11 +75,12 @@ def prepare(
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
     query_queue: bool = True,
-    where: str = "",
+    runs: Iterable[str] | None = None,
 ) -> Prepared:
-    """Everything a submission needs, without submitting: the runs to submit, in tasks."""
+    """Everything a submission needs, without submitting: the runs to submit, in tasks.
+    runs: only these run ids (a refinement's new runs); None: any run of the spec."""
     ex = apply_executor_overrides(spec.executor, executor)
-    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue, where)
+    return prepare_expanded(spec, root, ex, expand_points(spec), states, query_queue, runs)
 
 
 def prepare_expanded(
@@ -89,14 +90,13 @@ def prepare_expanded(
     expansion: Expansion,
     states: Iterable[str],
     query_queue: bool = True,
-    where: str = "",
+    runs: Iterable[str] | None = None,
 ) -> Prepared:
-    """The runs in `states` (of the cells `where` selects, all when empty), in tasks."""
     sweep = SweepDir((Path(root) / spec.name).resolve())
     check_same_runs(sweep, expansion)
     status = status_of(sweep, spec.name, expansion, query_queue=query_queue, strict=True)
     wanted = set(states)
-    selected = selected_runs(expansion, where)
+    only = None if runs is None else set(runs)
     items = [
         {
             "run_id": point.run_id,
@@ -104,26 +104,9 @@ def prepare_expanded(
             "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
-        if run.state in wanted and point.run_id in selected
+        if run.state in wanted and (only is None or point.run_id in only)
     ]
     return Prepared(spec, sweep, ex, group_tasks(items, ex), status)
-
-
-def selected_runs(expansion: Expansion, where: str) -> set[str]:
-    """The run ids of the cells `where` selects ("L=3", "s=2, v=16|32": as fit's --where);
-    every run when it is empty. A condition that selects nothing is an error naming the values."""
-    ids = {point.run_id for point in expansion.points}
-    if not where.strip():
-        return ids
-    import pandas as pd
-
-    from rhmscale.config import flatten
-    from rhmscale.results.cells import select_cells
-
-    frame = pd.DataFrame(
-        [flatten(p.config.model_dump(mode="json")) | {"run_id": p.run_id} for p in expansion.points]
-    )
-    return set(select_cells(frame, where)["run_id"])
 
 
 @dataclass
@@ -186,10 +169,10 @@ def submit(
     *,
     executor: dict[str, Any] | None = None,
     states: Iterable[str] = SUBMITTABLE,
-    where: str = "",
+    runs: Iterable[str] | None = None,
 ) -> Submission:
     """Submit every run not done (nor queued/running) as one job array; returns at once.
-    `where` submits the selected cells only: the others stay pending, for a later submission.
+    runs: only these run ids (`sweep refine --submit`: its new runs, not other pending ones).
 
     Two submissions of one sweep at once are serialised (the sweep's lock), so the second
     sees the first's runs as queued and does not submit them again.
@@ -198,7 +181,7 @@ def submit(
     expansion = expand_points(spec)  # every point valid before anything is written
     check_tracking(expansion)
     with SweepDir((Path(root) / spec.name).resolve()).lock():
-        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states, where=where))
+        return submit_prepared(prepare_expanded(spec, root, ex, expansion, states, runs=runs))
 
 
 def check_tracking(expansion: Expansion) -> None:
@@ -214,16 +197,18 @@ def check_tracking(expansion: Expansion) -> None:
 
 
 def check_same_runs(sweep: SweepDir, expansion: Expansion) -> None:
-    """A sweep folder holds one spec's runs: another spec of the same name (other points; the
-    executor or tracking may differ) is refused, or status would show one spec's runs while
-    collect and fit read both."""
+    """A sweep folder holds one spec's runs: another spec of the same name is refused, or status
+    would show one spec's runs while collect and fit read both. The same runs (the executor or
+    tracking may differ) are the same sweep; so are more runs beside every recorded one: the
+    sweep grown (`sweep refine`), whose spec then becomes the recorded one."""
     if not sweep.spec_file.exists():
         return
     recorded = {point.run_id for point in expand_points(load_sweep_spec(sweep)).points}
     given = {point.run_id for point in expansion.points}
-    if recorded != given:
+    if not recorded <= given:
+        grown = " (it was grown, e.g. by sweep refine)" if given < recorded else ""
         raise UserError(
-            f"{sweep.path} holds sweep '{sweep.path.name}' from another spec "
+            f"{sweep.path} holds sweep '{sweep.path.name}' from another spec{grown} "
             f"({len(given - recorded)} of this spec's {len(given)} runs are not in it, "
             f"{len(recorded - given)} of its {len(recorded)} runs not in this spec): give this "
             f"spec another name (fit both folders together: rhmscale fit A B), or go on with "

@@ -4,12 +4,16 @@ Grid values::
 
     grammar.L: [2, 3, 4]                     # a list
     data.P: {logspace: [16, 4096, 7]}        # log-spaced, rounded to distinct integers
+    data.P: {logspace: ["v*m^2/4", "4*v*m^(L+1)", 4]}   # bounds from each point's grammar
     zip:                                     # groups of keys that vary together
       - {grammar.v: [8, 16], grammar.m: [2, 4]}
 
 `grid` may also be a list of such blocks: the runs are the union of each block's product
 (e.g. one block per grammar cell, each with its own range of P). Expansion validates every
-point before anything is submitted, and identical points collapse to one run id.
+point before anything is submitted, and identical points collapse to one run id. A logspace
+whose bounds are formulas of the grammar's v, m, s, L (rhmscale.formula) is evaluated for each
+point's grammar: one block spans many cells, each over its own range (a coarse first grid from
+the theory's P_k = v m^(k+1), for `sweep refine` to refine).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rhmscale.config import RunConfig
-from rhmscale.config_io import check_keys, set_dotted, validate_config
+from rhmscale.config import GrammarConfig, RunConfig
+from rhmscale.config_io import check_keys, set_dotted, validate_config, validated
 from rhmscale.errors import UserError
+from rhmscale.formula import Formula
 from rhmscale.sweeps.spec import SweepSpec
 
 # Grids beyond this many points are refused before expansion: a typo (n = 10**7) must not
@@ -59,7 +64,40 @@ def logspace_ints(lo: Any, hi: Any, n: Any, where: str = "logspace") -> list[int
     return list(dict.fromkeys(values))
 
 
-def axis_values(key: str, value: Any, where: str) -> list[Any]:
+GRAMMAR_NAMES = ("v", "m", "s", "L")  # what a logspace's formula bounds may use
+
+
+@dataclass(frozen=True)
+class GrammarSpace:
+    """{logspace: [lo, hi, n]} with formula bounds: the values depend on the point's grammar."""
+
+    bounds: tuple[Formula | float, Formula | float]
+    n: Any
+    where: str
+
+    def values(self, tree: dict[str, Any]) -> list[int]:
+        grammar = validated(GrammarConfig, tree.get("grammar") or {}, f"{self.where}: ")
+        x = {name: getattr(grammar, name) for name in GRAMMAR_NAMES}
+        lo, hi = (b.evaluate(x).item() if isinstance(b, Formula) else b for b in self.bounds)
+        cell = ", ".join(f"{name}={value}" for name, value in x.items())
+        return logspace_ints(lo, hi, self.n, f"{self.where} at {cell} (bounds {lo:g}, {hi:g})")
+
+
+def logspace_axis(key: str, spec: Any, where: str) -> list[int] | GrammarSpace:
+    if not (isinstance(spec, list) and len(spec) == 3):
+        raise UserError(f"{where}: '{key}': logspace takes [lo, hi, n], got {spec!r}")
+    lo, hi, n = spec
+    if not any(isinstance(b, str) and as_number(b) is None for b in (lo, hi)):
+        return logspace_ints(lo, hi, n, f"{where}: '{key}'")
+    label = f"{where}: '{key}' logspace bound"
+    bounds = tuple(
+        Formula(b, GRAMMAR_NAMES, label) if isinstance(b, str) and as_number(b) is None else b
+        for b in (lo, hi)
+    )
+    return GrammarSpace(bounds, n, f"{where}: '{key}'")  # type: ignore[arg-type]
+
+
+def axis_values(key: str, value: Any, where: str) -> list[Any] | GrammarSpace:
     if isinstance(value, list):
         if not value:
             raise UserError(f"{where}: grid key '{key}' has an empty list of values")
@@ -70,14 +108,12 @@ def axis_values(key: str, value: Any, where: str) -> list[Any]:
                 f"{where}: grid key '{key}' holds a mapping; the only one allowed is "
                 "{logspace: [lo, hi, n]}"
             )
-        spec = value["logspace"]
-        if not (isinstance(spec, list) and len(spec) == 3):
-            raise UserError(f"{where}: '{key}': logspace takes [lo, hi, n], got {spec!r}")
-        return logspace_ints(spec[0], spec[1], spec[2], f"{where}: '{key}'")
+        return logspace_axis(key, value["logspace"], where)
     return [value]  # a scalar: one value
 
 
-Axis = tuple[tuple[str, ...], list[tuple[Any, ...]]]  # keys, and one tuple of values per step
+# keys, and one tuple of values per step (or a GrammarSpace, whose values each point decides)
+Axis = tuple[tuple[str, ...], list[tuple[Any, ...]] | GrammarSpace]
 
 
 def block_axes(block: dict[str, Any], where: str) -> list[Axis]:
@@ -91,6 +127,11 @@ def block_axes(block: dict[str, Any], where: str) -> list[Axis]:
                 if not isinstance(group, dict) or not group:
                     raise UserError(f"{where}: zip[{i}] must be a mapping of keys to lists")
                 columns = {k: axis_values(k, v, f"{where}: zip[{i}]") for k, v in group.items()}
+                if any(isinstance(c, GrammarSpace) for c in columns.values()):
+                    raise UserError(
+                        f"{where}: zip[{i}]: a logspace with formula bounds has a length each "
+                        "point decides, so it cannot be zipped; put it beside the zip"
+                    )
                 lengths = {k: len(v) for k, v in columns.items()}
                 if len(set(lengths.values())) != 1:
                     raise UserError(
@@ -99,7 +140,10 @@ def block_axes(block: dict[str, Any], where: str) -> list[Axis]:
                     )
                 axes.append((tuple(columns), list(zip(*columns.values(), strict=True))))
         else:
-            axes.append(((key,), [(v,) for v in axis_values(key, value, where)]))
+            values = axis_values(key, value, where)
+            axes.append(
+                ((key,), values if isinstance(values, GrammarSpace) else [(v,) for v in values])
+            )
     return axes
 
 
@@ -116,7 +160,7 @@ def check_grid_keys(axes: list[Axis], where: str) -> None:
             if key in seen:
                 raise UserError(f"{where}: grid key '{key}' appears twice")
             seen.add(key)
-            set_dotted(tree, key, values[0][i])
+            set_dotted(tree, key, 1 if isinstance(values, GrammarSpace) else values[0][i])
     check_keys(tree, where)
 
 
@@ -165,23 +209,40 @@ def expand_points(spec: SweepSpec) -> Expansion:
         if not axes:
             raise UserError(f"{bwhere} is empty")
         check_grid_keys(axes, bwhere)
-        n_block = math.prod(len(values) for _, values in axes)
+        n_block = math.prod(  # a grammar's logspace counted at its n, an upper bound
+            int(as_number(values.n) or 1) if isinstance(values, GrammarSpace) else len(values)
+            for _, values in axes
+        )
         if n_total + n_block > MAX_GRID_POINTS:
             raise UserError(
                 f"{bwhere} has {n_block:,} points ({n_total + n_block:,} so far); a sweep may "
                 f"have at most {MAX_GRID_POINTS:,}: split it or shorten its axes"
             )
-        for combo in itertools.product(*(values for _, values in axes)):
+        for tree, values in block_points(base, axes):
             n_total += 1
-            tree = _copy_tree(base)
-            values: dict[str, Any] = {}
-            for (keys, _), vals in zip(axes, combo, strict=True):
-                for key, val in zip(keys, vals, strict=True):
-                    set_dotted(tree, key, val)
-                    values[key] = val
             label = ", ".join(f"{k}={v}" for k, v in values.items())
             config = validate_config(tree, f"{where}: point {n_total} ({label})")
             rid = config.run_id()
             if rid not in points:
                 points[rid] = Point(config, values, rid)
     return Expansion(list(points.values()), n_total)
+
+
+def block_points(base: dict[str, Any], axes: list[Axis]):
+    """(config tree, grid values) of every point of a block: the product of its axes, with a
+    grammar's logspace evaluated for each combination of the others."""
+    fixed = [(keys, values) for keys, values in axes if not isinstance(values, GrammarSpace)]
+    spaces = [(keys[0], values) for keys, values in axes if isinstance(values, GrammarSpace)]
+    for combo in itertools.product(*(values for _, values in fixed)):
+        tree = _copy_tree(base)
+        values: dict[str, Any] = {}
+        for (keys, _), vals in zip(fixed, combo, strict=True):
+            for key, val in zip(keys, vals, strict=True):
+                set_dotted(tree, key, val)
+                values[key] = val
+        for sizes in itertools.product(*(space.values(tree) for _, space in spaces)):
+            point_tree, point_values = _copy_tree(tree), dict(values)
+            for (key, _), size in zip(spaces, sizes, strict=True):
+                set_dotted(point_tree, key, size)
+                point_values[key] = size
+            yield point_tree, point_values

@@ -1,8 +1,9 @@
 """Which of a sweep's tasks are still alive: the jobs log plus ONE `squeue` call (no sacct).
 
 <sweep>/jobs.jsonl holds one JSON object a line: a submission ({"event": "submit", "kind",
-"tasks": [{"job_id", "run_ids"}]}) or a cancellation ({"event": "cancel", "job_ids"}). A run's
-latest task is asked about: on SLURM through squeue, locally by its process id.
+"tasks": [{"job_id", "run_ids"}]}), a cancellation ({"event": "cancel", "job_ids"}) or a
+growth by `sweep refine` ({"event": "refine", ...}: what it added, read by people, not here).
+A run's latest task is asked about: on SLURM through squeue, locally by its process id.
 """
 
 from __future__ import annotations
