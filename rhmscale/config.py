@@ -324,9 +324,9 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
     return roles
 
 
-# The seed that replicates of one cell and size differ in (grammar.seed, also a seed, picks the
-# grammar); `sweep refine` adds replicates by it.
+# The seed replicates differ in (grammar.seed picks the grammar): `sweep refine` adds them by it.
 REPLICATE_SEED = "seed"
+GRAMMAR_NAMES = ("v", "m", "s", "L")  # GrammarConfig's numbers, as formulas and --where say
 
 
 def size_key(model: type[BaseModel] = RunConfig) -> str:

@@ -56,6 +56,7 @@ def sweep_refine(
     every bracket meets the target or the budget is spent."""
     from rhmscale.cli.sweep import follow, print_plan
     from rhmscale.cli.tables import refine_table
+    from rhmscale.config import size_key
     from rhmscale.results.collect import collect
     from rhmscale.results.refinement import refinement
     from rhmscale.store.atomic import atomic_write_text
@@ -87,7 +88,7 @@ def sweep_refine(
             "not done: the brackets are those of the done runs (the others are not proposed again)"
         )
     for proposal, why in growth.left:
-        console.print(f"  not proposed: {proposal['cell']} P={proposal['data.P']}: {why}")
+        console.print(f"  not proposed: {proposal['cell']} P={proposal[size_key()]}: {why}")
     root = path.parent
     if not growth.taken:
         met = (found.points["action"] == "").all()

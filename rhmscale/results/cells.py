@@ -15,7 +15,7 @@ from rhmscale.errors import UserError
 
 SIZE = config.size_key()
 # The theory's names of the grammar numbers, and the columns that hold them.
-GRAMMAR = {"v": "grammar.v", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L"}
+GRAMMAR = {name: f"grammar.{name}" for name in config.GRAMMAR_NAMES}
 # Cells in numeric order of L, v, m, s (labels would sort v=16 before v=8).
 CELL_ORDER = [GRAMMAR[n] for n in ("L", "v", "m", "s")] + ["cell"]
 

@@ -25,7 +25,15 @@ import pandas as pd
 
 from rhmscale.config import REPLICATE_SEED, n_sequences
 from rhmscale.errors import UserError
-from rhmscale.results.cells import SIZE, by_cell, cell_keys, rows_at, select_cells, with_cells
+from rhmscale.results.cells import (
+    SIZE,
+    by_cell,
+    cell_keys,
+    grammar_of,
+    rows_at,
+    select_cells,
+    with_cells,
+)
 from rhmscale.results.crossing import BELOW
 from rhmscale.results.options import FitOptions, check_options, level_range
 from rhmscale.results.sample_complexity import sample_complexity
@@ -102,9 +110,8 @@ class CellRuns:
         common = set.intersection(*self.used.values())
         self.usual = sorted(common or set.union(*self.used.values()))  # a new size's seeds
         self.n = seeds or int(np.median([len(s) for s in self.used.values()]))
-        grammar = (int(group[f"grammar.{c}"].iloc[0]) for c in "vmsL")
         n_test = int(group["data.n_test"].iloc[0]) if "data.n_test" in group else 0
-        self.top = n_sequences(*grammar) - n_test
+        self.top = n_sequences(**grammar_of(group)) - n_test
 
     def beyond_edge(self, below: bool) -> int | None:
         """One of the cell's outermost steps beyond its grid; None where there is no room."""

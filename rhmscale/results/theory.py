@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rhmscale.config import GRAMMAR_NAMES
 from rhmscale.errors import UserError
 from rhmscale.formula import Formula
 
@@ -64,7 +65,7 @@ def design_matrix(names: list[str], x: Variables) -> np.ndarray:
     return np.column_stack([np.ones(len(x["k"]))] + [REGRESSORS[n](x).astype(float) for n in names])
 
 
-_NAMES = ("v", "m", "s", "L", "k")
+_NAMES = (*GRAMMAR_NAMES, "k")
 
 
 class Theory(Formula):

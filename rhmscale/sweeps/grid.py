@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rhmscale.config import GrammarConfig, RunConfig
+from rhmscale.config import GRAMMAR_NAMES, GrammarConfig, RunConfig
 from rhmscale.config_io import check_keys, set_dotted, validate_config, validated
 from rhmscale.errors import UserError
 from rhmscale.formula import Formula
@@ -62,9 +62,6 @@ def logspace_ints(lo: Any, hi: Any, n: Any, where: str = "logspace") -> list[int
     step = (math.log(hi) - math.log(lo)) / (n - 1)
     values = [round(math.exp(math.log(lo) + i * step)) for i in range(n)]
     return list(dict.fromkeys(values))
-
-
-GRAMMAR_NAMES = ("v", "m", "s", "L")  # what a logspace's formula bounds may use
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ spent on the proposals in order of priority, whole.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from rhmscale.config import REPLICATE_SEED, cell_columns, cell_of, size_key
 from rhmscale.errors import UserError
+from rhmscale.sweeps.dispatch import now
 from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
 
@@ -138,7 +138,7 @@ def growth_record(growth: Growth, target: float, max_runs: int | None) -> dict[s
     of its sweep.yaml (first_block on), and why (each proposal's reason)."""
     return {
         "event": "refine",
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "time": now(),
         "target": target,
         "max_runs": max_runs,
         "runs_before": growth.n_before,
