@@ -11,30 +11,22 @@
 #   first's runs there (done ones are skipped, interrupted ones resume from their checkpoint).
 #   OPTIONS  more `sweep submit` options, e.g. "--executor local --tasks-per-gpu 3".
 #   WANDB=0  leaves wandb.tgz.* out.
-# Wheels in .whl/ (packages the machine lacks) are installed first, into /tmp/site.
+# Wheels in .whl/ (packages the machine lacks) are installed first (bench/device_env.sh).
 set -uo pipefail
 spec=$1 limit=$2 out=$3
 shift 3
 root=${ROOT:-sw}
 wheres=("$@")
 [ ${#wheres[@]} -eq 0 ] && wheres=("")
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-rhmscale() { python3 -c "from rhmscale.cli import main; main()" "$@"; }
-{
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-} >"$out/device.txt" 2>&1
+source bench/device_env.sh
+device_facts "$out/device.txt"
 deadline=$(($(date +%s) + limit))
 for where in "${wheres[@]}"; do
     [ $(($(date +%s) + 10)) -ge "$deadline" ] && break
     echo "== cells: ${where:-all} ($((deadline - $(date +%s))) s left)" >>"$out/submit.log"
     start=$(date +%s)
     # shellcheck disable=SC2086  # OPTIONS holds several options
-    python3 -c "from rhmscale.cli import main; main()" sweep submit "$spec" --root "$root" \
+    rhmscale sweep submit "$spec" --root "$root" \
         ${where:+--where "$where"} ${OPTIONS:-} >>"$out/submit.log" 2>&1 &
     submit=$!
     while kill -0 "$submit" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done

@@ -20,7 +20,7 @@
 # squeue snapshots, statuses, run folders without checkpoints).
 # DEADLINE=S (seconds of this script): a stage still running then is cancelled and left out of
 # summary.json, so that a call ends inside its limit with what it has; a later call redoes it.
-# Wheels in .whl/ (packages the machine lacks) are installed first, into /tmp/site.
+# Wheels in .whl/ (packages the machine lacks) are installed first (bench/device_env.sh).
 set -uo pipefail
 stages=,$1, out=$(realpath "$2")
 SPEC=${SPEC:-results/slurm-gpu/gpu-packed.yaml}
@@ -38,15 +38,10 @@ pack() {
     cp -r "${RHMSCALE_SLURM_STATE:-$HOME/.rhmscale-slurm}/log" "$ev/slurm-log" 2>/dev/null
     tar -czf "$out/evidence.tgz" -C "$work" --exclude='*.ckpt' --exclude='wandb' evidence roots 2>/dev/null
 }
-rhm() { python3 -c "from rhmscale.cli import main; main()" "$@"; }
 since() { awk -v t0="$1" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f", t1 - t0}'; }
 wanted() { [[ $stages == *",$1,"* ]]; }
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source bench/device_env.sh
 
 # ------------------------------------------------------------------ the cluster
 say "machine: $(. /etc/os-release && echo "$PRETTY_NAME"), glibc $(ldd --version | head -1 | awk '{print $NF}'), $(nproc) CPUs"
@@ -89,18 +84,18 @@ run_sweep() { # run_sweep LABEL [submit options...]: submit SPEC into roots/LABE
         return
     fi
     rm -rf "$root" "$ev/late-$label" # a stage cut short by a deadline is redone whole
-    rhm sweep plan "$SPEC" --root "$root" "$@" >"$ev/plan-$label.txt" 2>&1
+    rhmscale sweep plan "$SPEC" --root "$root" "$@" >"$ev/plan-$label.txt" 2>&1
     start=$(date +%s.%N)
-    rhm sweep submit "$SPEC" --root "$root" "$@" >"$ev/submit-$label.txt" 2>&1 ||
+    rhmscale sweep submit "$SPEC" --root "$root" "$@" >"$ev/submit-$label.txt" 2>&1 ||
         fail "submit $label: $(tail -3 "$ev/submit-$label.txt")"
     [[ -z ${ON_SUBMIT:-} ]] || $ON_SUBMIT "$root/$name" "$name" &
     snapshot "$name" "$label"
     wait
     [[ -e $ev/late-$label ]] || echo "$label $(since "$start")" >>"$ev/walls.txt"
-    rhm sweep status "$root/$name" >"$ev/status-$label.txt" 2>&1
+    rhmscale sweep status "$root/$name" >"$ev/status-$label.txt" 2>&1
     cp "$root/$name"/submitit/*_submission.sh "$ev/sbatch-$label.sh" 2>/dev/null
     grep -h -E ": device |from step|requeue|USR2|signal" "$root/$name"/runs/*/run.log >"$ev/runlog-$label.txt"
-    say "$label: $(rhm sweep status "$root/$name" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])') in $(since "$start") s"
+    say "$label: $(rhmscale sweep status "$root/$name" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])') in $(since "$start") s"
 }
 
 if wanted probe; then
