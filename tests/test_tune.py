@@ -228,6 +228,7 @@ def test_a_trial_stops_once_its_objective_is_settled(tmp_path):
     (report,) = study_reports(tmp_path / "cells", tmp_path / "report")
     assert report.trials["learned l1"].tolist() == [True]
     assert "study0-curves.png" in [f.name for f in report.figures]  # novel_acc_l1 vs samples
+    assert any("above the samples cap, 10,240" in note for note in report.reading)
 
 
 def test_a_studys_recipe_goes_to_a_sweep_cell_by_cell(tmp_path):

@@ -6,7 +6,6 @@ best.json (what `sweep submit --params-from` reads) and one W&B summary run.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ import pandas as pd
 
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.tuning.dispatch import load_folder
+from rhmscale.tuning.figures import curves_figure, objective_words, study_figures
 from rhmscale.tuning.spec import StudySpec
-from rhmscale.tuning.study import Cell, best_trial, level_key, read_studies, samples_cap
-from rhmscale.tuning.worker import history_of
+from rhmscale.tuning.study import Cell, best_trial, read_studies, samples_cap
 
 BEST_FILE = "best.json"
 
@@ -30,6 +29,7 @@ class StudyReport:
     trials: pd.DataFrame
     best: dict[str, Any] | None  # {"number", "value", "params", "run_id"}
     figures: list[Path]
+    reading: list[str]  # what its values and columns mean, for the report's reader
 
 
 def trials_frame(study: optuna.Study, spec: StudySpec, cell: Cell) -> pd.DataFrame:
@@ -55,112 +55,6 @@ def trials_frame(study: optuna.Study, spec: StudySpec, cell: Cell) -> pd.DataFra
     return frame
 
 
-def objective_words(spec: StudySpec) -> tuple[str, str]:
-    """What a trial's value is: a short name for axes, and in full words for titles (Optuna's
-    figures say 'Objective Value')."""
-    from rhmscale.results.plot_kit import metric_words
-
-    goal = spec.objective.samples_to_learn
-    if goal is not None:
-        level = int(goal["level"])
-        words = metric_words(level_key(goal))
-        return (
-            f"samples to learn level {level}",
-            f"samples seen until {words}, reaches {goal['threshold']:g}\n"
-            "(a trial that never does: 1 to 2 times the samples cap)",
-        )
-    words = metric_words(str(spec.objective.metric))
-    return words, f"{words}, {spec.objective.direction}d"
-
-
-def name_the_objective(figure: Any, words: str) -> None:
-    """Optuna's 'Objective Value' (axis labels, legends, colour bars) replaced by `words`."""
-    for text in figure.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "set_text")):
-        if "Objective Value" in text.get_text():
-            text.set_text(text.get_text().replace("Objective Value", words))
-
-
-def study_figures(
-    study: optuna.Study, folder: Path, stem: str, words: tuple[str, str]
-) -> list[Path]:
-    """Optuna's matplotlib figures, their objective named (`words`: short, full); one that needs
-    more trials than there are is left out, and so are importances of one parameter (1.0)."""
-    from optuna.visualization import matplotlib as ov
-
-    plots = {
-        "history": ov.plot_optimization_history,
-        "importances": ov.plot_param_importances,
-        "parallel": ov.plot_parallel_coordinate,
-    }
-    params = {name for t in study.get_trials(deepcopy=False) for name in t.distributions}
-    if len(params) < 2:
-        del plots["importances"]
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, plot in plots.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks these experimental
-            try:
-                axes = plot(study, target_name=words[0])
-            except (ValueError, RuntimeError):  # e.g. importances of fewer than 2 trials
-                continue
-        figure = getattr(axes, "figure", None) or axes.flat[0].figure
-        name_the_objective(figure, words[0])
-        top = figure.axes[0]
-        loc = next((at for at in ("center", "left", "right") if top.get_title(at)), "center")
-        top.set_title(f"{top.get_title(loc)}\nvalue: {words[1]}", loc=loc, fontsize=10)
-        if name == "parallel":  # one axis per parameter: room for their tick labels
-            figure.set_size_inches(max(6.4, 1.5 * (len(params) + 1)), 5.2)
-        path = folder / f"{stem}-{name}.png"
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
-        written.append(path)
-    return written
-
-
-def curves_figure(
-    study: optuna.Study, spec: StudySpec, runs: Path, path: Path, best: int | None
-) -> Path | None:
-    """Each trial's objective metric against the samples it saw (the best trial bold, enqueued
-    ones, e.g. the recipe in use, dashed; with samples_to_learn the threshold): how the trials
-    learned, not just where they ended. None when no trial has recorded an evaluation yet."""
-    import matplotlib.pyplot as plt
-
-    goal = spec.objective.samples_to_learn
-    metric = level_key(goal) if goal is not None else spec.objective.metric
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    drawn = 0
-    for t in study.get_trials(deepcopy=False):
-        rows = pd.DataFrame(history_of(runs / str(t.user_attrs.get("run_id"))))
-        if metric not in rows:
-            continue
-        # the spec's enqueued recipes (a pack's later trials are enqueued too, by shape only)
-        enqueued = any(all(t.params.get(k) == v for k, v in e.items()) for e in spec.enqueue)
-        top = t.number == best
-        style = {"lw": 0.9, "alpha": 0.5, "color": "tab:blue", "label": None}
-        if enqueued:
-            style |= {"ls": "--", "alpha": 0.9, "label": f"enqueued: trial {t.number}"}
-        if top:
-            style |= {"lw": 2.4, "alpha": 1, "color": "tab:red", "label": f"best: trial {t.number}"}
-        ax.plot(rows["samples_seen"], rows[metric], **style)
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    if goal is not None:
-        ax.axhline(goal["threshold"], ls=":", color="black", lw=1, label="threshold")
-    from rhmscale.results.plot_kit import metric_words
-
-    ax.set(xscale="log", xlabel="samples seen (sequences)", ylabel=metric_words(metric),
-           title=f"{study.study_name}: {drawn} trials")  # fmt: skip
-    ax.legend(loc="upper left", fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def study_reports(path: Path, out: Path) -> list[StudyReport]:
     folder, spec = load_folder(path)
     reports = []
@@ -172,7 +66,8 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
             best = {"number": t.number, "value": t.value, "params": t.params,
                     "run_id": t.user_attrs.get("run_id")}  # fmt: skip
         words = objective_words(spec)
-        figures = study_figures(study, out / "figures", f"study{i}", words) if best else []
+        cap = samples_cap(spec, cell) if spec.objective.samples_to_learn else None
+        figures = study_figures(study, out / "figures", f"study{i}", words, cap) if best else []
         curves_path = out / "figures" / f"study{i}-curves.png"
         curves = curves_figure(study, spec, folder.path / "runs", curves_path, t and t.number)
         figures += [curves] if curves else []
@@ -183,9 +78,32 @@ def study_reports(path: Path, out: Path) -> list[StudyReport]:
                 trials_frame(study, spec, cell),
                 best,
                 figures,
+                reading_notes(spec, cell, cap),
             )  # fmt: skip
         )
     return reports
+
+
+def reading_notes(spec: StudySpec, cell: Cell, cap: float | None) -> list[str]:
+    """What a reader of the trials table could take wrongly: a score read as samples, the
+    evaluation grid read as precision, a pack's time read as one trial's."""
+    notes = []
+    goal = spec.objective.samples_to_learn
+    if goal is not None:
+        every = cell.point.config.eval.every
+        when = f"every {every} steps" if every else "log-spaced"
+        notes += [
+            f"value: the samples seen at the first evaluation where level {int(goal['level'])} "
+            f"reached {goal['threshold']:g} on novel samples; evaluations come "
+            f"{when}, so values fall on that grid (steps x the trial's batch size) and two trials "
+            "one evaluation apart may not differ.",
+            f"A value above the samples cap, {cap:,.0f}, is not samples: the trial did not learn "
+            "the level and scores cap x (2 - best accuracy / threshold).",
+        ]
+    if spec.executor.pack:
+        notes.append("seconds: from a trial's start to its end; the trials of a pack train "
+                     "together, so they share the pack's time.")  # fmt: skip
+    return notes
 
 
 def cell_text(value: Any) -> str:
@@ -214,6 +132,7 @@ def markdown(title: str, reports: list[StudyReport], out: Path, spec_text: str) 
             lines += ["No trial has completed yet.", ""]
         counts = r.trials["state"].value_counts().to_dict() if len(r.trials) else {}
         lines += ["Trials: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), ""]
+        lines += [f"- {note}" for note in r.reading] + ([""] if r.reading else [])
         if len(r.trials):
             lines += [markdown_table(r.trials), ""]
         lines += [f"![{f.stem}]({f.relative_to(out)})" for f in r.figures] + [""]
