@@ -375,3 +375,18 @@ def test_tune_report_writes_best_trials_figures_and_a_wandb_run(tmp_path):
     (log_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     log = read_offline_log(log_file)
     assert (log.group, log.job_type) == ("cells", "tune-report")
+
+
+@pytest.mark.parametrize(
+    ("executor", "trials", "startup"),
+    [({"kind": "debug"}, 64, 10), ({"kind": "debug"}, 8, 4),
+     ({"kind": "local", "pack": True, "runs_per_task": 16}, 64, 32),
+     ({"kind": "local", "pack": True, "runs_per_task": 16}, 400, 160)],
+)  # fmt: skip
+def test_tpe_starts_at_random_for_packs_not_trials(executor, trials, startup):
+    """A pack's trials share one draw of the shape keys: TPE's random start counts packs (with
+    10 trials, one pack of 16 ended it and TPE proposed that shape again)."""
+    from rhmscale.tuning.study import make_sampler
+
+    spec = parse_study_spec(STUDY | {"executor": executor, "budget": {"trials": trials}})
+    assert make_sampler(spec, 0)._n_startup_trials == startup

@@ -74,7 +74,15 @@ def make_sampler(spec: StudySpec, worker: int, restart: int = 0) -> optuna.sampl
     seed = spec.sampler.seed + 1000 * worker + 1_000_000 * restart
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, spec.budget.trials // 2))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec))
+
+
+def startup_trials(spec: StudySpec) -> int:
+    """TPE's random start, counted in packs: a pack's trials share one draw of the shape keys,
+    so 10 trials would be one shape, after which TPE would propose that shape again (at a
+    full-size GPU study, 4 packs of 16 explored 2 shapes). Up to 10 packs, half the budget's."""
+    pack = spec.executor.runs_per_task if spec.executor.pack else 1
+    return pack * min(10, spec.budget.trials // pack // 2)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
