@@ -29,15 +29,7 @@ for where in "${wheres[@]}"; do
     rhmscale sweep submit "$spec" --root "$root" \
         ${where:+--where "$where"} ${OPTIONS:-} >>"$out/submit.log" 2>&1 &
     submit=$!
-    while kill -0 "$submit" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
-    if kill -0 "$submit" 2>/dev/null; then
-        # The workers checkpoint and end (interrupted; a later call resumes them), then the
-        # submit that waits for them returns.
-        echo "deadline: the workers are asked to stop" >>"$out/submit.log"
-        pkill -TERM -f submitit.core._submit
-        for _ in $(seq 90); do kill -0 "$submit" 2>/dev/null || break; sleep 1; done
-        kill -0 "$submit" 2>/dev/null && pkill -KILL -f submitit && kill "$submit"
-    fi
+    stop_at "$deadline" "$submit" >>"$out/submit.log"
     wait "$submit"
     echo "rc=$? wall_s=$(($(date +%s) - start))" >>"$out/submit.log"
 done

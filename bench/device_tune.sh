@@ -35,16 +35,7 @@ for spec in "$@"; do
     fi
     pids+=($!)
 done
-running() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
-while running && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
-if running; then
-    # The workers checkpoint and end (their trials stay running, held by them), then the
-    # submits that wait for them return.
-    echo "deadline: the workers are asked to stop" | tee -a "$out"/tune-*.log
-    pkill -TERM -f submitit.core._submit
-    for _ in $(seq 90); do running || break; sleep 1; done
-    running && pkill -KILL -f submitit && kill "${pids[@]}"
-fi
+stop_at "$deadline" "${pids[@]}" | tee -a "$out"/tune-*.log
 for p in "${pids[@]}"; do wait "$p"; echo "rc=$?"; done
 kill "$smi"
 for folder in "$root"/*/; do

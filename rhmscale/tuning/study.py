@@ -81,8 +81,13 @@ def startup_trials(spec: StudySpec) -> int:
     """TPE's random start, counted in packs: a pack's trials share one draw of the shape keys,
     so 10 trials would be one shape, after which TPE would propose that shape again (at a
     full-size GPU study, 4 packs of 16 explored 2 shapes). Up to 10 packs, half the budget's."""
-    pack = spec.executor.runs_per_task if spec.executor.pack else 1
+    pack = pack_size(spec)
     return pack * min(10, spec.budget.trials // pack // 2)
+
+
+def pack_size(spec: StudySpec) -> int:
+    """Trials a worker trains together: executor.runs_per_task when the executor packs."""
+    return spec.executor.runs_per_task if spec.executor.pack else 1
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

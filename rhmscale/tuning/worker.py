@@ -45,6 +45,7 @@ from rhmscale.tuning.study import (
     objective_settled,
     objective_value,
     open_study,
+    pack_size,
     record_trial,
     report_step,
     study_cells,
@@ -96,11 +97,6 @@ class Worker:
         atomic_write_json(path, {"starts": starts + 1})
         return starts
 
-    @property
-    def pack_size(self) -> int:
-        """Trials trained together: executor.runs_per_task when the executor packs."""
-        return self.spec.executor.runs_per_task if self.spec.executor.pack else 1
-
     def held(self) -> Job | None:
         """The trials this worker was on when it stopped (running, with its index), as one job;
         else one running trial that no worker holds (its worker died between asking for it and
@@ -132,7 +128,7 @@ class Worker:
             with lock(self.folder):  # enqueue and ask together: no other worker takes ours
                 study = self.study(cell)
                 trials: list[optuna.Trial] = []
-                while len(trials) < self.pack_size and budget_left(study, self.spec):
+                while len(trials) < pack_size(self.spec) and budget_left(study, self.spec):
                     if trials and study.get_trials(deepcopy=False, states=(State.WAITING,)):
                         break  # ask() would pop the spec's next recipe: it starts its own pack
                     if trials and shared:
