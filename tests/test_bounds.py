@@ -84,8 +84,8 @@ def test_a_stop_request_between_evaluation_batches_interrupts_it_and_a_resume_re
 def test_a_stop_signal_during_an_evaluation_ends_it(tmp_path, whole, monkeypatch):
     monkeypatch.setattr(stop, "_requested", {})  # this test's stop flag, not the process's
 
-    def signal_at_5(step, losses):
-        if step == 5:  # just before the evaluation at step 5
+    def signal_at_5(trainer, losses):
+        if trainer.steps[0] == 5:  # just before the evaluation at step 5
             os.kill(os.getpid(), signal.SIGTERM)
 
     assert run(tiny(), tmp_path, on_step=signal_at_5).state == "interrupted"

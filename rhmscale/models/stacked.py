@@ -69,10 +69,20 @@ class StackedDenoiser:
         return self
 
     def load_member(self, k: int, params: Tensors) -> None:
-        """Overwrite member k's parameters (a resumed member's checkpoint)."""
+        """Overwrite member k's parameters (a new run's, or a resumed run's checkpoint)."""
         with torch.no_grad():
             for name, p in self.params.items():
                 p[k].copy_(params[name])
+
+    def with_params(self, params: Tensors, members: Sequence[int]) -> StackedDenoiser:
+        """The same denoiser over other stacked parameters, one per entry of `members` (the
+        slots they came from: their buffers): an evaluation of snapshots taken earlier."""
+        view = copy.copy(self)
+        view.params = params
+        index = torch.tensor(list(members), device=next(iter(params.values())).device)
+        view.buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        view.k = len(members)
+        return view
 
 
 def stack_denoisers(
@@ -90,3 +100,8 @@ def stack_denoisers(
             torch.manual_seed(seed)
             members.append(build_denoiser(model, grammar))
     return StackedDenoiser(members)
+
+
+def initial_params(model: ModelConfig, grammar: GrammarConfig, seed: int) -> Tensors:
+    """One run's initial weights, bit for bit those of its lone run (a slot's new run)."""
+    return {name: p[0] for name, p in stack_denoisers(model, grammar, [seed]).params.items()}

@@ -8,7 +8,7 @@ an evaluation cut short by a stop request is redone from the start when the run 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,15 @@ def hash_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def eval_generators(configs: list[RunConfig], step: int, device: torch.device) -> list:
-    """One generator per member, seeded by (seed, step) alone."""
-    return [torch.Generator(device).manual_seed(hash_seed(c.seed, step)) for c in configs]
+def eval_generators(
+    configs: list[RunConfig], steps: int | Sequence[int], device: torch.device
+) -> list:
+    """One generator per member, seeded by (seed, step) alone (steps: the members' own)."""
+    steps = [steps] * len(configs) if isinstance(steps, int) else steps
+    return [
+        torch.Generator(device).manual_seed(hash_seed(c.seed, step))
+        for c, step in zip(configs, steps, strict=True)
+    ]
 
 
 def val_generators(configs: list[RunConfig], device: torch.device) -> list:

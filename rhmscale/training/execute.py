@@ -15,7 +15,7 @@ import math
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def execute(
     progress: bool = False,
     stop_at_step: int | None = None,
     should_stop: Callable[[], bool] | None = None,
-    on_step: Callable[[int, Any], None] | None = None,
+    on_step: Callable[[Any, Any], None] | None = None,
     judge: Sequence[Callable[[dict[str, Any]], Verdict | None] | None] | None = None,
 ) -> list[RunOutcome]:
     """Run (or resume, or skip if done) one run, or runs of one shape together.
@@ -61,7 +61,7 @@ def execute(
     raised after closing the W&B runs. One writer per run folder: a run another process is
     training (its folder's lock is held) is left to it, outcome "running"; for a lone run that
     is a UserError saying where it runs.
-    on_step(step, losses (K,)) is called after every optimiser step of a (sub-)pack (tests).
+    on_step(trainer, losses (K,)) is called after every optimiser step (tests).
     judge[i], when given, is asked with each new evaluation row of run i (a tuning trial's):
     "pruned" stops the run there, recorded done with "pruned": true in result.json; "settled"
     (its objective can no longer change) stops it with "settled": true; None trains on.
@@ -75,7 +75,7 @@ def execute(
     for store, config in zip(stores, configs, strict=True):
         check_same_run(store, config)
     outcomes: dict[int, RunOutcome] = {}
-    todo, held = [], []
+    runs, held = Runs(), []
     try:
         for i, store in enumerate(stores):
             if store.state() == "done":
@@ -91,16 +91,16 @@ def execute(
                 outcomes[i] = RunOutcome("running", store.path, None, lock)
                 continue
             held.append(lock)
-            todo.append(i)
-        if todo:
-            judges = [judge[i] if judge else None for i in todo]
-            runs = _Runs([configs[i] for i in todo], [stores[i] for i in todo], judges)
-            with runs.logs(), stop.honour_stop_signals():
-                done = runs.run(progress, stop_at_step, stop.combined(should_stop), on_step)
-            outcomes.update(zip(todo, done, strict=True))
+            runs.add(configs[i], store, judge[i] if judge else None, lock)
+        if runs.todo:
+            with stop.honour_stop_signals():
+                runs.train(progress, stop_at_step, stop.combined(should_stop), on_step)
     finally:
+        runs.close_logs()
         for lock in held:
             lock.release()
+    for i, config in enumerate(configs):
+        outcomes.setdefault(i, runs.outcomes.get(config.run_id()))
     return [outcomes[i] for i in range(len(configs))]
 
 
@@ -143,205 +143,228 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-class _Runs:
-    """The runs still to train: their set-up, sub-packs by resume step, and their records."""
+class Runs:
+    """The runs one process trains, by run id: their logs, set-up, training in slots, and
+    records. Runs may be added while others train (a sweep worker's feed)."""
 
-    def __init__(self, configs: list[RunConfig], stores: list[RunDir], judges: list) -> None:
-        self.configs, self.stores, self.judges = configs, stores, judges
+    def __init__(self) -> None:
         self.started = time.perf_counter()
-        self.log = [logging.getLogger(f"rhmscale.run.{c.run_id()}") for c in configs]
-        self.members: dict[int, Any] = {}  # i -> trainer.Member
-        self.outcomes: dict[int, RunOutcome] = {}
+        self.configs: dict[str, RunConfig] = {}
+        self.stores: dict[str, RunDir] = {}
+        self.judges: dict[str, Any] = {}
+        self.log: dict[str, logging.Logger] = {}
+        self.handlers: dict[str, logging.Handler] = {}
+        self.todo: list[str] = []  # added, not yet set up
+        self.locks: dict[str, Any] = {}  # the run folders' locks, released at their outcome
+        self.members: dict[str, Any] = {}  # run id -> trainer.Member, once set up
+        self.outcomes: dict[str, RunOutcome] = {}
+        self.fabric: Any = None  # the device and precision the runs share, once training
 
-    @contextlib.contextmanager
-    def logs(self) -> Iterator[None]:
-        """Each run's logger writes to its own run.log while the runs train."""
-        handlers = []
-        for store, logger in zip(self.stores, self.log, strict=True):
-            store.path.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(store.log)
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-            logger.setLevel(logging.INFO)
-            logger.addHandler(handler)
-            handlers.append(handler)
-        try:
-            yield
-        finally:
-            for logger, handler in zip(self.log, handlers, strict=True):
-                logger.removeHandler(handler)
+    def add(self, config: RunConfig, store: RunDir, judge: Any = None, lock: Any = None) -> str:
+        """A run to train, whose folder's lock the caller took (released with its outcome);
+        its run.log opens."""
+        run_id = config.run_id()
+        if lock is not None:
+            self.locks[run_id] = lock
+        self.configs[run_id], self.stores[run_id], self.judges[run_id] = config, store, judge
+        logger = logging.getLogger(f"rhmscale.run.{run_id}")
+        store.path.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(store.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        self.log[run_id], self.handlers[run_id] = logger, handler
+        self.todo.append(run_id)
+        return run_id
+
+    def close_logs(self, run_ids: list[str] | None = None) -> None:
+        for run_id in list(self.handlers) if run_ids is None else run_ids:
+            handler = self.handlers.pop(run_id, None)
+            if handler is not None:
+                self.log[run_id].removeHandler(handler)
                 handler.close()
 
-    def run(self, progress, stop_at_step, should_stop, on_step) -> list[RunOutcome]:
+    def ended(self, run_id: str, outcome: RunOutcome) -> None:
+        """The run's outcome: its log closes and its folder's lock is released."""
+        self.outcomes[run_id] = outcome
+        self.close_logs([run_id])
+        if (lock := self.locks.pop(run_id, None)) is not None:
+            lock.release()
+
+    def join(self, config: RunConfig, store: RunDir, lock: Any = None) -> Any:
+        """A run added and set up while others train (a feed's): its Member, or None when its
+        set-up failed (its outcome says so)."""
+        return self.set_up(self.add(config, store, lock=lock), self.fabric)
+
+    def train(self, progress, stop_at_step, should_stop, on_step, feed=None) -> None:
+        """Set up the added runs and train them in one pack of slots (feed: more runs of the
+        shape for slots that empty, e.g. through join); every run ends with an outcome."""
         # Heavy imports here, so that importing rhmscale.training (and the CLI) stays cheap.
         from rhmscale.training.fabric import make_fabric
 
-        fabric = make_fabric(self.configs[0])  # the device and precision the runs share
-        for i in range(len(self.configs)):
-            self.set_up(i, fabric)
-        by_step: dict[int, list[int]] = {}
-        for i, member in self.members.items():
-            by_step.setdefault(member.state["step"] if member.state else 0, []).append(i)
-        for step in sorted(by_step, reverse=True):  # the furthest along first
-            group = by_step[step]
-            if should_stop is not None and should_stop():
-                self.interrupted(group)
-            else:
-                self.train(group, fabric, progress, stop_at_step, should_stop, on_step)
-        return [self.outcomes[i] for i in range(len(self.configs))]
+        if self.fabric is None:
+            self.fabric = make_fabric(self.configs[self.todo[0]])
+        fabric = self.fabric
+        members = [m for m in (self.set_up(r, fabric) for r in list(self.todo)) if m is not None]
+        if should_stop is not None and should_stop():  # asked to stop while setting up
+            self.interrupted(self.unfinished())
+        elif members:
+            self.fit(members, fabric, progress, stop_at_step, should_stop, on_step, feed)
 
-    def set_up(self, i: int, fabric: Any) -> None:
-        """Run i's directory, data, checkpoint and W&B run; if one raises, run i fails alone."""
+    def set_up(self, run_id: str, fabric: Any) -> Any:
+        """The run's directory, data, checkpoint and W&B run: its Member, or None when one of
+        them raised (the run fails alone)."""
         from rhmscale.rhm.data import make_datasets
         from rhmscale.training import checkpoint
         from rhmscale.training.fabric import device_note
         from rhmscale.training.trainer import Member
 
-        config, store, mirror = self.configs[i], self.stores[i], None
+        self.todo.remove(run_id)
+        config, store, log, mirror = (
+            self.configs[run_id],
+            self.stores[run_id],
+            self.log[run_id],
+            None,
+        )
         try:
             store.failed.unlink(missing_ok=True)  # a retry starts clean
             for stale in store.clean_temporaries():
-                self.log[i].info("removed %s, left by an interrupted write", stale.name)
+                log.info("removed %s, left by an interrupted write", stale.name)
             if store.result.exists():  # not done (execute skips those): its result is damaged
-                self.log[i].warning("%s; training the run from its checkpoint", store.damage())
+                log.warning("%s; training the run from its checkpoint", store.damage())
                 store.result.unlink()
             write_config(store, config)
-            self.log[i].info(
-                "run %s on %s in %s (%d run(s) train together)",
-                config.run_id(),
-                socket.gethostname(),
-                store.path,
-                len(self.configs),
-            )
-            self.log[i].info(device_note(fabric.device))
+            log.info("run %s on %s in %s", run_id, socket.gethostname(), store.path)
+            log.info(device_note(fabric.device))
             data = make_datasets(config)
             atomic_write_text(store.grammar, data.grammar.to_json())
-            state = checkpoint.load_newest(fabric, store, config.run_id(), self.log[i])
+            state = checkpoint.load_newest(fabric, store, run_id, log)
             if state is not None and state["history"]:
                 store.write_metrics(state["history"])  # whatever happened to metrics.parquet
             mirror = wandb_mirror.open_run(config, store)
-            self.members[i] = Member(
-                config, data, store, mirror=mirror, state=state, judge=self.judges[i]
+            member = Member(
+                config, data, store, mirror=mirror, state=state, judge=self.judges[run_id]
             )
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
-            self.fail(i, exc, mirror)
+            self.fail(run_id, exc, mirror)
+            return None
+        self.members[run_id] = member
+        return member
 
-    def train(self, group, fabric, progress, stop_at_step, should_stop, on_step) -> None:
-        """Train a group of runs at one step to the end; when half of them have stopped early,
-        the others go on in a smaller pack (re-stacked from their in-memory state)."""
+    def fit(self, members, fabric, progress, stop_at_step, should_stop, on_step, feed) -> None:
+        """Train the members in slots; when half the slots are empty for good, the others go
+        on in a smaller pack (re-stacked from their in-memory state)."""
         from rhmscale.training.trainer import Trainer
+
+        def run_id(member: Any) -> str:
+            return member.config.run_id()
 
         try:
             while True:
+                self.log_start(members, fabric)
                 trainer = Trainer(
-                    [self.members[i] for i in group],
+                    members,
                     fabric,
+                    feed=feed,
                     on_step=on_step,
-                    on_member_error=lambda k, exc, g=group: self.fail(g[k], exc),
-                    on_member_done=lambda k, g=group: self.record_done(g[k], fabric),
-                    on_note=lambda message, g=group: self.note(g, message),
+                    on_member_error=lambda m, exc: self.fail(run_id(m), exc),
+                    on_member_done=lambda m: self.record_done(run_id(m), fabric),
+                    on_note=self.note,
                 )
-                self.log_start(group, trainer.step, fabric)
                 ended = trainer.fit(
                     stop_at_step=stop_at_step, should_stop=should_stop, progress=progress
                 )
                 if ended != "restack":
                     break
-                states = trainer.member_states()
-                group = [group[k] for k in states]
-                for k, i in zip(states, group, strict=True):
-                    self.members[i].state = states[k]
+                members = []
+                for k, state in trainer.member_states(trainer.training()).items():
+                    members.append(trainer.slots[k])
+                    members[-1].state = state
                 del trainer  # its GPU memory and graph, before the smaller pack's
         except (KeyboardInterrupt, SystemExit) as exc:
-            for i in self.training(group):
-                self.log[i].warning("run %s interrupted: %r", self.configs[i].run_id(), exc)
-                self.finish_wandb(i, exit_code=1)
+            for r in self.unfinished():
+                self.log[r].warning("run %s interrupted: %r", r, exc)
+                self.finish_wandb(r, exit_code=1)
             raise
         except Exception as exc:  # noqa: BLE001 - recorded in every member's failed.json
-            for i in self.training(group):
-                self.fail(i, exc)
+            for r in self.unfinished():
+                self.fail(r, exc)
             return
-        for i in self.training(group):
-            if ended == "completed":
-                self.record_done(i, fabric)
-            else:
-                self.interrupted([i])
+        self.interrupted(self.unfinished())
 
-    def note(self, group: list[int], message: str) -> None:
-        """A line about the pack in the run.log of each of its runs still training."""
-        for i in self.training(group):
-            self.log[i].info(message)
+    def unfinished(self) -> list[str]:
+        """Runs set up, without an outcome yet."""
+        return [r for r in self.members if r not in self.outcomes]
 
-    def log_start(self, group: list[int], step: int, fabric: Any) -> None:
-        ids = ", ".join(self.configs[i].run_id() for i in group)
-        for i in group:
-            self.log[i].info(
-                "training %d run(s) from step %d on %s (%s, compile %s): %s",
-                len(group),
-                step,
+    def note(self, message: str) -> None:
+        """A line about the pack in the run.log of each run not yet ended."""
+        for r in self.unfinished():
+            self.log[r].info(message)
+
+    def log_start(self, members: list[Any], fabric: Any) -> None:
+        ids = ", ".join(m.config.run_id() for m in members)
+        for m in members:
+            self.log[m.config.run_id()].info(
+                "training %d run(s) in slots on %s (%s, compile %s), this one from step %d: %s",
+                len(members),
                 fabric.device,
                 precision_of(fabric),
-                self.configs[i].train.compile,
+                m.config.train.compile,
+                m.state["step"] if m.state else 0,
                 ids,
             )
 
-    def training(self, group: list[int]) -> list[int]:
-        """The runs of a group that have not failed."""
-        return [i for i in group if i not in self.outcomes]
-
-    def record_done(self, i: int, fabric: Any) -> None:
-        config, store = self.configs[i], self.stores[i]
+    def record_done(self, run_id: str, fabric: Any) -> None:
+        config, store = self.configs[run_id], self.stores[run_id]
         try:
-            member = self.members[i]
+            member = self.members[run_id]
             result = result_record(
                 config, member.history, fabric.device.type, precision_of(fabric), self.started
             )
             result |= {verdict: member.verdict == verdict for verdict in VERDICTS}
-            self.finish_wandb(i, summary={f"final/{k}": v for k, v in result["final"].items()})
+            self.finish_wandb(run_id, summary={f"final/{k}": v for k, v in result["final"].items()})
             atomic_write_json(store.result, result)  # last: its presence means done
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
-            self.fail(i, exc)
+            self.fail(run_id, exc)
             return
         how = member.verdict or "stopped early"
         early = f", {how} at step {result['final']['step']}" * result["stopped_early"]
-        self.log[i].info("run %s done%s", config.run_id(), early)
-        self.outcomes[i] = RunOutcome("done", store.path, result)
+        self.log[run_id].info("run %s done%s", run_id, early)
+        self.ended(run_id, RunOutcome("done", store.path, result))
 
-    def interrupted(self, group: list[int]) -> None:
-        for i in group:
-            self.finish_wandb(i)
-            self.log[i].info(
-                "run %s stopped at a checkpoint; resubmit to resume", self.configs[i].run_id()
-            )
-            self.outcomes[i] = RunOutcome("interrupted", self.stores[i].path, None)
+    def interrupted(self, run_ids: list[str]) -> None:
+        for r in run_ids:
+            self.finish_wandb(r)
+            self.log[r].info("run %s stopped at a checkpoint; resubmit to resume", r)
+            self.ended(r, RunOutcome("interrupted", self.stores[r].path, None))
 
-    def fail(self, i: int, exc: BaseException, mirror: Any = None) -> None:
-        self.log[i].error("run %s failed", self.configs[i].run_id(), exc_info=exc)
+    def fail(self, run_id: str, exc: BaseException, mirror: Any = None) -> None:
+        self.log[run_id].error("run %s failed", run_id, exc_info=exc)
         record = getattr(exc, "record", {})  # e.g. reason "diverged" and the step
+        store = self.stores[run_id]
         try:
-            self.stores[i].write_failed(self.configs[i].run_id(), exc, **record)
+            store.write_failed(run_id, exc, **record)
         except OSError as write_error:  # a full disk: the log and the outcome still say it
-            self.log[i].error("could not write failed.json: %s", write_error)
-        self.outcomes[i] = RunOutcome(
-            "failed", self.stores[i].path, None, f"{type(exc).__name__}: {exc}"[:500]
-        )
-        if i in self.members:
-            self.finish_wandb(i, exit_code=1)
+            self.log[run_id].error("could not write failed.json: %s", write_error)
+        if run_id in self.members:
+            self.finish_wandb(run_id, exit_code=1)
         elif mirror is not None:
             with contextlib.suppress(Exception):
                 mirror.finish(exit_code=1)
+        self.ended(
+            run_id, RunOutcome("failed", store.path, None, f"{type(exc).__name__}: {exc}"[:500])
+        )
 
-    def finish_wandb(self, i: int, summary: dict[str, Any] | None = None, exit_code=0) -> None:
+    def finish_wandb(self, run_id: str, summary: dict[str, Any] | None = None, exit_code=0) -> None:
         """Close the run's W&B run. W&B may be gone already (after a SIGTERM): one line in the
         log then, never an error that hides the run's own outcome."""
-        mirror = self.members[i].mirror
+        mirror = self.members[run_id].mirror
         if mirror is None:
             return
         try:
             mirror.finish(summary, exit_code=exit_code)
         except Exception as exc:  # noqa: BLE001 - see above
-            self.log[i].warning("could not close the W&B run: %r", exc)
+            self.log[run_id].warning("could not close the W&B run: %r", exc)
 
 
 def precision_of(fabric: Any) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -82,38 +81,46 @@ class TrainStep:
         self,
         stack: StackedDenoiser,
         diffusion: MaskedDiffusion,
-        optimizer: torch.optim.Optimizer,
+        optimizer: StackedAdamW,
         data: tuple[torch.Tensor, torch.Tensor],
         batch_size: int,
-        max_norm: torch.Tensor | None,
         autocast: Callable[[], contextlib.AbstractContextManager],
         plan: StepPlan,
     ) -> None:
         self.stack, self.diffusion, self.optimizer = stack, diffusion, optimizer
-        self.train_data, self.offsets = data  # all members' rows; member k's from offsets[k]
-        self.max_norm, self.autocast, self.plan = max_norm, autocast, plan
+        self.autocast, self.plan = autocast, plan
+        self.set_data(*data)
         k, device, n = stack.k, self.train_data.device, self.train_data.shape[-1]
         b = batch_size
         self.batch_index = torch.zeros((k, b), dtype=torch.long, device=device)
         self.time_noise = torch.zeros((k, *diffusion.time_noise_shape(b)), device=device)
         self.mask_noise = torch.zeros((k, b, n), device=device)
         self.loss_sum = torch.zeros(k, device=device)
-        # 1 for members still training, 0 for those stopped early: their loss no longer
-        # reaches the update (a tensor the graph reads, so stopping needs no recapture).
-        self.active = torch.ones(k, device=device)
+        # Each slot's max gradient norm (0: no clipping), set when it takes a run.
+        self.max_norm = torch.zeros(k, device=device)
+        # 1 for slots whose run trains, 0 for empty slots and runs that stopped: their loss
+        # no longer reaches the update (a tensor the graph reads, so it needs no recapture).
+        self.active = torch.zeros(k, device=device)
         self.loss, self.clip = self._forward_loss, clip_per_member
         self.steps_taken = 0
         self.compiled_from: int | None = None  # steps taken when the compiled step took over
         if plan.compile_mode is not None and not plan.compile_ahead:
             self.use_compiled()
-        self.calls = 0  # since the step's functions last changed
+        self.calls = 0  # since the step's functions or buffers last changed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_losses: torch.Tensor | None = None
 
-    def draw(self, sizes: list[int], batch_gens: list, noise_gens: list) -> None:
-        """Each member's minibatch indices and diffusion noise, from its own generators, in the
-        order a lone run draws them."""
-        for k, (size, bg, ng) in enumerate(zip(sizes, batch_gens, noise_gens, strict=True)):
+    def set_data(self, train: torch.Tensor, offsets: torch.Tensor) -> None:
+        """All slots' training rows in one device tensor, slot k's from offsets[k] (K, 1). A
+        new tensor (a slot's run needs more room) is captured anew: warm-up steps, a capture."""
+        self.train_data, self.offsets = train, offsets
+        self.graph, self.graph_losses, self.calls = None, None, 0
+
+    def draw(self, slots: list[int], sizes: list[int], batch_gens: list, noise_gens: list) -> None:
+        """The minibatch indices and diffusion noise of the slots that train, each from its
+        run's own generators, in the order a lone run draws them."""
+        for k in slots:
+            size, bg, ng = sizes[k], batch_gens[k], noise_gens[k]
             torch.randint(size, self.batch_index[k].shape, generator=bg, out=self.batch_index[k])
             torch.rand(self.time_noise[k].shape, generator=ng, out=self.time_noise[k])
             torch.rand(self.mask_noise[k].shape, generator=ng, out=self.mask_noise[k])
@@ -126,13 +133,12 @@ class TrainStep:
         # sizes that automatic dynamic shapes would give a second pack shape.
         self.loss = torch.compile(self._forward_loss, mode=mode, dynamic=False)
         self.clip = torch.compile(clip_per_member, mode=mode, dynamic=False)
-        if isinstance(self.optimizer, StackedAdamW):
-            self.optimizer.compile(mode)
+        self.optimizer.compile(mode)
         self.graph, self.graph_losses, self.calls = None, None, 0
         self.compiled_from = self.steps_taken
 
     def __call__(self, lrs: list[float]) -> torch.Tensor:
-        """lrs: the pack's learning rate, or each member's (adamw.recipes_of)."""
+        """lrs: each slot's learning rate at its run's step (0 for an empty slot)."""
         self.calls += 1
         self.steps_taken += 1
         set_lr(self.optimizer, lrs)
@@ -154,8 +160,7 @@ class TrainStep:
         with self.autocast():
             losses = self.loss(self.stack.params, x0, x_t, t)
         (losses * self.active).sum().backward()  # member k's gradient: its own loss only
-        if self.max_norm is not None:
-            self.clip([p.grad for p in self.stack.parameters()], self.max_norm)
+        self.clip([p.grad for p in self.stack.parameters()], self.max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         losses = losses.detach()
@@ -183,17 +188,10 @@ class TrainStep:
         t = self.diffusion.times_from_noise(self.time_noise, x0.shape[-2])
         return x0, t, self.diffusion.corrupt_with_noise(x0, t, self.mask_noise)
 
-    def pop_mean_losses(self, count: int) -> list[float]:
-        """Mean training loss of each member over the last `count` steps (one device sync)."""
-        if not count:
-            return [float("nan")] * self.stack.k
-        means = [total / count for total in self.loss_sum.tolist()]
-        self.loss_sum.zero_()
-        return means
-
-    def state(self) -> dict[str, Any]:
-        """Per-parameter AdamW moments (stacked), for checkpoints."""
-        return {
-            moment: [self.optimizer.state[p][moment] for p in self.stack.parameters()]
-            for moment in ("exp_avg", "exp_avg_sq")
-        }
+    def pop_loss_sums(self, slots: list[int]) -> torch.Tensor:
+        """The slots' training loss summed since their last evaluation (a device tensor, no
+        sync), and those sums zeroed."""
+        index = torch.tensor(slots, device=self.loss_sum.device)
+        sums = self.loss_sum.index_select(0, index)
+        self.loss_sum.index_fill_(0, index, 0.0)
+        return sums

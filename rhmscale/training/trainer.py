@@ -1,5 +1,5 @@
-"""The one trainer: K >= 1 runs of one shape trained together on one device, each as if alone.
-A lone run is a pack of one.
+"""The one trainer: K slots of one shape on one device, each training its own run exactly as the
+run would train alone. A lone run is a pack of one slot.
 
 Lightning Fabric owns the device, the precision (bf16 autocast on GPUs), checkpoint IO and the
 SLURM environment (its auto-requeue off: submitit requeues); the loop is ours, short enough to
@@ -8,38 +8,52 @@ Why Fabric rather than Lightning's Trainer with manual optimisation: not speed (
 step ran as fast, bench/results/one_trainer_h100.json) but fit. A pack is K runs, each with its
 own evaluation, checkpoint file, W&B run and failure, stopped mid-loop by a signal; the Trainer
 models one run (one logger, one checkpoint with its loop state, global_step advanced only
-through its own optimiser wrappers), which made the old lone-run checkpoints a format of their
-own that packs could read and lone runs could not.
+through its own optimiser wrappers).
 
-Why member k's trajectory equals its lone run's (tests/test_training.py checks it to 1e-5):
-- initial weights: stack_denoisers seeds each member with its own seed;
-- minibatches and diffusion noise: per-member generators seeded seed*2+1 and seed*2+2, drawn
-  in the same order whatever the pack;
-- one AdamW over the stacked tensors is elementwise, hence per member; each member has its own
-  learning rate, warm-up, schedule and weight decay (training.adamw: torch's fused AdamW when
-  the pack shares them) and its gradients are clipped by its own norm;
-- evaluation at the same steps, with a generator seeded by (seed, step).
+Slots. The step is compiled and captured once for the pack's shape; what a slot holds (weights,
+AdamW moments and step count, learning rate, weight decay, clipping, training rows) lives in
+device tensors overwritten in place. So when a slot's run ends (done, stopped early, pruned,
+failed, diverged) the slot takes the next run of that shape from `feed` at the run's own step
+(0, or its checkpoint's) without recompiling; an empty slot's loss and learning rate are zero
+(its weights do not move; its share of the step is still computed, until a re-stack).
+
+Why a slot's trajectory equals its lone run's (tests/test_training.py checks it to 1e-5, also
+for a run that joins mid-pack and one resumed into a slot):
+- initial weights: built from its seed as its lone run builds them (initial_params);
+- minibatches and diffusion noise: its own generators, seeded seed*2+1 and seed*2+2, drawn in
+  the same order whatever the pack;
+- AdamW is elementwise, and each slot has its own step count (its bias correction), learning
+  rate at its own step, weight decay and gradient clipping by its own norm (training.adamw);
+- evaluation at its own steps, with a generator seeded by (seed, step), of its weights then.
+
+Evaluations are batched (Snapshots): at a run's evaluation step its weights and its training
+loss since the last evaluation are copied aside, and the copies are evaluated together once half
+the busy slots have one waiting, one waited eval_delay steps, a run reached max_steps, or before
+a checkpoint. Runs that joined at other steps then share evaluations instead of each paying for
+its own (an evaluation costs about as much for one member as for 27). The record is the same;
+the cost is that an early stop is decided up to eval_delay steps late (those steps are thrown
+away).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from rhmscale.config import RunConfig
+from rhmscale.config import RunConfig, pack_key
 from rhmscale.models import MaskedDiffusion
-from rhmscale.models.stacked import stack_denoisers
+from rhmscale.models.stacked import initial_params, stack_denoisers
 from rhmscale.rhm.data import Datasets
 from rhmscale.store.folders import RunDir
 from rhmscale.store.wandb_mirror import MirrorRun
 from rhmscale.training import checkpoint
-from rhmscale.training.adamw import make_optimizer, recipes_of
+from rhmscale.training.adamw import make_optimizer
 from rhmscale.training.compile_ahead import for_pack
 from rhmscale.training.evaluation import (
     Diverged,
@@ -51,19 +65,16 @@ from rhmscale.training.evaluation import (
     val_generators,
 )
 from rhmscale.training.fabric import progress_bar
-from rhmscale.training.schedule import (
-    StepClock,
-    Verdict,
-    eval_steps,
-    lr_factor,
-    stopped_early,
-)
+from rhmscale.training.schedule import StepClock, Verdict, eval_steps, lr_factor, stopped_early
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep
 
+# How often an empty slot asks the feed for a run (seconds): asking reads the sweep's queue.
+FEED_EVERY_S = 1.0
 
-@dataclass
+
+@dataclass(eq=False)
 class Member:
-    """One run of a pack."""
+    """One run in a slot."""
 
     config: RunConfig
     data: Datasets
@@ -78,17 +89,32 @@ class Member:
     verdict: Verdict | None = None
 
 
-class Trainer:
-    """Trains the members of one pack from their common step to max_steps.
+@dataclass
+class Snapshots:
+    """Evaluations taken and not yet run: the run in slots[i] at steps[i], its weights then
+    (stacked, one row each) and its training loss since its previous evaluation."""
 
-    All members start at the same step: fresh, or resumed from checkpoints of that step.
-    fabric: make_fabric(config) of the pack's (shared) device and precision.
-    on_step(step, losses (K,)) is called after every optimiser step (tests); on_member_error(k,
-    exc) when member k's evaluation or checkpoint raised: it trains on with the others but is
-    no longer recorded; on_member_done(k) when member k stopped early (train.early_stop_patience:
-    its record is final and its loss leaves the update; once half the pack has stopped and a
-    smaller pack would pay for its start-up, fit returns "restack" so that the rest go on
-    without the dead weight).
+    slots: list[int]
+    members: list[Member]
+    steps: list[int]
+    params: dict[str, torch.Tensor]
+    loss_sums: torch.Tensor
+    counts: list[int]
+    walls: list[float]
+
+
+class Trainer:
+    """Trains the runs of K slots of one shape until none is left to train.
+
+    members: the first run of each slot, fresh or resumed (any steps). fabric: make_fabric of
+    the shape's (shared) device and precision. feed() -> Member | None gives an empty slot the
+    next run of the shape (None: nothing now; asked again later).
+    Callbacks: on_step(trainer, losses (K,)) after every optimiser step (tests: trainer.steps
+    and trainer.slots say which run is where);
+    on_member_error(member, exc) when a run's evaluation or checkpoint raised, or it diverged:
+    it leaves its slot, the others train on; on_member_done(member) when a run ended (its last
+    evaluation is recorded: max_steps, or an early stop or a judge's verdict); on_note(text) a
+    line for the logs of the runs in the slots.
     """
 
     def __init__(
@@ -96,92 +122,165 @@ class Trainer:
         members: list[Member],
         fabric: Any,
         *,
-        on_step: Callable[[int, torch.Tensor], None] | None = None,
-        on_member_error: Callable[[int, BaseException], None] | None = None,
-        on_member_done: Callable[[int], None] | None = None,
+        feed: Callable[[], Member | None] | None = None,
+        on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
+        on_member_error: Callable[[Member, BaseException], None] | None = None,
+        on_member_done: Callable[[Member], None] | None = None,
         on_note: Callable[[str], None] | None = None,
     ) -> None:
+        if not members:
+            raise ValueError("a pack needs at least one run")
         gpu = fabric.device.type == "cuda"
         self.clock = StepClock(WARMUP_STEPS, sync=torch.cuda.synchronize if gpu else lambda: None)
-        steps = {m.state["step"] if m.state else 0 for m in members}
-        if len(steps) != 1:
-            raise ValueError(f"members of one pack must resume from one step, got {steps}")
-        self.members = members
         self.config = cfg = members[0].config
-        self.step = steps.pop()
+        self.shape = pack_key(cfg)
+        self.k = k = len(members)
+        self.feed, self.feed_empty, self.feed_at = feed, feed is None, 0.0
         self.on_step, self.on_member_error = on_step, on_member_error
         self.on_member_done = on_member_done
         self.on_note = on_note or (lambda message: None)
         self.fabric, self.device = fabric, fabric.device
-        self.eval_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals, cfg.eval.every))
+        train = cfg.train
+        self.max_steps = train.max_steps
+        self.eval_at = set(eval_steps(train.max_steps, cfg.eval.n_evals, cfg.eval.every))
+        self.eval_at.add(train.max_steps)  # the final evaluation, also when n_evals=1
         # W&B sample tables at the log-spaced evaluations only: a table per member at every
         # evaluation cost more host time than the rest of its record (0.4 s a pack of 27).
-        self.table_at = set(eval_steps(cfg.train.max_steps, cfg.eval.n_evals))
+        self.table_at = set(eval_steps(train.max_steps, cfg.eval.n_evals))
+        self.eval_delay = cfg.eval.every or max(1, train.max_steps // 20)
         self.diffusion = MaskedDiffusion(
             cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic
         )
         self.stack = stack_denoisers(cfg.model, cfg.grammar, [m.config.seed for m in members])
         self.stack.to(self.device)
-        self.recorders = [EvalRecorder(m.config, m.data, m.run_dir, m.mirror) for m in members]
-        self.batch_gens = [self.generator(m.config.seed * 2 + 1) for m in members]
-        self.noise_gens = [self.generator(m.config.seed * 2 + 2) for m in members]
-        self.wall_offset = np.zeros(len(members))
-        self.loss_count = 0
-        plan = StepPlan.of(cfg.train.compile, self.device)
-        self.recipes = recipes_of([m.config.train for m in members])
-        optimizer = make_optimizer(self.stack.parameters(), self.recipes)
-        clips = [m.config.train.grad_clip for m in members]
+        self.names = list(self.stack.params)
+        # Per slot; None / 0 while it is empty.
+        self.slots: list[Member | None] = [None] * k
+        self.recorders: list[EvalRecorder | None] = [None] * k
+        self.batch_gens: list[torch.Generator | None] = [None] * k
+        self.noise_gens: list[torch.Generator | None] = [None] * k
+        self.steps = np.zeros(k, dtype=np.int64)  # each slot's run's own step
+        self.loss_counts = np.zeros(k, dtype=np.int64)  # its steps since its last evaluation
+        self.wall_offset, self.filled_at = np.zeros(k), np.zeros(k)
+        self.pending: list[Snapshots] = []
+        plan = StepPlan.of(train.compile, self.device)
         self.train_step = TrainStep(
             self.stack,
             self.diffusion,
-            optimizer,
-            self.place_data(),
-            cfg.train.batch_size,
-            torch.tensor(clips, device=self.device) if any(clips) else None,
+            make_optimizer(self.stack.parameters(), k),
+            self.place_data([m.data for m in members]),
+            train.batch_size,
             self.fabric.autocast,
             plan,
         )
-        if self.step:
-            self.restore(optimizer)
+        for slot, member in enumerate(members):
+            self.fill(slot, member, fresh_weights_built=True)
         self.ahead = for_pack([m.config for m in members]) if plan.compile_ahead else None
 
-    # --- set-up -----------------------------------------------------------------------------
+    # --- slots ------------------------------------------------------------------------------
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(seed)
 
-    def place_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All training sets in one device tensor (member k's rows from offsets[k]); the
-        held-out sets stacked (K, n_test, n)."""
-        train = [torch.as_tensor(m.data.train, dtype=torch.long) for m in self.members]
+    def place_data(self, datas: list[Datasets]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slot's training rows in one device tensor, slot k's region from offsets[k]
+        (its capacity: the largest set it held); the held-out sets stacked (K, n_test, n)."""
+        train = [torch.as_tensor(d.train, dtype=torch.long) for d in datas]
         self.sizes = [len(t) for t in train]
-        starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        offsets = torch.as_tensor(starts, device=self.device).view(-1, 1)
-        test = [torch.as_tensor(m.data.test, dtype=torch.long) for m in self.members]
+        self.capacity = list(self.sizes)
+        self.starts = [int(s) for s in np.concatenate([[0], np.cumsum(self.sizes)[:-1]])]
+        offsets = torch.as_tensor(self.starts, device=self.device).view(-1, 1)
+        test = [torch.as_tensor(d.test, dtype=torch.long) for d in datas]
         self.test_data = torch.stack(test).to(self.device)
         return torch.cat(train).to(self.device), offsets
 
-    def restore(self, optimizer: torch.optim.Optimizer) -> None:
-        states = [m.state for m in self.members]
-        for k, state in enumerate(states):
-            self.stack.load_member(k, state["params"])
-            self.batch_gens[k].set_state(state["batch_gen"])
-            self.noise_gens[k].set_state(state["noise_gen"])
-            self.members[k].history = list(state["history"])
-            self.wall_offset[k] = float(state["wall_s"])
-            self.train_step.loss_sum[k] = state["loss_since_eval"][0]
-        self.loss_count = states[0]["loss_since_eval"][1]
-        adam = optimizer.state_dict()
-        adam["state"] = {
-            i: {
-                "step": torch.tensor(float(self.step)),
-                **{
-                    moment: torch.stack([state[moment][name] for state in states])
-                    for moment in ("exp_avg", "exp_avg_sq")
-                },
-            }
-            for i, name in enumerate(self.stack.params)
-        }
-        optimizer.load_state_dict(adam)
+    def place_member_data(self, slot: int, data: Datasets) -> None:
+        """A new run's training and held-out rows into slot `slot` (more room if it needs it:
+        then the step is captured anew)."""
+        rows = torch.as_tensor(data.train, dtype=torch.long).to(self.device)
+        if len(rows) > self.capacity[slot]:
+            self.capacity[slot] = len(rows)
+            old, old_starts = self.train_step.train_data, self.starts
+            self.starts = [int(s) for s in np.concatenate([[0], np.cumsum(self.capacity)[:-1]])]
+            grown = old.new_zeros((sum(self.capacity), old.shape[-1]))
+            for k, (a, b) in enumerate(zip(old_starts, self.starts, strict=True)):
+                if k != slot:
+                    grown[b : b + self.sizes[k]] = old[a : a + self.sizes[k]]
+            offsets = torch.as_tensor(self.starts, device=self.device).view(-1, 1)
+            self.train_step.set_data(grown, offsets)
+        start = self.starts[slot]
+        self.train_step.train_data[start : start + len(rows)] = rows
+        self.sizes[slot] = len(rows)
+        self.test_data[slot] = torch.as_tensor(data.test, dtype=torch.long).to(self.device)
+
+    def fill(self, slot: int, member: Member, fresh_weights_built: bool = False) -> None:
+        """Slot `slot` takes a run at its own step: 0 with fresh weights from its seed, or its
+        checkpoint's (member.state) with everything the checkpoint holds."""
+        cfg, state = member.config, member.state
+        if pack_key(cfg) != self.shape:
+            raise ValueError(f"run {cfg.run_id()} is not of this pack's shape")
+        if not fresh_weights_built:
+            self.stack.load_member(slot, initial_params(cfg.model, cfg.grammar, cfg.seed))
+            self.place_member_data(slot, member.data)
+        if state is not None:
+            self.stack.load_member(slot, state["params"])
+        step = int(state["step"]) if state else 0
+        moments = {m: state[m] for m in ("exp_avg", "exp_avg_sq")} if state else None
+        self.train_step.optimizer.set_member(
+            slot, step, cfg.train.weight_decay, moments, self.names
+        )
+        self.train_step.max_norm[slot] = cfg.train.grad_clip
+        self.batch_gens[slot] = self.generator(cfg.seed * 2 + 1)
+        self.noise_gens[slot] = self.generator(cfg.seed * 2 + 2)
+        loss_sum, count = state["loss_since_eval"] if state else (0.0, 0)
+        if state is not None:
+            self.batch_gens[slot].set_state(state["batch_gen"])
+            self.noise_gens[slot].set_state(state["noise_gen"])
+        member.history = list(state["history"]) if state else []
+        self.train_step.loss_sum[slot] = loss_sum
+        self.steps[slot], self.loss_counts[slot] = step, count
+        self.wall_offset[slot] = float(state["wall_s"]) if state else 0.0
+        self.filled_at[slot] = time.perf_counter()
+        self.recorders[slot] = EvalRecorder(cfg, member.data, member.run_dir, member.mirror)
+        self.slots[slot] = member
+        member.state = None  # in the slot now; the host copy is not needed
+        self.train_step.active[slot] = 1.0
+        if self.due(slot):  # resumed at an evaluation a stop request cut short: redo it
+            self.snapshot([slot])
+
+    def free(self, slot: int) -> None:
+        self.slots[slot] = self.recorders[slot] = None
+        self.batch_gens[slot] = self.noise_gens[slot] = None
+        self.train_step.active[slot] = 0.0
+
+    def refill(self) -> None:
+        """Empty slots take the feed's next runs (asked at most every FEED_EVERY_S)."""
+        empty = [k for k, m in enumerate(self.slots) if m is None]
+        if not empty or self.feed is None or time.perf_counter() < self.feed_at:
+            return
+        for slot in empty:
+            member = self.feed()
+            self.feed_empty = member is None
+            if member is None:
+                self.feed_at = time.perf_counter() + FEED_EVERY_S
+                return
+            step = member.state["step"] if member.state else 0
+            self.fill(slot, member)
+            self.on_note(f"run {member.config.run_id()} took slot {slot} at its step {step}")
+
+    def training(self) -> list[int]:
+        """The slots whose run takes the next step."""
+        return [
+            k
+            for k, m in enumerate(self.slots)
+            if m is not None
+            and m.error is None
+            and not m.stopped
+            and self.steps[k] < self.max_steps
+        ]
+
+    def busy(self) -> list[int]:
+        """The slots holding a run (training, or waiting for its evaluations)."""
+        return [k for k, m in enumerate(self.slots) if m is not None and m.error is None]
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(
@@ -191,12 +290,12 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         progress: bool = False,
     ) -> str:
-        """Train every member to max_steps or its early stop ("completed"); checkpoint and
-        return "interrupted" when asked to stop; "restack" when half the pack has stopped.
+        """Train until no slot has a run and the feed has none ("completed"); checkpoint and
+        return "interrupted" when asked to stop; "restack" when half the slots are empty for
+        good and a smaller pack would pay for its start-up.
 
         should_stop() is asked after every step and between evaluation batches (a preemption
-        signal arrived); stop_at_step stops the same way at a given step (tests)."""
-        self.started = time.perf_counter()
+        signal arrived); stop_at_step stops the same way once a run reaches that step (tests)."""
         try:
             return self._fit(stop_at_step, should_stop, progress)
         finally:
@@ -204,197 +303,284 @@ class Trainer:
                 self.on_note(self.ahead.close())
 
     def _fit(self, stop_at_step, should_stop, progress) -> str:
-        train = self.config.train
-        with progress_bar(progress, train.max_steps, self.step) as bar:
-            # Resumed at an evaluation a stop request cut short (or at max_steps): redo it.
-            if self.step in self.eval_at and (ended := self.evaluation(bar, should_stop)):
-                return ended
-            while self.step < train.max_steps and any(True for _ in self.active()):
-                losses = self.advance()
-                if self.on_step is not None:
-                    self.on_step(self.step, losses.clone())
-                if self.step % 50 == 0:
-                    self.log_train_loss(losses)
-                if self.step in self.eval_at and (ended := self.evaluation(bar, should_stop)):
+        with progress_bar(progress, self.max_steps, int(self.steps[0])) as bar:
+            while True:
+                if (ended := self.settle(bar, should_stop)) is not None:
                     return ended
-                saved = self.step % train.checkpoint_every == 0 or self.step == train.max_steps
-                if saved:
-                    self.save()
+                training = self.training()
+                if not training:
+                    return "completed"
+                losses = self.advance(training)
+                if self.on_step is not None:
+                    self.on_step(self, losses.clone())
+                self.log_train_loss(losses, training)
+                self.snapshot([k for k in training if self.due(k)])
+                every = self.config.train.checkpoint_every
+                if saving := [k for k in training if self.steps[k] % every == 0]:
+                    self.save(saving)
                 bar.update(1)
-                stop = (stop_at_step is not None and self.step >= stop_at_step) or (
-                    should_stop is not None and should_stop()
-                )
-                if stop and self.step < train.max_steps:
-                    if not saved:
-                        self.save()
-                    return "interrupted"
-            # The final evaluation, when max_steps is not among eval_at (eval.n_evals=1).
-            return self.evaluation(bar, should_stop) or "completed"
+                stop = (
+                    stop_at_step is not None and self.steps[training].max() >= stop_at_step
+                ) or (should_stop is not None and should_stop())
+                if stop and (ended := self.interrupt()):
+                    return ended
 
-    def evaluation(self, bar: Any, should_stop: Callable[[], bool] | None) -> str | None:
-        """This step's evaluation of the members without one, then their early stops: None to
-        go on, "interrupted" (checkpointed) when a stop request cut it short, or "restack"."""
-        started = time.perf_counter()
-        try:
-            if not self.evaluate(should_stop):
-                return None
-        except EvaluationStopped:
-            self.on_note(f"stopped during the evaluation at step {self.step}; redone on resume")
-            self.save()
-            return "interrupted"
-        self.clock.evaluated(time.perf_counter() - started)
-        self.stop_converged()
-        rows = [m.history[-1] for _, m in self.active() if m.history]
+    def settle(self, bar: Any, should_stop: Callable[[], bool] | None) -> str | None:
+        """Between steps: run the waiting evaluations when it is time, hand over the runs that
+        ended, fill the empty slots; "interrupted" or "restack" to end fit."""
+        if self.pending and self.evaluations_due() and (ended := self.evaluate(should_stop)):
+            return ended
+        rows = [m.history[-1] for m in self.slots if m is not None and m.history]
         bar.set_postfix(progress_postfix(rows, self.config.grammar.L), refresh=False)
+        self.hand_over()
+        self.refill()
         if self.restack_pays():
-            self.save()
+            self.save(self.training())
             return "restack"
         return None
 
-    def advance(self) -> torch.Tensor:
-        """One optimiser step of every member; its losses (K,), overwritten by the next step."""
-        lrs = [
-            t.lr * lr_factor(self.step, t.warmup_steps, t.max_steps, t.lr_schedule)
-            for t in self.recipes
-        ]
-        self.train_step.draw(self.sizes, self.batch_gens, self.noise_gens)
+    def interrupt(self) -> str | None:
+        """A stop request: the waiting evaluations run (they are of steps already trained
+        past), ended runs are handed over, the others checkpoint: "interrupted"; None when no
+        run is left to train (completed)."""
+        if self.pending:
+            self.evaluate(None)
+        self.hand_over()
+        training = self.training()
+        if not training:
+            return None
+        self.save(training)
+        return "interrupted"
+
+    def advance(self, training: list[int] | None = None) -> torch.Tensor:
+        """One optimiser step of the training slots; the losses (K,), overwritten by the next
+        step."""
+        training = self.training() if training is None else training
+        lrs = [0.0] * self.k
+        for k in training:
+            t = self.slots[k].config.train
+            lrs[k] = t.lr * lr_factor(
+                int(self.steps[k]), t.warmup_steps, t.max_steps, t.lr_schedule
+            )
+        self.train_step.draw(training, self.sizes, self.batch_gens, self.noise_gens)
         losses = self.train_step(lrs)
-        self.step += 1
-        self.loss_count += 1
+        self.steps[training] += 1
+        self.loss_counts[training] += 1
         self.clock.stepped()
         if self.ahead is not None and self.ahead.ready() is not None:
             ahead, self.ahead = self.ahead, None  # the helper process has ended
             if ahead.ready():
                 self.train_step.use_compiled()  # from the caches it filled: seconds
-            self.on_note(ahead.close(self.step))
+            self.on_note(ahead.close(int(self.steps[training].max())))
         return losses
 
-    def active(self) -> Iterator[tuple[int, Member]]:
-        """The members still training: not failed, not stopped early."""
-        return ((k, m) for k, m in enumerate(self.members) if m.error is None and not m.stopped)
-
-    def stop_converged(self) -> None:
-        """Stop the members whose val/loss has not improved for their patience, and those their
-        judge stops (asked once per evaluation row)."""
-        for k, m in list(self.active()):
-            train = m.config.train
-            if m.judge is not None and m.history and m.history[-1]["step"] == self.step:
-                m.verdict = m.judge(m.history[-1])
-            if m.verdict or stopped_early(m.history, train.early_stop_patience, train.min_steps):
-                m.stopped = True
-                self.train_step.active[k] = 0.0  # its loss no longer reaches the update
+    def hand_over(self) -> None:
+        """Runs that ended (their final evaluation recorded, or failed) leave their slots."""
+        waiting = {k for k, _ in self.waiting()}
+        for k, m in enumerate(self.slots):
+            if m is None or k in waiting:
+                continue
+            if m.error is None:
+                if not (m.stopped or self.steps[k] >= self.max_steps):
+                    continue
                 if self.on_member_done is not None:
-                    self.on_member_done(k)
+                    self.on_member_done(m)
+            self.free(k)
 
     def restack_pays(self) -> bool:
-        """Half the pack or more is done (stopped or failed) while others train, and a smaller
-        pack would save more than twice its start-up (schedule.StepClock)."""
-        if self.ahead is not None:
+        """Half the slots or more are empty, the feed has nothing, and a smaller pack would
+        save more than twice its start-up (schedule.StepClock)."""
+        if self.ahead is not None or self.pending or not self.feed_empty:
             return False  # its compilation would be thrown away, and the new pack's begun
-        k, training = len(self.members), sum(1 for _ in self.active())
-        steps_left = self.config.train.max_steps - self.step
-        return 0 < training <= k // 2 and self.clock.restack_pays(steps_left, 1 - training / k)
+        training = self.training()
+        if not training:
+            return False
+        steps_left = self.max_steps - int(self.steps[training].min())
+        freed = 1 - len(training) / self.k
+        return len(training) <= self.k // 2 and self.clock.restack_pays(steps_left, freed)
 
-    def fail(self, k: int, exc: BaseException) -> None:
-        self.members[k].error = exc
+    def fail(self, member: Member, exc: BaseException) -> None:
+        member.error = exc
+        slot = self.slots.index(member)
+        self.train_step.active[slot] = 0.0
         if self.on_member_error is not None:
-            self.on_member_error(k, exc)
+            self.on_member_error(member, exc)
 
-    def log_train_loss(self, losses: torch.Tensor) -> None:
-        """train/loss_step to each member's W&B run every 50 steps (one device sync)."""
-        if not any(m.mirror is not None for _, m in self.active()):
+    def log_train_loss(self, losses: torch.Tensor, training: list[int]) -> None:
+        """train/loss_step to each run's W&B run every 50 of its steps (one device sync)."""
+        due = [k for k in training if self.steps[k] % 50 == 0 and self.slots[k].mirror]
+        if not due:
             return
         values = losses.tolist()
-        for k, m in self.active():
-            if m.mirror is not None:
-                try:
-                    m.mirror.log({"train/loss_step": values[k]}, self.step)
-                except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
-                    self.fail(k, exc)
+        for k in due:
+            member = self.slots[k]
+            try:
+                member.mirror.log({"train/loss_step": values[k]}, int(self.steps[k]))
+            except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
+                self.fail(member, exc)
 
-    # --- evaluation and checkpoints -------------------------------------------------------
-    def wall_s(self) -> np.ndarray:
-        return self.wall_offset + (time.perf_counter() - self.started)
-
-    def evaluate(self, should_stop: Callable[[], bool] | None = None) -> bool:
-        """Evaluate all members at once; record the rows of those without one at this step
-        (False when none lacked one). EvaluationStopped when should_stop() becomes true."""
-        step = self.step
-        todo = [k for k, m in self.active() if not (m.history and m.history[-1]["step"] == step)]
-        if not todo:
+    # --- evaluation -------------------------------------------------------------------------
+    def due(self, slot: int) -> bool:
+        """Whether the slot's run is at an evaluation step it has no row (or snapshot) for."""
+        step, member = int(self.steps[slot]), self.slots[slot]
+        if step not in self.eval_at or (member.history and member.history[-1]["step"] == step):
             return False
-        configs = [m.config for m in self.members]
-        gens = eval_generators(configs, step, self.device)
-        with self.fabric.autocast():
-            samples, val_loss = sample_and_score(
-                self.diffusion, self.stack, self.config, self.test_data, gens,
-                val_generators(configs, self.device), should_stop,
-            )  # fmt: skip
+        return (slot, step) not in self.waiting()
+
+    def snapshot(self, slots: list[int]) -> None:
+        """The evaluations of these slots' runs at their current steps, set aside."""
+        if not slots:
+            return
+        index = torch.tensor(slots, device=self.device)
+        self.pending.append(
+            Snapshots(
+                slots=slots,
+                members=[self.slots[k] for k in slots],
+                steps=[int(self.steps[k]) for k in slots],
+                params={n: p.detach().index_select(0, index) for n, p in self.stack.params.items()},
+                loss_sums=self.train_step.pop_loss_sums(slots),
+                counts=[int(self.loss_counts[k]) for k in slots],
+                walls=[self.wall_s(k) for k in slots],
+            )
+        )
+        self.loss_counts[slots] = 0
+
+    def waiting(self) -> list[tuple[int, int]]:
+        """(slot, step) of every evaluation set aside."""
+        return [(k, s) for p in self.pending for k, s in zip(p.slots, p.steps, strict=True)]
+
+    def evaluations_due(self) -> bool:
+        """Half the busy slots wait for an evaluation, or one waited eval_delay steps, or one
+        reached max_steps (it cannot go on)."""
+        waiting = self.waiting()
+        return (
+            2 * len({k for k, _ in waiting}) >= len(self.busy())
+            or any(self.steps[k] - s >= self.eval_delay for k, s in waiting)
+            or any(self.steps[k] >= self.max_steps for k, _ in waiting)
+        )
+
+    def wall_s(self, slot: int) -> float:
+        return float(self.wall_offset[slot] + time.perf_counter() - self.filled_at[slot])
+
+    def evaluate(self, should_stop: Callable[[], bool] | None) -> str | None:
+        """Run every waiting evaluation at once and record each run's row, then its early stop
+        or its judge's verdict. A stop request is heeded only while every waiting evaluation is
+        of its run's current step (then it is redone on resume): "interrupted", checkpointed."""
+        started = time.perf_counter()
+        batch, self.pending = self.pending, []
+        slots = [k for s in batch for k in s.slots]
+        steps = [step for s in batch for step in s.steps]
+        members = [m for s in batch for m in s.members]
+        params = {n: torch.cat([s.params[n] for s in batch]) for n in self.names}
+        current = all(self.steps[k] == step for k, step in zip(slots, steps, strict=True))
+        configs = [m.config for m in members]
+        index = torch.tensor(slots, device=self.device)
+        try:
+            with self.fabric.autocast():
+                samples, val_loss = sample_and_score(
+                    self.diffusion, self.stack.with_params(params, slots), self.config,
+                    self.test_data.index_select(0, index),
+                    eval_generators(configs, steps, self.device),
+                    val_generators(configs, self.device), should_stop if current else None,
+                )  # fmt: skip
+        except EvaluationStopped:
+            # Each slot is waiting once, at its current step: its loss sum goes back for the
+            # checkpoint, and the evaluation is redone on resume.
+            self.train_step.loss_sum.index_add_(0, index, torch.cat([s.loss_sums for s in batch]))
+            self.loss_counts[slots] += [c for s in batch for c in s.counts]
+            self.on_note(f"stopped during the evaluation at step {max(steps)}; redone on resume")
+            self.save(self.training())
+            return "interrupted"
+        self.clock.evaluated(time.perf_counter() - started)
         samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
-        train_loss = self.train_step.pop_mean_losses(self.loss_count)
-        self.loss_count = 0
-        wall = self.wall_s()
-        weights_ok = self.weights_finite()
-        for k in todo:
-            values = {"train/loss": train_loss[k], "val/loss": val_loss[k]}
+        sums = torch.cat([s.loss_sums for s in batch]).tolist()
+        counts = [c for s in batch for c in s.counts]
+        walls = [w for s in batch for w in s.walls]
+        finite = self.weights_finite(params, len(slots))
+        for i, (slot, member, step) in enumerate(zip(slots, members, steps, strict=True)):
+            if member.error is not None or member.stopped:
+                continue  # an earlier row of this batch ended it
+            train_loss = sums[i] / counts[i] if counts[i] else float("nan")
+            values = {"train/loss": train_loss, "val/loss": val_loss[i]}
             broken = [name for name, value in values.items() if not math.isfinite(value)]
-            if broken or not weights_ok[k]:
-                self.fail(k, Diverged(step, broken + ["weights"] * (not weights_ok[k])))
+            if broken or not finite[i]:
+                self.fail(member, Diverged(step, broken + ["weights"] * (not finite[i])))
                 continue
             try:
-                self.recorders[k].record(
-                    self.members[k].history,
-                    step,
-                    samples[k],
-                    val_loss=val_loss[k],
-                    train_loss=train_loss[k],
-                    wall_s=float(wall[k]),
-                    table=step in self.table_at,
-                )
-            except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
-                self.fail(k, exc)
-        return True
+                self.recorders[slot].record(
+                    member.history, step, samples[i], val_loss=val_loss[i],
+                    train_loss=train_loss, wall_s=walls[i], table=step in self.table_at,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
+                self.fail(member, exc)
+                continue
+            self.judge(slot, member)
+        return None
 
-    def member_states(self) -> dict[int, dict[str, Any]]:
-        """Each training member's slice of the pack: what its checkpoint holds, and what a
-        smaller pack resumes it from."""
-        names = list(self.stack.params)
+    def judge(self, slot: int, member: Member) -> None:
+        """Stop the run when its val/loss has not improved for its patience, or its judge
+        stops it (asked once per evaluation row)."""
+        train = member.config.train
+        if member.judge is not None:
+            member.verdict = member.judge(member.history[-1])
+        if member.verdict or stopped_early(
+            member.history, train.early_stop_patience, train.min_steps
+        ):
+            member.stopped = True
+            self.train_step.active[slot] = 0.0  # its loss no longer reaches the update
+
+    @staticmethod
+    def weights_finite(params: dict[str, torch.Tensor], k: int) -> list[bool]:
+        """Per member of stacked `params`: are all its weights finite (one device sync)."""
+        finite = [torch.isfinite(p).reshape(k, -1).all(dim=1) for p in params.values()]
+        return torch.stack(finite).all(dim=0).tolist()
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def member_states(self, slots: list[int]) -> dict[int, dict[str, Any]]:
+        """Each given slot's run as its checkpoint holds it (also what a smaller pack resumes
+        it from)."""
+        if not slots:
+            return {}
+        index = torch.tensor(slots, device=self.device)
+        moments = self.train_step.optimizer.moments()
         host = {
-            "params": [p.detach().cpu() for p in self.stack.parameters()],
-            **{key: [t.cpu() for t in ts] for key, ts in self.train_step.state().items()},
+            key: [t.detach().index_select(0, index).cpu() for t in tensors]
+            for key, tensors in (("params", self.stack.parameters()), *moments.items())
         }
-        sums, wall = self.train_step.loss_sum.tolist(), self.wall_s()
-        return {
-            k: {
-                "run_id": m.config.run_id(),
-                "step": self.step,
+        sums = self.train_step.loss_sum.tolist()
+        states = {}
+        for i, k in enumerate(slots):
+            member = self.slots[k]
+            states[k] = {
+                "run_id": member.config.run_id(),
+                "step": int(self.steps[k]),
                 **{
-                    key: {n: t[k].clone() for n, t in zip(names, tensors, strict=True)}
+                    key: {n: t[i].clone() for n, t in zip(self.names, tensors, strict=True)}
                     for key, tensors in host.items()
                 },
                 "batch_gen": self.batch_gens[k].get_state(),
                 "noise_gen": self.noise_gens[k].get_state(),
-                "history": m.history,
-                "wall_s": float(wall[k]),
-                "loss_since_eval": (sums[k], self.loss_count),
+                "history": member.history,
+                "wall_s": self.wall_s(k),
+                "loss_since_eval": (sums[k], int(self.loss_counts[k])),
             }
-            for k, m in self.active()
-        }
+        return states
 
-    def weights_finite(self) -> list[bool]:
-        """Per member: are all its weights finite (one device sync)."""
-        k = len(self.members)
-        finite = [torch.isfinite(p).reshape(k, -1).all(dim=1) for p in self.stack.parameters()]
-        return torch.stack(finite).all(dim=0).tolist()
-
-    def save(self) -> None:
-        """Each training member's slice to its own checkpoints/last.ckpt; never non-finite
-        weights (that member has diverged: it fails instead)."""
-        for k, ok in enumerate(self.weights_finite()):
-            if not ok and self.members[k].error is None and not self.members[k].stopped:
-                self.fail(k, Diverged(self.step, ["weights"]))
-        for k, state in self.member_states().items():
+    def save(self, slots: list[int]) -> None:
+        """The given slots' runs each to its own checkpoints/last.ckpt, their waiting
+        evaluations first (a checkpoint holds every row before its step); never non-finite
+        weights (that run has diverged: it fails instead)."""
+        if any(k in slots for k, _ in self.waiting()):
+            self.evaluate(None)
+        slots = [k for k in slots if k in self.training()]
+        if not slots:
+            return
+        finite = self.weights_finite(self.stack.params, self.k)
+        for k in slots:
+            if not finite[k]:
+                self.fail(self.slots[k], Diverged(int(self.steps[k]), ["weights"]))
+        for k, state in self.member_states([k for k in slots if finite[k]]).items():
             try:
-                checkpoint.save(self.fabric, self.members[k].run_dir.last_checkpoint, state)
-            except Exception as exc:  # noqa: BLE001 - that member fails, the others go on
-                self.fail(k, exc)
+                checkpoint.save(self.fabric, self.slots[k].run_dir.last_checkpoint, state)
+            except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
+                self.fail(self.slots[k], exc)
