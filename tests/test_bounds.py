@@ -67,8 +67,8 @@ def test_a_stop_request_between_evaluation_batches_interrupts_it_and_a_resume_re
             asked.append(step[0])
         return len(asked) >= 2  # once a batch of this evaluation has been sampled
 
-    def on_step(at_step, losses):
-        step[0] = at_step
+    def on_step(trainer, losses):
+        step[0] = int(trainer.steps[0])
 
     outcome = run(tiny(), tmp_path, should_stop=should_stop, on_step=on_step)
     assert outcome.state == "interrupted"

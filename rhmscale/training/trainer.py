@@ -315,8 +315,19 @@ class Trainer:
                     self.on_step(self, losses.clone())
                 self.log_train_loss(losses, training)
                 self.snapshot([k for k in training if self.due(k)])
+                if (
+                    self.pending
+                    and self.evaluations_due()
+                    and (ended := self.evaluate(should_stop))
+                ):
+                    return ended
                 every = self.config.train.checkpoint_every
-                if saving := [k for k in training if self.steps[k] % every == 0]:
+                at = self.steps[training]
+                if saving := [
+                    k
+                    for k, s in zip(training, at, strict=True)
+                    if s % every == 0 or s == self.max_steps
+                ]:
                     self.save(saving)
                 bar.update(1)
                 stop = (
@@ -489,7 +500,7 @@ class Trainer:
             self.train_step.loss_sum.index_add_(0, index, torch.cat([s.loss_sums for s in batch]))
             self.loss_counts[slots] += [c for s in batch for c in s.counts]
             self.on_note(f"stopped during the evaluation at step {max(steps)}; redone on resume")
-            self.save(self.training())
+            self.save(self.busy())
             return "interrupted"
         self.clock.evaluated(time.perf_counter() - started)
         samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
@@ -572,7 +583,8 @@ class Trainer:
         weights (that run has diverged: it fails instead)."""
         if any(k in slots for k, _ in self.waiting()):
             self.evaluate(None)
-        slots = [k for k in slots if k in self.training()]
+        # Runs still training, and those at max_steps (their final weights), not stopped ones.
+        slots = [k for k in slots if k in self.busy() and not self.slots[k].stopped]
         if not slots:
             return
         finite = self.weights_finite(self.stack.params, self.k)
