@@ -7,7 +7,7 @@ DEMO_ROOT ?= demo-runs
 # bench-grammar writes here, beside the committed numbers (bench/results/grammar_cpu.json).
 BENCH_OUT ?= bench/results/grammar_cpu.new.json
 
-.PHONY: demo test lint bench-grammar clean-demo
+.PHONY: demo test test-gpu lint bench-grammar clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(VENV)/.installed
 	if slurm/dev-cluster.sh status >/dev/null 2>&1; then \
 	  echo "note: the dev SLURM cluster (munged, mariadb, slurmdbd, slurmctld, slurmd) is still running, for the next test run; stop it: slurm/dev-cluster.sh stop"; \
 	fi; exit $$status
+
+# On a GPU machine: the GPU-only tests and a packed GPU sweep (bench/test_gpu.sh says what).
+# It uses python3 from PATH, not the venv: on a bare device machine the wheels carried in .whl/
+# are installed first; on a GPU box with the venv, activate it (source .venv/bin/activate).
+test-gpu:
+	bash bench/test_gpu.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

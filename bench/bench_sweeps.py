@@ -27,9 +27,10 @@ from timing import timed  # bench/timing.py (the script's folder is on sys.path)
 
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text
 from rhmscale.store.folders import SweepDir
+from rhmscale.sweeps.backlog import Backlog
 from rhmscale.sweeps.dispatch import prepare
 from rhmscale.sweeps.grid import expand_points
-from rhmscale.sweeps.job import SweepTask
+from rhmscale.sweeps.job import SweepWorker
 from rhmscale.sweeps.spec import parse_spec, spec_to_yaml
 from rhmscale.sweeps.status import sweep_status
 
@@ -79,9 +80,9 @@ def bench_prepare(root: Path, repeats: int) -> dict:
     def prep() -> None:
         prepared = prepare(spec, root, query_queue=False)
         atomic_write_text(sweep.spec_file, spec_to_yaml(spec))
-        task = SweepTask()
-        for items in prepared.tasks:
-            cloudpickle.dumps(DelayedSubmission(task, items, 1))
+        Backlog(sweep).put([item for items in prepared.tasks for item in items])
+        for _ in prepared.tasks:
+            cloudpickle.dumps(DelayedSubmission(SweepWorker(), str(sweep.path), 32, 1))
         assert len(prepared.run_ids) == n
 
     return {"n_runs": n, **timed(prep, repeats), "target_s": 10.0}

@@ -45,38 +45,28 @@ def test_packs_fill_across_cells_of_one_shape(tmp_path):
     assert sorted(prepared.run_ids) == sorted({i["run_id"] for t in tasks for i in t})
 
 
-def test_local_workers_share_one_queue_of_whole_packs_longest_first():
+def test_local_workers_are_dealt_whole_packs_longest_first():
+    from rhmscale.sweeps.grouping import slots_of
+
     items = [
         {"run_id": str(i), "config": {"grammar": {"v": 8}, "data": {"P": 32 + i}}}
         for i in range(10)
     ]
     tasks = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=2))
-    # Each worker holds every pack, tagged with one queue: a pack goes to the worker that
-    # claims it first (SweepTask); worker i starts with pack i, then takes them in order.
-    assert len(tasks) == 2 and len(tasks[0]) == len(tasks[1]) == 10
-    assert len({item["queue"] for task in tasks for item in task}) == 1
-    for i, task in enumerate(tasks):
-        numbers = list(dict.fromkeys(item["pack"] for item in task))
-        assert numbers == [i] + [n for n in range(3) if n != i]
+    # Two workers (they take runs from the backlog; the plan shows the packs they start with).
+    assert len(tasks) == 2 and sum(len(t) for t in tasks) == 10
     packs = {}
-    for item in tasks[0]:
+    for item in (item for task in tasks for item in task):
         packs.setdefault(item["pack"], []).append(item["config"]["data"]["P"])
     assert sorted(len(p) for p in packs.values()) == [3, 3, 4]
+    assert slots_of(tasks) == 4  # each worker's slots: the largest pack
     # Longest first: no early stopping, so every run trains max_steps and the pack of 4 costs
     # most; packs of equal cost in order of their largest P.
     largest = [max(packs[number]) for number in sorted(packs)]
     assert [len(packs[number]) for number in sorted(packs)] == [4, 3, 3]
     assert largest[1:] == sorted(largest[1:], reverse=True)
-    one = group_tasks(items, ExecutorSpec(kind="local", pack=True, runs_per_task=4, workers=1))
-    assert len(one) == 1 and "queue" not in one[0][0]  # one worker needs no queue
-
-
-def test_a_pack_is_claimed_by_one_worker_of_a_queue(tmp_path):
-    from rhmscale.store.folders import RunDir
-
-    run = RunDir(tmp_path / "run")
-    assert run.claim("q1") and not run.claim("q1")  # the second worker leaves it
-    assert run.claim("q2")  # a later submission's queue claims it anew
+    unpacked = group_tasks(items, ExecutorSpec(kind="local", pack=False, workers=2))
+    assert slots_of(unpacked) == 1
 
 
 def test_plan_shows_the_packs(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import zipfile
@@ -446,31 +447,39 @@ def test_bad_executor_overrides_and_points_write_nothing(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_a_unit_that_execute_refuses_is_recorded_as_failed(tmp_path, monkeypatch):
-    """execute raises input errors instead of writing failed.json; the task writes it, so
-    that status shows the failure with its message."""
+def test_runs_that_training_refuses_are_recorded_as_failed(tmp_path, monkeypatch):
+    """Training raises input errors instead of writing failed.json; the worker writes it, so
+    that status shows the failure with its message, and the runs leave the backlog."""
+    from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps import job
+    from rhmscale.sweeps.backlog import Backlog
+    from rhmscale.training.execute import Runs
 
     s = spec({"seed": [0, 1]})
     prepared = prepare(s, tmp_path, executor={"kind": "debug"})
+    sweep = SweepDir(tmp_path / "t")
+    Backlog(sweep).put([item for task in prepared.tasks for item in task])
 
-    def refuse(unit, should_stop):
+    def refuse(*args, **kwargs):
         raise UserError("train.device=cuda but no GPU is visible here")
 
-    monkeypatch.setattr(job, "run_unit", refuse)
+    monkeypatch.setattr(Runs, "train", refuse)
     monkeypatch.setattr(job, "set_threads", lambda threads: threads)  # leave torch's alone
+    monkeypatch.setattr(job, "start_compile_early", lambda first: None)
     with pytest.raises(RuntimeError, match="2 of 2 runs failed"):
-        job.SweepTask()(prepared.tasks[0])
+        job.SweepWorker()(str(sweep.path), 2)
     status = sweep_status(tmp_path / "t", s, query_queue=False)
     assert status.counts == {"failed": 2}
     assert all(
         r.message == "UserError: train.device=cuda but no GPU is visible here" for r in status.runs
     )
+    assert Backlog(sweep).entries() == []
 
 
 @pytest.mark.slow
-def test_local_workers_take_each_pack_of_a_shared_queue_once(tmp_path):
-    """Three local workers, five packs: every pack is trained by exactly one worker."""
+def test_local_workers_take_each_run_of_the_backlog_once(tmp_path):
+    """Three local workers, ten runs in slots of two: every run is set up and trained by
+    exactly one worker, the backlog ends empty and every worker says it ended."""
     from rhmscale.sweeps.dispatch import submit, wait
 
     base = {
@@ -494,10 +503,17 @@ def test_local_workers_take_each_pack_of_a_shared_queue_once(tmp_path):
     assert len(submission.jobs) == 3 and submission.n_submitted == 10
     assert not wait(submission)
     assert sweep_status(tmp_path / "queue", s).counts == {"done": 10}
-    logs = [p.read_text() for p in (tmp_path / "queue" / "runs").glob("*/run.log")]
-    assert all(log.count("training 2 run(s) from step 0") == 1 for log in logs)
-    claims = list((tmp_path / "queue" / "runs").glob("*/.claim-*"))
-    assert len(logs) == 10 and len(claims) == 5  # one claim a pack, by its first run
+    logs = {p.parent.name: p.read_text() for p in (tmp_path / "queue" / "runs").glob("*/run.log")}
+    assert len(logs) == 10
+    for run_id, log in logs.items():  # set up once, trained from one slot, done once
+        assert log.count(f"run {run_id} on {socket.gethostname()} in ") == 1
+        assert log.count("this one from step") + log.count(f"run {run_id} took slot") == 1
+        assert log.count(f"run {run_id} done") == 1
+    assert not list((tmp_path / "queue" / "backlog").glob("*.json"))
+    lines = [
+        json.loads(line) for line in (tmp_path / "queue" / "jobs.jsonl").read_text().splitlines()
+    ]
+    assert sum(line["event"] == "worker-exit" for line in lines) == 3
 
 
 def test_workers_share_one_gpu_each(monkeypatch):

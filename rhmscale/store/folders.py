@@ -79,18 +79,6 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
-    def claim(self, queue: str) -> bool:
-        """Claim this run's pack for one worker of a shared queue (executor.tasks_per_gpu or
-        several local workers): True for the first worker that asks, False for the others.
-        The claim file outlives its worker, so a pack whose run failed is not trained again
-        by a later worker of the same submission."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(self.path / f".claim-{queue}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return False
-        return True
-
     @property
     def log(self) -> Path:
         return self.path / "run.log"

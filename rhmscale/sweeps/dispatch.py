@@ -1,9 +1,12 @@
 """Submit a sweep: one job array per submission; wait for it, retry it, cancel it.
 
 submit() expands the spec (validating every run), leaves out runs that are done or still
-queued/running, groups the rest into tasks (grouping.py), submits them as ONE array
+queued/running, plans the rest in packs (grouping.py: what `sweep plan` shows, and how many
+workers), writes them to the sweep's backlog (backlog.py) and starts the workers as ONE array
 (executors.py), then writes <root>/<name>/sweep.yaml and appends one line to jobs.jsonl, all
-under the sweep's lock. Each task runs job.SweepTask, which resumes what was interrupted.
+under the sweep's lock. Each worker (job.SweepWorker) takes runs from the backlog until none is
+left, resuming what was interrupted. When workers of the sweep still live, a submission only
+adds its runs to the backlog, and the living workers take them: no new start-up.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rhmscale.config import pack_key
 from rhmscale.config_io import validated
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_text
 from rhmscale.store.folders import SweepDir
-from rhmscale.sweeps.executors import preflight, submit_tasks
+from rhmscale.sweeps.backlog import Backlog
+from rhmscale.sweeps.cost import pack_cost
+from rhmscale.sweeps.executors import preflight, submit_workers
 from rhmscale.sweeps.grid import Expansion, expand_points
-from rhmscale.sweeps.grouping import Item, group_tasks
-from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
+from rhmscale.sweeps.grouping import Item, group_tasks, slots_of
+from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive, squeue_states
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, spec_to_yaml
 from rhmscale.sweeps.status import SweepStatus, load_sweep_spec, status_of
 
@@ -102,6 +108,8 @@ def prepare_expanded(
             "run_id": point.run_id,
             "config": point.config.model_dump(mode="json"),
             "run_dir": str(sweep.run_dir(point.run_id).path.resolve()),
+            "shape": pack_key(point.config),
+            "cost": pack_cost([point.config]),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
         if run.state in wanted and (only is None or point.run_id in only)
@@ -127,6 +135,7 @@ class Submission:
 
 
 def submit_prepared(prepared: Prepared) -> Submission:
+    """Call with the sweep's lock held (submit does)."""
     spec, sweep, ex = prepared.spec, prepared.sweep, prepared.executor
     sweep.path.mkdir(parents=True, exist_ok=True)
     resolved = spec.model_copy(update={"executor": ex})
@@ -134,15 +143,55 @@ def submit_prepared(prepared: Prepared) -> Submission:
         atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))
         return Submission(prepared, [], None)
     preflight(ex)  # before the run folders exist (make_executor asks again, for tuning too)
-    for task in prepared.tasks:
-        for item in task:
-            Path(item["run_dir"]).mkdir(parents=True, exist_ok=True)
-    jobs = submit_tasks(ex, sweep.submitit, spec.name, prepared.tasks)
-    run_ids = [[item["run_id"] for item in task] for task in prepared.tasks]
-    record = submit_record(ex, jobs, run_ids) | {"n_runs": len(prepared.run_ids)}
+    items = list({item["run_id"]: item for task in prepared.tasks for item in task}.values())
+    for item in items:
+        Path(item["run_dir"]).mkdir(parents=True, exist_ok=True)
+    Backlog(sweep).put(items)
+    run_ids = [item["run_id"] for item in items]
+    if living := live_workers(sweep):
+        # The living workers take the new runs at their next look; nothing starts.
+        record = {"event": "submit", "time": now(), "kind": living[0][0], "adopted": True,
+                  "tasks": [{"job_id": jid, "run_ids": run_ids} for _, jid in living],
+                  "n_runs": len(run_ids)}  # fmt: skip
+        atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))
+        sweep.append_job_line(record)
+        return Submission(prepared, [], record)
+    slots = slots_of(prepared.tasks)
+    jobs = submit_workers(ex, sweep.submitit, spec.name, sweep.path, len(prepared.tasks), slots)
+    record = submit_record(ex, jobs, [run_ids] * len(jobs)) | {"n_runs": len(run_ids)}
     atomic_write_text(sweep.spec_file, spec_to_yaml(resolved))  # after sbatch accepted it
     sweep.append_job_line(record)
     return Submission(prepared, jobs, record)
+
+
+def live_workers(sweep: SweepDir) -> list[tuple[str, str]]:
+    """(kind, job id) of the sweep's workers that are queued or running and have not ended:
+    a submission leaves its runs to them. ONE squeue call for SLURM workers."""
+    records = sweep.read_job_lines()
+    ended = {str(r["job_id"]) for r in records if r.get("event") == "worker-exit"}
+    for r in records:
+        if r.get("event") == "cancel":
+            ended.update(str(j) for j in r.get("job_ids", []))
+    workers = {
+        (r.get("kind", "slurm"), str(task["job_id"]))
+        for r in records
+        if r.get("event") == "submit" and not r.get("adopted")
+        for task in r.get("tasks", [])
+    }
+    workers = {
+        (kind, jid) for kind, jid in workers if jid not in ended and jid.split("_")[0] not in ended
+    }
+    slurm = {jid.split("_")[0] for kind, jid in workers if kind == "slurm"}
+    queue = squeue_states(slurm, strict=True)
+    return sorted(
+        (kind, jid)
+        for kind, jid in workers
+        if (kind == "local" and pid_alive(jid))
+        or (
+            kind == "slurm"
+            and (queue.get(jid) or queue.get(jid.split("_")[0])) not in (None, "COMPLETING")
+        )
+    )
 
 
 def submit_record(ex: ExecutorSpec, jobs: list[Any], run_ids: list[list[str]]) -> dict[str, Any]:
@@ -257,6 +306,7 @@ def cancel(path: Path) -> tuple[list[str], str]:
 
 def cancel_jobs(sweep: SweepDir) -> tuple[list[str], str]:
     """cancel() for any folder with a jobs.jsonl (a sweep's, or a study's workers)."""
+    Backlog(sweep).clear()  # first: no worker takes another run
     latest, _ = latest_jobs(sweep.read_job_lines())
     active = active_states(latest, strict=True)
     slurm_ids = sorted({latest[r].array_id for r in active if latest[r].kind == "slurm"})

@@ -19,8 +19,7 @@ import submitit
 
 from rhmscale.errors import UserError
 from rhmscale.sweeps.gpus import as_indices, visible_gpus, worker_gpus
-from rhmscale.sweeps.grouping import Item
-from rhmscale.sweeps.job import SweepTask
+from rhmscale.sweeps.job import SweepWorker
 from rhmscale.sweeps.slurm_checks import check_partition_gpus
 from rhmscale.sweeps.spec import ExecutorSpec
 
@@ -154,10 +153,12 @@ def make_executor(ex: ExecutorSpec, folder: Path, name: str) -> Any:
     return submitit.DebugExecutor(folder=folder)
 
 
-def submit_tasks(ex: ExecutorSpec, folder: Path, name: str, tasks: list[list[Item]]) -> list[Any]:
-    """One submitit job per task, each running SweepTask on the task's items."""
-    task_fn = SweepTask(gpu_share=1 / ex.tasks_per_gpu)
-    return submit_calls(ex, folder, name, task_fn, [(task,) for task in tasks])
+def submit_workers(
+    ex: ExecutorSpec, folder: Path, name: str, sweep_path: Path, n: int, slots: int
+) -> list[Any]:
+    """n workers (one array on SLURM), each taking the sweep's runs into `slots` slots."""
+    worker = SweepWorker(gpu_share=1 / ex.tasks_per_gpu)
+    return submit_calls(ex, folder, name, worker, [(str(sweep_path), slots)] * n)
 
 
 def submit_calls(

@@ -1,10 +1,11 @@
 """Which runs go together: packs of one shape, and the array tasks that run them.
 
-An item is one run to submit: {"run_id", "config" (RunConfig as JSON), "run_dir"}, plus
-"pack" (its pack's number) when the executor packs. On SLURM a task is `runs_per_task` runs in
-sequence, or one pack; locally one task per worker (the local executor starts every task at
-once), the runs or packs dealt out; the debug executor runs everything in one task. Runs and
-packs go longest first, by their expected cost (cost.py).
+An item is one run to submit: {"run_id", "config" (RunConfig as JSON), "run_dir", "shape",
+"cost"}, plus "pack" (its pack's number) when the executor packs. A task is one worker: on SLURM
+one per pack (or per `runs_per_task` runs), locally `workers` of them, the debug executor one.
+Workers take their runs from the sweep's backlog, the most expensive first, so the grouping here
+decides how many workers start and how many slots each has (the largest pack), and what `sweep
+plan` shows; runs and packs go longest first, by their expected cost (cost.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,19 +109,16 @@ def group_packed_tasks(items: list[Item], ex: ExecutorSpec) -> list[list[Item]]:
             item["pack"] = number
     if ex.kind == "slurm":
         return packs
+    # Local workers take runs from the sweep's backlog (job.SweepWorker); a task here is one
+    # worker, shown with the packs it would start with if every worker took its turn.
     n = min(len(packs), workers)
-    if n == 1:
-        return [[item for pack in packs for item in pack]]
-    # Local workers share one queue, longest first: a worker that ends a pack takes the next
-    # one nobody has claimed (SweepTask), so none is left alone with a list dealt in advance.
-    # Worker i starts with pack i: workers are dealt round the GPUs (gpus.py), so the longest
-    # packs start on different GPUs, not on whichever GPU's workers happen to start first.
-    queue = uuid.uuid4().hex[:12]
-    tagged = [[item | {"queue": queue} for item in pack] for pack in packs]
-    return [
-        [*tagged[i], *(item for j, pack in enumerate(tagged) if j != i for item in pack)]
-        for i in range(n)
-    ]
+    return [[item for pack in packs[i::n] for item in pack] for i in range(n)]
+
+
+def slots_of(tasks: list[list[Item]]) -> int:
+    """A worker's slots: the largest pack planned (1 when runs are not packed)."""
+    sizes = Counter(item.get("pack") for task in tasks for item in task)
+    return 1 if None in sizes else max(sizes.values(), default=1)
 
 
 @dataclass

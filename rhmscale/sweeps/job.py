@@ -1,10 +1,8 @@
-"""What runs inside one array task: SweepTask trains the task's runs, unit by unit.
-
-A unit is a lone run or the members of one pack, trained together by training.execute, which
-skips a finished run and resumes an interrupted one from its checkpoint. SweepTask is a
-submitit Checkpointable: on SIGUSR2 (preemption, time limit) the running unit checkpoints
-after its current step, then submitit requeues the same task with the same arguments and
-every run picks up from its last checkpoint.
+"""What runs inside one array task or local worker process: a SweepWorker, which takes runs
+from the sweep's backlog (backlog.py) and trains them in slots (training.trainer) until none is
+left that it can take. It is a submitit Checkpointable: on SIGUSR2 (preemption, time limit) its
+runs checkpoint after their current step, then submitit requeues the same task with the same
+arguments, and every run is resumed from its last checkpoint by the worker that takes it.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ def limit_gpu_memory(share: float) -> None:
 
 
 # Set while submitit's USR2 handler checkpoints and requeues this process (module-level, so
-# it is not pickled into the requeued task along with the SweepTask).
+# it is not pickled into the requeued task along with the SweepWorker).
 _REQUEUE: dict[str, float] = {}
 
 
@@ -92,118 +90,153 @@ def requeue_requested() -> bool:
     return "since" in _REQUEUE
 
 
-def outcome_interrupted(outcomes: list[dict[str, Any]]) -> bool:
-    return bool(outcomes) and outcomes[-1]["state"] == "interrupted"
+def worker_id() -> str:
+    """This worker's job id as the jobs log records it (SLURM "123_4", a local job's id)."""
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # not in a submitit job (the debug executor): this process
+        return str(os.getpid())
 
 
-def units_of(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive items of one pack form a unit; an unpacked run is a unit of its own."""
-    units: list[list[dict[str, Any]]] = []
-    for item in items:
-        pack = item.get("pack")
-        if pack is not None and units and units[-1][0].get("pack") == pack:
-            units[-1].append(item)
-        else:
-            units.append([item])
-    return units
-
-
-def unit_ids(unit: list[dict[str, Any]]) -> str:
-    return ", ".join(item["run_id"] for item in unit)
-
-
-def run_unit(
-    unit: list[dict[str, Any]], should_stop: Callable[[], bool] | None
-) -> list[dict[str, Any]]:
-    """A lone run, or the runs of one pack trained together; a run's own failure is in its
-    failed.json and its outcome, the others go on."""
-    from rhmscale.config import RunConfig
-    from rhmscale.training import execute
-
-    outcomes = execute(
-        [RunConfig.model_validate(item["config"]) for item in unit],
-        [Path(item["run_dir"]) for item in unit],
-        should_stop=should_stop,
-    )
-    return [
-        {"run_id": item["run_id"], "state": o.state, **({"error": o.error} if o.error else {})}
-        for item, o in zip(unit, outcomes, strict=True)
-    ]
-
-
-def record_failure(unit: list[dict[str, Any]], exc: BaseException) -> list[dict[str, Any]]:
-    """execute raised before the runs could fail on their own (an input error, such as a GPU
-    that is not there): every unfinished run of the unit gets a failed.json, so that `sweep
-    status` shows the failure and its message, and the outcomes say so."""
-    for item in unit:
-        store = RunDir(Path(item["run_dir"]))
+def record_failure(entries: list[Any], exc: BaseException) -> list[dict[str, Any]]:
+    """Training raised before the runs could fail on their own (an input error, such as a GPU
+    that is not there): every unfinished run gets a failed.json, so that `sweep status` shows
+    the failure and its message, and the outcomes say so."""
+    for entry in entries:
+        store = RunDir(entry.run_dir)
         if store.state() != "done":
-            store.write_failed(item["run_id"], exc)
+            store.write_failed(entry.run_id, exc)
     error = f"{exc!r}"[:500]
-    return [{"run_id": item["run_id"], "state": "failed", "error": error} for item in unit]
+    return [{"run_id": e.run_id, "state": "failed", "error": error} for e in entries]
 
 
-class SweepTask(submitit.helpers.Checkpointable):
-    """One array task: runs its runs in sequence; requeued with the same arguments on USR2.
-
-    items: [{"run_id", "config" (RunConfig as JSON), "run_dir",
-    plus "pack" when packed: consecutive items of one pack train together, and "queue" when
-    the packs are a queue shared by several local workers: each pack goes to the first worker
-    that claims it}]. A run that fails leaves its failed.json and the task goes on with the
-    next unit; the task raises at the end so the scheduler marks it failed.
-    """
+class SweepWorker(submitit.helpers.Checkpointable):
+    """One worker (a local process or a SLURM array task): takes runs from the sweep's backlog
+    and trains them in `slots` slots of one shape, a slot that empties taking the next run of
+    the shape, until no run it can take is left; then it takes another shape (compiled once)
+    or ends. On SIGUSR2 (preemption, time limit) its runs checkpoint and the task is requeued
+    with the same arguments; its runs are resumed by whichever worker takes them first. A run
+    that fails leaves its failed.json; the worker raises at the end so the scheduler marks it
+    failed."""
 
     gpu_share = 1.0  # of its GPU's memory (executor.tasks_per_gpu)
 
     def __init__(self, gpu_share: float = 1.0) -> None:
         self.gpu_share = gpu_share
 
-    def __call__(self, items: list[dict[str, Any]], threads: int = 1) -> list[dict[str, Any]]:
-        from rhmscale.config import RunConfig
-        from rhmscale.training import compile_ahead
+    def __call__(self, sweep_path: str, slots: int, threads: int = 1) -> list[dict[str, Any]]:
+        from rhmscale.store.folders import SweepDir
+        from rhmscale.sweeps.backlog import Backlog
 
         requeue = guard_requeue_handler()
         should_stop = requeue_requested if requeue else None
+        sweep = SweepDir(Path(sweep_path))
+        backlog = Backlog(sweep)
         outcomes: list[dict[str, Any]] = []
         torch_ready = False
-        for unit in units_of(items):
+        while not stop_requested():
             if requeue and requeue_requested():
                 requeue()
-            queue = unit[0].get("queue")
-            if queue and not RunDir(Path(unit[0]["run_dir"])).claim(queue):
-                continue  # another worker of this submission took the pack
-            if any(RunDir(Path(item["run_dir"])).state() != "done" for item in unit):
-                # Before torch is imported (the first time) and the runs are set up: see why
-                # in compile_ahead.
-                configs = [RunConfig.model_validate(item["config"]) for item in unit]
-                compile_ahead.start_early(configs)
+            shape = backlog.richest_shape()
+            taken = (shape is not None and backlog.take(shape)) or backlog.take()
+            if not taken:
+                if self.leave(sweep, backlog):
+                    break
+                continue
+            first = [taken]
+            while len(first) < slots and (more := backlog.take(taken[0].shape)):
+                first.append(more)
             if not torch_ready:
+                start_compile_early(first)
                 set_threads(threads)
                 limit_gpu_memory(self.gpu_share)
                 torch_ready = True
-            try:
-                outcomes += run_unit(unit, should_stop)
-            except Exception as exc:  # noqa: BLE001 - recorded in the runs' failed.json
-                if requeue_requested():
-                    # Not a failure: the task is being requeued; the runs resume later.
-                    for item in unit:
-                        RunDir(Path(item["run_dir"])).failed.unlink(missing_ok=True)
-                    log.warning("runs %s interrupted by a requeue (%r)", unit_ids(unit), exc)
-                    if requeue:
-                        requeue()
-                    raise SystemExit(-1) from None
-                outcomes += record_failure(unit, exc)
-            if requeue and requeue_requested() and outcome_interrupted(outcomes):
+            outcomes += train_shape(backlog, first, should_stop)
+            if requeue and requeue_requested():
                 requeue()  # the runs checkpointed on the signal; requeue and exit
-            if stop_requested():
-                break  # SIGTERM/SIGINT (cancel, scancel): the runs checkpointed; no requeue
         failed = [o for o in outcomes if o["state"] == "failed"]
         if failed:
             raise RuntimeError(
-                f"{len(failed)} of {len(items)} runs failed: "
+                f"{len(failed)} of {len(outcomes)} runs failed: "
                 + "; ".join(f"{o['run_id']}: {o['error']}" for o in failed)
             )
         return outcomes
 
-    # checkpoint() is Checkpointable's: DelayedSubmission(self, items, threads). The runs
-    # resume from their own checkpoints/last.ckpt, so nothing else needs saving here.
+    @staticmethod
+    def leave(sweep: Any, backlog: Any) -> bool:
+        """Nothing to take: end, saying so in the jobs log under the sweep's lock, unless a
+        submission added runs meanwhile (it holds the lock while it writes entries and asks
+        which workers live, so none is left for a worker that ended unseen)."""
+        with sweep.lock():
+            if (taken := backlog.take()) is not None:
+                taken[1].release()
+                return False
+            sweep.append_job_line({"event": "worker-exit", "job_id": worker_id()})
+        return True
+
+    # checkpoint() is Checkpointable's: DelayedSubmission(self, sweep_path, slots, threads).
+    # The runs resume from their own checkpoints/last.ckpt, so nothing else needs saving.
+
+
+def start_compile_early(first: list[Any]) -> None:
+    """The first pack's compile helper, before torch is imported: see compile_ahead."""
+    from rhmscale.config import RunConfig
+    from rhmscale.training import compile_ahead
+
+    configs = [RunConfig.model_validate(entry.config) for entry, _ in first]
+    compile_ahead.start_early(configs)
+
+
+def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[str, Any]]:
+    """Train the taken runs of one shape in slots, feeding the slots that empty with the
+    backlog's next runs of that shape; each run that ends leaves the backlog."""
+    from rhmscale.config import RunConfig
+    from rhmscale.store.folders import RunDir
+    from rhmscale.training import stop
+    from rhmscale.training.execute import Runs
+
+    runs = Runs()
+    shape = first[0][0].shape
+    entries = {}
+    for entry, lock in first:
+        entries[entry.run_id] = entry
+        runs.add(RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock=lock)
+
+    def feed() -> Any:
+        while (taken := backlog.take(shape)) is not None:
+            entry, lock = taken
+            entries[entry.run_id] = entry
+            member = runs.join(RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock)
+            if member is not None:
+                return member
+            backlog.remove(entry.run_id)  # its set-up failed: failed.json says why
+        return None
+
+    try:
+        with stop.honour_stop_signals():
+            runs.train(False, None, stop.combined(should_stop), None, feed=feed)
+    except Exception as exc:  # noqa: BLE001 - recorded in the runs' failed.json
+        if requeue_requested():
+            # Not a failure: the task is being requeued; the runs resume later.
+            for entry in entries.values():
+                RunDir(entry.run_dir).failed.unlink(missing_ok=True)
+            log.warning("runs %s interrupted by a requeue (%r)", ", ".join(entries), exc)
+            raise SystemExit(-1) from None
+        unfinished = [e for r, e in entries.items() if r not in runs.outcomes]
+        runs.close_logs()
+        for lock in runs.locks.values():
+            lock.release()
+        return record_failure(unfinished, exc) + outcomes_of(runs, backlog)
+    return outcomes_of(runs, backlog)
+
+
+def outcomes_of(runs: Any, backlog: Any) -> list[dict[str, Any]]:
+    """Each run's outcome; runs that ended done or failed leave the backlog."""
+    outcomes = []
+    for run_id, o in runs.outcomes.items():
+        if o.state in ("done", "failed"):
+            backlog.remove(run_id)
+        outcomes.append(
+            {"run_id": run_id, "state": o.state, **({"error": o.error} if o.error else {})}
+        )
+    return outcomes

@@ -1,0 +1,121 @@
+"""A sweep's backlog: the runs submitted and not yet ended, which its workers take.
+
+    <sweep>/backlog/<run_id>.json    {"run_id", "config", "run_dir", "shape", "cost"}
+
+A submission writes one entry per run (atomically, under the sweep's lock); a worker takes a run
+by taking its folder's lock (store.lock.try_lock: exclusive across processes and hosts, released
+by the kernel when the worker dies, so a killed worker's run is taken again and resumed from its
+checkpoint) and removes the entry when the run ends done or failed; an interrupted run keeps its
+entry. So a run is never trained by two workers at once, a run that failed is not taken again
+until it is resubmitted, and runs added while workers live are seen by them at their next look.
+`sweep cancel` empties the backlog before it stops the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rhmscale.store.atomic import atomic_write_json
+from rhmscale.store.folders import RunDir, SweepDir, read_json_object
+from rhmscale.store.lock import Held, try_lock
+
+ENDED = {"done", "failed", "diverged"}  # a run in these states leaves the backlog
+
+
+@dataclass(frozen=True)
+class Entry:
+    run_id: str
+    config: dict[str, Any]
+    run_dir: Path
+    shape: str  # config.pack_key: runs of one shape share a pack
+    cost: float  # expected token-samples (sweeps.cost): the most expensive are taken first
+
+
+class Backlog:
+    def __init__(self, sweep: SweepDir) -> None:
+        self.sweep = sweep
+        self.folder = sweep.path / "backlog"
+
+    def put(self, items: list[dict[str, Any]]) -> None:
+        """Entries for submitted runs (items: run_id, config, run_dir, shape, cost)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            keys = ("run_id", "config", "run_dir", "shape", "cost")
+            atomic_write_json(self.folder / f"{item['run_id']}.json", {k: item[k] for k in keys})
+
+    def entries(self) -> list[Entry]:
+        """Every readable entry, the most expensive first (an unreadable one is skipped: it
+        was cut short by a crash, and the run's resubmission writes it again)."""
+        try:
+            names = sorted(os.listdir(self.folder))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            data = read_json_object(self.folder / name)
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                found.append(
+                    Entry(
+                        data["run_id"],
+                        data["config"],
+                        Path(data["run_dir"]),
+                        data["shape"],
+                        float(data["cost"]),
+                    )
+                )
+        return sorted(found, key=lambda e: -e.cost)
+
+    def run_ids(self) -> set[str]:
+        return {e.run_id for e in self.entries()}
+
+    def remove(self, run_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / f"{run_id}.json").unlink()
+
+    def clear(self) -> list[str]:
+        """Empty the backlog (sweep cancel); the run ids it held."""
+        ids = sorted(self.run_ids())
+        for run_id in ids:
+            self.remove(run_id)
+        return ids
+
+    def takeable(self, shape: str | None = None) -> Iterator[Entry]:
+        """Entries a worker may take (of one shape, or any), the most expensive first; entries
+        of runs that ended are removed on the way."""
+        for entry in self.entries():
+            if shape is not None and entry.shape != shape:
+                continue
+            if RunDir(entry.run_dir).state() in ENDED:
+                self.remove(entry.run_id)
+                continue
+            yield entry
+
+    def take(self, shape: str | None = None) -> tuple[Entry, Held] | None:
+        """The most expensive run nobody trains (of `shape`, or of any), with its folder's lock
+        held; None when there is none."""
+        for entry in self.takeable(shape):
+            lock = try_lock(RunDir(entry.run_dir).lock_file)
+            if isinstance(lock, str):
+                continue  # another worker trains it
+            if RunDir(entry.run_dir).state() in ENDED:  # ended while we looked
+                lock.release()
+                self.remove(entry.run_id)
+                continue
+            return entry, lock
+        return None
+
+    def richest_shape(self) -> str | None:
+        """The shape with the most expected work left: a worker that starts, or whose shape
+        ran out, takes that one. (Runs being trained count too: probing their locks could
+        make a worker looking at that moment believe a free run taken.)"""
+        totals: dict[str, float] = {}
+        for entry in self.takeable():
+            totals[entry.shape] = totals.get(entry.shape, 0.0) + entry.cost
+        return max(totals, key=totals.__getitem__) if totals else None
