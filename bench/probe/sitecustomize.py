@@ -29,6 +29,10 @@ TARGETS = {
         ("_Runs", "run", "task", False),  # one execute() call: set-up and training of its units
         ("_Runs", "set_up", "set-up", False),  # a run's folder, data, checkpoint, W&B run
         ("_Runs", "record_done", "finish", True),  # W&B finish, result.json
+        # The same phases since the streaming workers (Runs: one worker's runs of a shape).
+        ("Runs", "train", "task", False),
+        ("Runs", "set_up", "set-up", False),
+        ("Runs", "record_done", "finish", True),
     ],
     "rhmscale.training.trainer": [
         ("Trainer", "__init__", "build", True),  # stack, data on the device, optimiser
