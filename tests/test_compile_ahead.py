@@ -33,7 +33,7 @@ def run_with_helper(tmp_path, monkeypatch, helper):
         "rhmscale.training.trainer.StepPlan.of",
         classmethod(lambda cls, setting, device: StepPlan("default", False, compile_ahead=True)),
     )
-    monkeypatch.setattr("rhmscale.training.trainer.for_pack", lambda configs: helper)
+    monkeypatch.setattr("rhmscale.training.trainer.for_pack", lambda configs, slots: helper)
     configs = pack_configs("train.max_steps=20")
     paths = dirs(tmp_path / "ahead", configs)
     losses, outcomes = losses_of(configs, paths)
@@ -65,7 +65,7 @@ def test_a_failed_compilation_leaves_the_pack_on_the_eager_step(tmp_path, monkey
 @pytest.mark.slow
 def test_the_helper_process_compiles_a_pack_and_ends():
     configs = pack_configs("train.compile=auto")
-    helper = CompileAhead(configs)
+    helper = CompileAhead(configs, len(configs))
     deadline = time.monotonic() + 600
     while helper.ready() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -75,7 +75,7 @@ def test_the_helper_process_compiles_a_pack_and_ends():
 
 
 def test_a_pack_that_ends_first_stops_its_helper():
-    helper = CompileAhead(pack_configs())
+    helper = CompileAhead(pack_configs(), 3)
     assert helper.ready() is None  # it has only begun to import
     assert "ended before" in helper.close()
     assert helper.process.poll() is not None  # stopped, not left running

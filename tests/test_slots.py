@@ -28,11 +28,15 @@ def train_in_slots(root, first, queued):
         runs.add(config, RunDir(path))
     waiting, joined, losses = list(queued), {}, {}
 
-    def feed():
-        if not waiting:
-            return None
-        config = waiting.pop(0)
-        return runs.join(config, RunDir(dirs(root, [config])[0]))
+    class Feed:  # set up on the training thread, when a slot asks
+        def next(self):
+            if not waiting:
+                return None
+            config = waiting.pop(0)
+            return runs.join(config, RunDir(dirs(root, [config])[0]))
+
+        def exhausted(self):
+            return not waiting
 
     def on_step(trainer, step_losses):
         for k, member in enumerate(trainer.slots):
@@ -43,7 +47,7 @@ def train_in_slots(root, first, queued):
                 joined[run_id] = (k, int(trainer.steps[1]))
             losses.setdefault(run_id, {})[step] = step_losses[k].item()
 
-    runs.train(False, None, None, on_step, feed=feed)
+    runs.train(False, None, None, on_step, feed=Feed())
     return losses, joined, runs.outcomes
 
 

@@ -465,7 +465,7 @@ def test_runs_that_training_refuses_are_recorded_as_failed(tmp_path, monkeypatch
 
     monkeypatch.setattr(Runs, "train", refuse)
     monkeypatch.setattr(job, "set_threads", lambda threads: threads)  # leave torch's alone
-    monkeypatch.setattr(job, "start_compile_early", lambda first: None)
+    monkeypatch.setattr(job, "start_compile_early", lambda first, slots: None)
     with pytest.raises(RuntimeError, match="2 of 2 runs failed"):
         job.SweepWorker()(str(sweep.path), 2)
     status = sweep_status(tmp_path / "t", s, query_queue=False)

@@ -147,7 +147,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
             while len(first) < slots and (more := backlog.take(taken[0].shape)):
                 first.append(more)
             if not torch_ready:
-                start_compile_early(first)
+                start_compile_early(first, slots)
                 set_threads(threads)
                 limit_gpu_memory(self.gpu_share)
                 torch_ready = True
@@ -178,22 +178,23 @@ class SweepWorker(submitit.helpers.Checkpointable):
     # The runs resume from their own checkpoints/last.ckpt, so nothing else needs saving.
 
 
-def start_compile_early(first: list[Any]) -> None:
+def start_compile_early(first: list[Any], slots: int) -> None:
     """The first pack's compile helper, before torch is imported: see compile_ahead."""
     from rhmscale.config import RunConfig
     from rhmscale.training import compile_ahead
 
     configs = [RunConfig.model_validate(entry.config) for entry, _ in first]
-    compile_ahead.start_early(configs)
+    compile_ahead.start_early(configs, slots)
 
 
 def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[str, Any]]:
-    """Train the taken runs of one shape in slots, feeding the slots that empty with the
-    backlog's next runs of that shape; each run that ends leaves the backlog."""
+    """Train the taken runs of one shape in slots, the slots that empty taking the backlog's
+    next runs of that shape (set up ahead on another thread); each run that ends done or
+    failed leaves the backlog."""
     from rhmscale.config import RunConfig
     from rhmscale.store.folders import RunDir
     from rhmscale.training import stop
-    from rhmscale.training.execute import Runs
+    from rhmscale.training.execute import Prefetch, Runs
 
     runs = Runs()
     shape = first[0][0].shape
@@ -201,21 +202,25 @@ def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[s
     for entry, lock in first:
         entries[entry.run_id] = entry
         runs.add(RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock=lock)
+    # Room in each slot for the largest training set of the shape waiting now.
+    room = max(
+        (RunConfig.model_validate(e.config).data.P for e in backlog.takeable(shape)), default=1
+    )
 
-    def feed() -> Any:
-        while (taken := backlog.take(shape)) is not None:
-            entry, lock = taken
-            entries[entry.run_id] = entry
-            member = runs.join(RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock)
-            if member is not None:
-                return member
-            backlog.remove(entry.run_id)  # its set-up failed: failed.json says why
-        return None
+    def take() -> Any:
+        if (taken := backlog.take(shape)) is None:
+            return None
+        entry, lock = taken
+        entries[entry.run_id] = entry
+        return RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock
 
+    runs.prepare()  # the fabric, which the prefetch thread's set-ups use too
+    prefetch = Prefetch(runs, take)
     try:
         with stop.honour_stop_signals():
-            runs.train(False, None, stop.combined(should_stop), None, feed=feed)
+            runs.train(False, None, stop.combined(should_stop), None, prefetch, len(first), room)
     except Exception as exc:  # noqa: BLE001 - recorded in the runs' failed.json
+        prefetch.stop()
         if requeue_requested():
             # Not a failure: the task is being requeued; the runs resume later.
             for entry in entries.values():
@@ -227,6 +232,8 @@ def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[s
         for lock in runs.locks.values():
             lock.release()
         return record_failure(unfinished, exc) + outcomes_of(runs, backlog)
+    prefetch.stop()
+    runs.interrupted(runs.unfinished())  # set up ahead, not trained: taken again later
     return outcomes_of(runs, backlog)
 
 

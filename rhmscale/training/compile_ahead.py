@@ -12,9 +12,9 @@ and kernel caches, shared by the processes of one machine). When it exits, the t
 compiles its own step, which now finds every kernel in the caches (about 6 s instead of 29),
 and goes on compiled. A pack that ends first never compiles: short packs did not pay for it.
 
-A sweep task starts the helper of the pack it is about to train before it imports torch and
+A sweep worker starts the helper of the pack it is about to train before it imports torch and
 sets up the runs (start_early), so that the two start-ups overlap; the pack's trainer adopts
-it (for_pack).
+it (for_pack: the same shape and number of slots).
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from rhmscale.config import RunConfig
+from rhmscale.config import RunConfig, pack_key
 
 
 class CompileAhead:
     """The helper process of one pack, started with it: ready() after each step, close() once
     it ended or when the pack ends first (which stops it)."""
 
-    def __init__(self, configs: list[RunConfig]) -> None:
+    def __init__(self, configs: list[RunConfig], slots: int) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="rhmscale-compile-")
         payload = Path(self.folder.name) / "pack.json"
-        payload.write_text(json.dumps([c.model_dump(mode="json") for c in configs]))
+        pack = {"configs": [c.model_dump(mode="json") for c in configs], "slots": slots}
+        payload.write_text(json.dumps(pack))
         self.log_path = Path(self.folder.name) / "compile.log"
         self.started = time.perf_counter()
         with open(self.log_path, "w") as log:
@@ -85,21 +86,21 @@ class CompileAhead:
         return " | ".join(lines[-3:]) or f"exit code {self.process.returncode}"
 
 
-_early: dict[tuple[str, ...], CompileAhead] = {}  # run ids -> their pack's helper
+_early: dict[tuple[str, int], CompileAhead] = {}  # (shape, slots) -> its helper
 
 
-def start_early(configs: list[RunConfig]) -> None:
+def start_early(configs: list[RunConfig], slots: int) -> None:
     """Start the helper of a pack that is about to train on a GPU (CUDA_VISIBLE_DEVICES set, as
     SLURM and the local executor set it for GPU tasks) with train.compile auto."""
     if configs and configs[0].train.compile == "auto" and os.environ.get("CUDA_VISIBLE_DEVICES"):
-        _early[tuple(c.run_id() for c in configs)] = CompileAhead(configs)
+        _early[(pack_key(configs[0]), slots)] = CompileAhead(configs, slots)
 
 
-def for_pack(configs: list[RunConfig]) -> CompileAhead:
-    """The pack's helper: the one started early for exactly these runs, else a new one."""
-    helper = _early.pop(tuple(c.run_id() for c in configs), None)
-    close_early()  # one started for runs that train otherwise (resumed from other steps)
-    return helper or CompileAhead(configs)
+def for_pack(configs: list[RunConfig], slots: int) -> CompileAhead:
+    """The pack's helper: the one started early for its shape and slots, else a new one."""
+    helper = _early.pop((pack_key(configs[0]), slots), None)
+    close_early()  # one started for a pack that trains otherwise
+    return helper or CompileAhead(configs, slots)
 
 
 @atexit.register
@@ -108,7 +109,7 @@ def close_early() -> None:
         _early.popitem()[1].close()
 
 
-def compile_pack(configs: list[RunConfig]) -> None:
+def compile_pack(configs: list[RunConfig], slots: int) -> None:
     """Build the pack as its trainer does, compiled (not graphed), and take one step."""
     from rhmscale.rhm.data import make_datasets
     from rhmscale.store.folders import RunDir
@@ -121,8 +122,9 @@ def compile_pack(configs: list[RunConfig]) -> None:
         members = [
             Member(c, make_datasets(c), RunDir(Path(tmp) / str(i))) for i, c in enumerate(compiled)
         ]
-        Trainer(members, make_fabric(compiled[0])).advance()
+        Trainer(members, make_fabric(compiled[0]), slots=slots, room=1).advance()
 
 
 if __name__ == "__main__":
-    compile_pack([RunConfig.model_validate(c) for c in json.loads(Path(sys.argv[1]).read_text())])
+    pack = json.loads(Path(sys.argv[1]).read_text())
+    compile_pack([RunConfig.model_validate(c) for c in pack["configs"]], pack["slots"])

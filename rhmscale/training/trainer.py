@@ -41,7 +41,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,8 +68,8 @@ from rhmscale.training.fabric import progress_bar
 from rhmscale.training.schedule import StepClock, Verdict, eval_steps, lr_factor, stopped_early
 from rhmscale.training.step import WARMUP_STEPS, StepPlan, TrainStep
 
-# How often an empty slot asks the feed for a run (seconds): asking reads the sweep's queue.
-FEED_EVERY_S = 1.0
+# How long the loop waits when every slot is empty and the feed is still setting a run up.
+WAIT_FOR_FEED_S = 0.05
 
 
 @dataclass(eq=False)
@@ -89,6 +89,15 @@ class Member:
     verdict: Verdict | None = None
 
 
+class Feed(Protocol):
+    """Where empty slots get their runs: next() a run set up for the pack's shape, or None
+    when none is ready now; exhausted() once none will come."""
+
+    def next(self) -> Member | None: ...
+
+    def exhausted(self) -> bool: ...
+
+
 @dataclass
 class Snapshots:
     """Evaluations taken and not yet run: the run in slots[i] at steps[i], its weights then
@@ -106,9 +115,10 @@ class Snapshots:
 class Trainer:
     """Trains the runs of K slots of one shape until none is left to train.
 
-    members: the first run of each slot, fresh or resumed (any steps). fabric: make_fabric of
-    the shape's (shared) device and precision. feed() -> Member | None gives an empty slot the
-    next run of the shape (None: nothing now; asked again later).
+    members: the first runs of the slots, fresh or resumed (any steps); slots: how many (default
+    one per member; more: the others start empty, with `room` training rows reserved each).
+    fabric: make_fabric of the shape's (shared) device and precision. feed: where empty slots
+    get the shape's next runs.
     Callbacks: on_step(trainer, losses (K,)) after every optimiser step (tests: trainer.steps
     and trainer.slots say which run is where);
     on_member_error(member, exc) when a run's evaluation or checkpoint raised, or it diverged:
@@ -122,7 +132,9 @@ class Trainer:
         members: list[Member],
         fabric: Any,
         *,
-        feed: Callable[[], Member | None] | None = None,
+        slots: int | None = None,
+        room: int = 0,
+        feed: Feed | None = None,
         on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
         on_member_error: Callable[[Member, BaseException], None] | None = None,
         on_member_done: Callable[[Member], None] | None = None,
@@ -134,8 +146,8 @@ class Trainer:
         self.clock = StepClock(WARMUP_STEPS, sync=torch.cuda.synchronize if gpu else lambda: None)
         self.config = cfg = members[0].config
         self.shape = pack_key(cfg)
-        self.k = k = len(members)
-        self.feed, self.feed_empty, self.feed_at = feed, feed is None, 0.0
+        self.k = k = max(slots or 0, len(members))
+        self.feed = feed
         self.on_step, self.on_member_error = on_step, on_member_error
         self.on_member_done = on_member_done
         self.on_note = on_note or (lambda message: None)
@@ -151,7 +163,8 @@ class Trainer:
         self.diffusion = MaskedDiffusion(
             cfg.grammar.v, cfg.diffusion.schedule, cfg.diffusion.antithetic
         )
-        self.stack = stack_denoisers(cfg.model, cfg.grammar, [m.config.seed for m in members])
+        seeds = [m.config.seed for m in members] + [0] * (k - len(members))  # empty: any weights
+        self.stack = stack_denoisers(cfg.model, cfg.grammar, seeds)
         self.stack.to(self.device)
         self.names = list(self.stack.params)
         # Per slot; None / 0 while it is empty.
@@ -168,28 +181,36 @@ class Trainer:
             self.stack,
             self.diffusion,
             make_optimizer(self.stack.parameters(), k),
-            self.place_data([m.data for m in members]),
+            self.place_data([m.data for m in members], room),
             train.batch_size,
             self.fabric.autocast,
             plan,
         )
         for slot, member in enumerate(members):
             self.fill(slot, member, fresh_weights_built=True)
-        self.ahead = for_pack([m.config for m in members]) if plan.compile_ahead else None
+        for slot in range(len(members), k):
+            self.sizes[slot] = 1  # an empty slot draws nothing; a valid size all the same
+        configs = [m.config for m in members]
+        self.ahead = for_pack(configs, k) if plan.compile_ahead else None
 
     # --- slots ------------------------------------------------------------------------------
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(seed)
 
-    def place_data(self, datas: list[Datasets]) -> tuple[torch.Tensor, torch.Tensor]:
+    def place_data(self, datas: list[Datasets], room: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every slot's training rows in one device tensor, slot k's region from offsets[k]
-        (its capacity: the largest set it held); the held-out sets stacked (K, n_test, n)."""
+        (its capacity: the largest set it held, `room` for an empty slot); the held-out sets
+        stacked (K, n_test, n)."""
         train = [torch.as_tensor(d.train, dtype=torch.long) for d in datas]
+        n = train[0].shape[-1]
+        empty = self.k - len(datas)
+        train += [torch.zeros((room, n), dtype=torch.long)] * empty
         self.sizes = [len(t) for t in train]
         self.capacity = list(self.sizes)
         self.starts = [int(s) for s in np.concatenate([[0], np.cumsum(self.sizes)[:-1]])]
         offsets = torch.as_tensor(self.starts, device=self.device).view(-1, 1)
         test = [torch.as_tensor(d.test, dtype=torch.long) for d in datas]
+        test += [torch.zeros_like(test[0])] * empty
         self.test_data = torch.stack(test).to(self.device)
         return torch.cat(train).to(self.device), offsets
 
@@ -253,19 +274,20 @@ class Trainer:
         self.train_step.active[slot] = 0.0
 
     def refill(self) -> None:
-        """Empty slots take the feed's next runs (asked at most every FEED_EVERY_S)."""
-        empty = [k for k, m in enumerate(self.slots) if m is None]
-        if not empty or self.feed is None or time.perf_counter() < self.feed_at:
+        """Empty slots take the feed's runs that are ready."""
+        if self.feed is None:
             return
-        for slot in empty:
-            member = self.feed()
-            self.feed_empty = member is None
+        for slot in [k for k, m in enumerate(self.slots) if m is None]:
+            member = self.feed.next()
             if member is None:
-                self.feed_at = time.perf_counter() + FEED_EVERY_S
                 return
             step = member.state["step"] if member.state else 0
             self.fill(slot, member)
             self.on_note(f"run {member.config.run_id()} took slot {slot} at its step {step}")
+
+    def drained(self) -> bool:
+        """No run in a slot, and none to come."""
+        return not self.busy() and (self.feed is None or self.feed.exhausted())
 
     def training(self) -> list[int]:
         """The slots whose run takes the next step."""
@@ -309,7 +331,11 @@ class Trainer:
                     return ended
                 training = self.training()
                 if not training:
-                    return "completed"
+                    if self.drained():
+                        return "completed"
+                    if not self.pending:  # the feed is setting a run up: wait for it
+                        time.sleep(WAIT_FOR_FEED_S)
+                    continue
                 losses = self.advance(training)
                 if self.on_step is not None:
                     self.on_step(self, losses.clone())
@@ -401,7 +427,11 @@ class Trainer:
     def restack_pays(self) -> bool:
         """Half the slots or more are empty, the feed has nothing, and a smaller pack would
         save more than twice its start-up (schedule.StepClock)."""
-        if self.ahead is not None or self.pending or not self.feed_empty:
+        if (
+            self.ahead is not None
+            or self.pending
+            or not (self.feed is None or self.feed.exhausted())
+        ):
             return False  # its compilation would be thrown away, and the new pack's begun
         training = self.training()
         if not training:
