@@ -216,6 +216,9 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
     console.print(status_table(status))
     if runs:
         console.print(runs_table(status))
+        for run in [r for r in status.runs if r.holder]:
+            values = ", ".join(f"{k}={v}" for k, v in run.values.items())
+            console.print(f"running {run.run_id} ({values}): {held_for(run.holder)}", markup=False)
     failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt")]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
@@ -224,6 +227,18 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
         console.print(f"  log: {SweepDir(status.path).run_dir(run.run_id).log}", markup=False)
     if len(failed) > failures:
         console.print(f"... and {len(failed) - failures} more such runs (--json lists all)")
+
+
+def held_for(line: str) -> str:
+    """A lock holder's line, with how long it has held the run ("... since T (12 min)")."""
+    import datetime as dt
+
+    since = line.rsplit(" since ", 1)[-1]
+    try:
+        seconds = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds()
+    except ValueError:
+        return line
+    return f"{line} ({seconds / 60:.0f} min)" if seconds >= 60 else f"{line} ({seconds:.0f} s)"
 
 
 @sweep_app.command("cancel")

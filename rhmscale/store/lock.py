@@ -45,6 +45,8 @@ class Held:
 
     def release(self) -> None:
         if not self.handle.closed:
+            self.handle.truncate(0)  # nobody holds it now (holder() reads an empty file)
+            self.handle.flush()
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
 
@@ -65,6 +67,27 @@ def try_lock(path: Path) -> Held | str:
     handle.seek(0)
     handle.truncate()
     since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    handle.write(f"{socket.gethostname()} pid {os.getpid()} since {since}\n")
+    job = job_id()
+    handle.write(
+        f"{socket.gethostname()} pid {os.getpid()}{f' job {job}' * bool(job)} since {since}\n"
+    )
     handle.flush()
     return Held(handle)
+
+
+def job_id() -> str | None:
+    """The scheduler's id of this process's job: SLURM's (array task "123_4"), a local
+    submitit job's, or None."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
+
+
+def holder(path: Path) -> str | None:
+    """Who holds (or last held, if it died without releasing) the lock on `path`, as written
+    by try_lock; None when nobody does. Reads only: it never takes the lock."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None

@@ -70,7 +70,8 @@ class Backlog:
                         float(data["cost"]),
                     )
                 )
-        return sorted(found, key=lambda e: -e.cost)
+        # Equal costs (runs that all reach max_steps): the larger training set first.
+        return sorted(found, key=lambda e: (-e.cost, -e.config["data"]["P"]))
 
     def run_ids(self) -> set[str]:
         return {e.run_id for e in self.entries()}

@@ -15,6 +15,7 @@ differ only in data.P and seeds.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ from rhmscale.config import SCIENCE, cell_of, key_roles
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import read_json
 from rhmscale.store.folders import RunDir, SweepDir
+from rhmscale.store.lock import holder
 from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
-from rhmscale.sweeps.queue import active_states, latest_jobs
+from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
 from rhmscale.sweeps.spec import SweepSpec, parse_spec
 
 STATES = (
@@ -66,6 +68,7 @@ class RunStatus:
     job_id: str | None = None
     message: str | None = None  # failed: the error; else None
     size: int = 0  # data.P
+    holder: str | None = None  # running: which worker trains it, since when (the run's lock)
 
     @property
     def grammar(self) -> dict[str, Any]:
@@ -150,6 +153,7 @@ class SweepStatus:
                     "run_id": r.run_id,
                     "state": r.state,
                     "job_id": r.job_id,
+                    **({"held_by": r.holder} if r.holder else {}),
                     "values": r.values,
                     **({"message": r.message} if r.message else {}),
                 }
@@ -199,7 +203,10 @@ def status_of(
             # failed.json outranks a running task (a retry deletes it when the run starts),
             # but not a queued one (a retry waiting to start).
             if rid in active and not (state == "failed" and active[rid] == "running"):
-                state = active[rid]
+                # A live worker holds the run: running if it trains it (its folder's lock),
+                # else queued for it.
+                holder = training_holder(sweep.run_dir(rid)) if active[rid] == "running" else None
+                state = "running" if holder else "queued"
             elif state in ("failed", "diverged"):
                 message = failure_message(sweep.run_dir(rid))
             elif state == "corrupt":
@@ -211,10 +218,27 @@ def status_of(
             cells[grid] = tuple(cell_of(point.config).items())
         cell = cells[grid]
         job_id = job.job_id if job else None
-        runs.append(RunStatus(rid, state, cell, point.values, job_id, message, point.config.data.P))
+        runs.append(
+            RunStatus(
+                rid, state, cell, point.values, job_id, message, point.config.data.P,
+                holder if state == "running" else None,
+            )
+        )  # fmt: skip
     return SweepStatus(
         name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs)
     )
+
+
+def training_holder(store: RunDir) -> str | None:
+    """The lock holder's line ("host pid N job J since T") of a run being trained; None when
+    nobody holds it, or when the line is a dead process's of this host."""
+    line = holder(store.lock_file)
+    if not line:
+        return None
+    host, _, pid = line.split()[:3]
+    if host == socket.gethostname() and not pid_alive(pid):
+        return None
+    return line
 
 
 def sweep_status(

@@ -34,6 +34,8 @@ from rhmscale.store.lock import try_lock
 from rhmscale.training import stop
 from rhmscale.training.schedule import VERDICTS, Verdict
 
+log = logging.getLogger("rhmscale.training")
+
 
 @dataclass
 class RunOutcome:
@@ -169,9 +171,11 @@ class Runs:
         self.outcomes: dict[str, RunOutcome] = {}
         self.fabric: Any = None  # the device and precision the runs share, once training
 
-    def add(self, config: RunConfig, store: RunDir, judge: Any = None, lock: Any = None) -> str:
-        """A run to train, whose folder's lock the caller took (released with its outcome);
-        its run.log opens."""
+    def add(
+        self, config: RunConfig, store: RunDir, judge: Any = None, lock: Any = None, todo=True
+    ) -> str:
+        """A run to train (in todo: set up when training starts), whose folder's lock the
+        caller took (released with its outcome); its run.log opens."""
         run_id = config.run_id()
         with self.lock:
             if lock is not None:
@@ -186,7 +190,8 @@ class Runs:
         logger.addHandler(handler)
         with self.lock:
             self.log[run_id], self.handlers[run_id] = logger, handler
-            self.todo.append(run_id)
+            if todo:
+                self.todo.append(run_id)
         return run_id
 
     def close_logs(self, run_ids: list[str] | None = None) -> None:
@@ -211,7 +216,7 @@ class Runs:
     def join(self, config: RunConfig, store: RunDir, lock: Any = None) -> Any:
         """A run added and set up while others train (a feed's): its Member, or None when its
         set-up failed (its outcome says so)."""
-        return self.set_up(self.add(config, store, lock=lock), self.fabric)
+        return self.set_up(self.add(config, store, lock=lock, todo=False), self.fabric)
 
     def prepare(self) -> None:
         """The device and precision the runs share (imports torch and Lightning)."""
@@ -239,19 +244,17 @@ class Runs:
     def set_up(self, run_id: str, fabric: Any = None) -> Any:
         """The run's directory, data, checkpoint and W&B run: its Member, or None when one of
         them raised (the run fails alone)."""
-        fabric = fabric or self.fabric
         from rhmscale.rhm.data import make_datasets
         from rhmscale.training import checkpoint
         from rhmscale.training.fabric import device_note
         from rhmscale.training.trainer import Member
 
-        self.todo.remove(run_id)
-        config, store, log, mirror = (
-            self.configs[run_id],
-            self.stores[run_id],
-            self.log[run_id],
-            None,
-        )
+        fabric = fabric or self.fabric
+        with self.lock:
+            if run_id in self.todo:
+                self.todo.remove(run_id)
+            config, store, log = self.configs[run_id], self.stores[run_id], self.log[run_id]
+        mirror = None
         try:
             store.failed.unlink(missing_ok=True)  # a retry starts clean
             for stale in store.clean_temporaries():
@@ -409,31 +412,50 @@ class Prefetch:
     """A Feed (trainer.Feed) that sets up the next runs of a shape on a thread of its own
     (data, checkpoint, W&B run: seconds each), `depth` of them ahead, so that a slot that
     empties takes a ready run without the training loop waiting. take() gives the next run
-    to set up (its config, folder and the folder's lock), or None when there is none."""
+    to set up (its config, folder and the folder's lock), or None when there is none now;
+    it is asked again every POLL_S while the pack lives, so runs submitted meanwhile join it.
+    keep() says whether an empty pack should wait for more (a refinement loop's hold)."""
 
-    def __init__(self, runs: Runs, take: Callable[[], Any], depth: int = 2) -> None:
-        self.runs, self.take = runs, take
+    POLL_S = 2.0
+
+    def __init__(
+        self,
+        runs: Runs,
+        take: Callable[[], Any],
+        depth: int = 2,
+        keep: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.runs, self.take, self.keep = runs, take, keep
         self.ready: queue.Queue = queue.Queue()
         self.room = threading.Semaphore(depth)
-        self.stopping, self.finished = threading.Event(), threading.Event()
+        self.stopping = threading.Event()
+        self.found_none = threading.Event()  # the last look found nothing to take
         self.thread = threading.Thread(target=self.work, name="rhmscale-prefetch", daemon=True)
         self.thread.start()
 
     def work(self) -> None:
         try:
-            while not self.stopping.is_set():
-                if not self.room.acquire(timeout=0.2):
-                    continue
-                taken = None if self.stopping.is_set() else self.take()
-                if taken is None:
-                    return
-                member = self.runs.join(*taken)
-                if member is None:  # its set-up failed: its outcome says so
-                    self.room.release()
-                else:
-                    self.ready.put(member)
-        finally:
-            self.finished.set()
+            self.take_and_set_up()
+        except Exception:  # a bug, not a run's failure (set_up records those): say it, and
+            log.exception("setting up the next runs failed")  # let the pack end
+            self.found_none.set()
+
+    def take_and_set_up(self) -> None:
+        while not self.stopping.is_set():
+            if not self.room.acquire(timeout=0.2):
+                continue
+            taken = self.take()
+            if taken is None:
+                self.found_none.set()
+                self.room.release()
+                self.stopping.wait(self.POLL_S)
+                continue
+            self.found_none.clear()
+            member = self.runs.join(*taken)
+            if member is None:  # its set-up failed: its outcome says so
+                self.room.release()
+            else:
+                self.ready.put(member)
 
     def next(self) -> Any:
         try:
@@ -444,7 +466,7 @@ class Prefetch:
         return member
 
     def exhausted(self) -> bool:
-        return self.finished.is_set() and self.ready.empty()
+        return self.found_none.is_set() and self.ready.empty() and not self.keep()
 
     def stop(self) -> None:
         """No more set-ups; the one under way ends first. Runs set up and not taken stay in
