@@ -97,7 +97,7 @@ def test_a_six_run_array_completes_and_a_second_submit_submits_nothing(slurm_clu
     assert counts(sweep, spec) == {"done": 6}
     again = submit(spec, tmp_path)
     assert again.n_submitted == 0 and again.record is None
-    records = SweepDir(sweep).read_job_lines()
+    records = [r for r in SweepDir(sweep).read_job_lines() if r["event"] == "submit"]
     assert len(records) == 1 and records[0]["array_id"] in array_ids
     assert (sweep / "sweep.yaml").exists()
     from typer.testing import CliRunner
@@ -132,7 +132,8 @@ def test_a_failing_run_shows_in_status_while_the_others_finish(slurm_cluster, tm
     retry = submit(spec, tmp_path, states=RETRYABLE)
     assert retry.prepared.run_ids == bad and len(retry.jobs) == 1
     assert len(wait(retry)) == 1
-    assert [len(r["tasks"]) for r in SweepDir(sweep).read_job_lines()] == [3, 1]
+    submits = [r for r in SweepDir(sweep).read_job_lines() if r["event"] == "submit"]
+    assert [len(r["tasks"]) for r in submits] == [3, 1]
     assert sweep_status(sweep, spec).counts == {"done": 2, "failed": 1}
 
 

@@ -4,6 +4,7 @@ sweeps/refine.py; this only wires them to the plan and the submission."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,6 +17,9 @@ from rhmscale.errors import UserError
 
 if TYPE_CHECKING:
     from rhmscale.results.fit import FitOptions
+
+MAX_ROUNDS = 20  # --until: a bound on rounds (each adds runs, so the budget ends it sooner)
+POLL_S = 10.0  # --until: how often the round's runs are looked at
 
 
 def sweep_refine(
@@ -45,6 +49,15 @@ def sweep_refine(
             "--submit", help="Submit the new runs into the sweep (sweep.yaml records the growth)."
         ),
     ] = False,
+    until: Annotated[
+        bool,
+        typer.Option(
+            "--until",
+            help="Unattended: refine, submit and wait for the new runs, round after round, "
+            "until every bracket meets the target or the budget is spent (implies --submit); "
+            "the sweep's workers stay alive between rounds.",
+        ),
+    ] = False,
     wait: WaitOpt = None,
     *,
     fit: FitOptions,
@@ -53,8 +66,67 @@ def sweep_refine(
     """Propose runs inside every P*_k bracket wider than --target (log-midpoints), beyond the
     grid for censored cells, and seeds where seed noise sets the interval; print the plan,
     write the grown spec (-o) or submit it (--submit). Repeat after the runs are done, until
-    every bracket meets the target or the budget is spent."""
-    from rhmscale.cli.sweep import follow, print_plan
+    every bracket meets the target or the budget is spent (--until does that by itself)."""
+    from rhmscale.cli.sweep import follow
+
+    if not until:
+        submission = refine_round(path, target, seeds, max_runs, output, submit, fit, overrides)
+        if submission is not None:
+            follow(submission, wait)
+        return
+    refine_until(path, target, seeds, max_runs, output, fit, overrides)
+
+
+def refine_until(path, target, seeds, max_runs, output, fit, overrides) -> None:
+    """Rounds of refine_round, each waiting for its runs, under a hold that keeps the
+    sweep's workers (and their compiled packs) alive between rounds. Its state is the sweep
+    folder: run again after a restart, it goes on from the runs that are done."""
+    from rhmscale.cli.sweep import print_status
+    from rhmscale.store.folders import SweepDir
+    from rhmscale.sweeps.backlog import hold
+    from rhmscale.sweeps.dispatch import wait_jobs, wait_runs
+
+    console = make_console()
+    sweep = SweepDir(path.resolve())
+    jobs = []  # the workers this loop started (locally: its children, waited for at the end)
+    with hold(sweep):
+        for round_number in range(1, MAX_ROUNDS + 1):
+            console.rule(f"refine round {round_number}")
+            submission = refine_round(path, target, seeds, max_runs, output, True, fit, overrides)
+            if submission is None:
+                break
+            jobs += submission.jobs
+            ids = submission.prepared.run_ids
+            console.print(f"waiting for {len(ids)} run(s) ...")
+
+            def said(states: dict[str, str]) -> None:
+                counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(states.values()).items()))
+                console.print(f"  {counts}", markup=False)
+
+            states = wait_runs(sweep, ids, poll_s=POLL_S, on_poll=said)
+            if not all(state in ("done", "failed", "diverged") for state in states.values()):
+                console.print(
+                    "[red]no worker is left to train the round's other runs[/]: see "
+                    f"rhmscale sweep status {path}; run this command again to go on"
+                )
+                raise typer.Exit(1)
+        else:
+            console.print(f"[yellow]stopped after {MAX_ROUNDS} rounds[/]")
+    errors = wait_jobs([job for job in jobs if submission_is_local(job)])
+    for err in errors:
+        console.print(f"[red]{err}[/]")
+    print_status(path, json_out=False, failures=10)
+
+
+def submission_is_local(job: Any) -> bool:
+    """Local and debug jobs end with their process; a SLURM job is left to the scheduler."""
+    return not type(job).__name__.startswith("Slurm")
+
+
+def refine_round(path, target, seeds, max_runs, output, submit, fit, overrides) -> Any:
+    """One refinement: plan it, write it (-o), submit it (--submit); the submission, or None
+    when there is nothing new to run or it was not submitted."""
+    from rhmscale.cli.sweep import print_plan
     from rhmscale.cli.tables import refine_table
     from rhmscale.config import size_key
     from rhmscale.results.collect import collect
@@ -97,7 +169,7 @@ def sweep_refine(
             if met
             else "nothing new to run (the table and the lines above say why)"
         )
-        return
+        return None
     console.print(
         f"refinement: {growth.n_added} new run(s) at {len(growth.taken)} size(s) "
         f"({growth.n_before} -> {growth.n_before + growth.n_added} runs)"
@@ -111,11 +183,11 @@ def sweep_refine(
     if not submit:
         print_plan(prepared, root)
         console.print(f"submit it with: rhmscale sweep refine {path} --submit (same options)")
-        return
+        return None
     with writing(path):
         submission = submit_spec(growth.spec, root, executor=overrides, runs=growth.run_ids)
         SweepDir(path).append_job_line(growth_record(growth, target, max_runs))
-    follow(submission, wait)
+    return submission
 
 
 def register(app: typer.Typer) -> None:

@@ -162,6 +162,7 @@ def follow(submission: Submission, wait: bool | None) -> None:
     """Say what was submitted; wait for it (by default for local and debug jobs) and show the
     sweep's status, else say how to follow it."""
     from rhmscale.sweeps.dispatch import wait as wait_for
+    from rhmscale.sweeps.dispatch import wait_runs
 
     prepared = submission.prepared
     name, folder, kind = prepared.spec.name, prepared.sweep.path, prepared.executor.kind
@@ -169,17 +170,27 @@ def follow(submission: Submission, wait: bool | None) -> None:
     if submission.record is None:
         console.print(f"sweep {name}: nothing to submit ({prepared.n_runs} runs)")
         return
-    console.print(
-        f"sweep {name}: submitted {submission.n_submitted} of {prepared.n_runs} runs as "
-        f"{len(submission.jobs)} {kind} task(s) (job {', '.join(submission.array_ids)}); "
-        f"folder {folder}"
-    )
+    adopted = submission.record.get("adopted")
+    if adopted:
+        workers = ", ".join(task["job_id"] for task in submission.record["tasks"])
+        console.print(
+            f"sweep {name}: {submission.n_submitted} of {prepared.n_runs} runs added to the "
+            f"backlog of its living workers ({workers}); folder {folder}"
+        )
+    else:
+        console.print(
+            f"sweep {name}: submitted {submission.n_submitted} of {prepared.n_runs} runs as "
+            f"{len(submission.jobs)} {kind} task(s) (job {', '.join(submission.array_ids)}); "
+            f"folder {folder}"
+        )
     if wait is None:
         wait = kind != "slurm"
     if not wait:
         console.print(f"follow it with: rhmscale sweep status {folder}")
         return
-    console.print("waiting for the jobs ...")
+    console.print("waiting for the runs ..." if adopted else "waiting for the jobs ...")
+    if adopted:
+        wait_runs(prepared.sweep, prepared.run_ids)
     errors = wait_for(submission)
     for err in errors:
         console.print(f"[red]{err}[/]")

@@ -9,12 +9,20 @@ checkpoint) and removes the entry when the run ends done or failed; an interrupt
 entry. So a run is never trained by two workers at once, a run that failed is not taken again
 until it is resubmitted, and runs added while workers live are seen by them at their next look.
 `sweep cancel` empties the backlog before it stops the workers.
+
+A hold (<sweep>/hold.json, refreshed every HOLD_REFRESH_S by whoever holds it: `sweep refine
+--until` between its rounds) keeps the sweep's workers alive, their packs compiled, while the
+backlog is empty: the next round's runs go to them without a new start-up. A hold not refreshed
+for HOLD_STALE_S (its holder died) is ignored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,7 @@ from rhmscale.store.folders import RunDir, SweepDir, read_json_object
 from rhmscale.store.lock import Held, try_lock
 
 ENDED = {"done", "failed", "diverged"}  # a run in these states leaves the backlog
+HOLD_REFRESH_S, HOLD_STALE_S = 15.0, 120.0
 
 
 @dataclass(frozen=True)
@@ -120,3 +129,40 @@ class Backlog:
         for entry in self.takeable():
             totals[entry.shape] = totals.get(entry.shape, 0.0) + entry.cost
         return max(totals, key=totals.__getitem__) if totals else None
+
+
+def hold_file(sweep: SweepDir) -> Path:
+    return sweep.path / "hold.json"
+
+
+@contextlib.contextmanager
+def hold(sweep: SweepDir) -> Iterator[None]:
+    """Keep the sweep's workers alive while the block runs (see the module's docstring)."""
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while True:
+            atomic_write_json(
+                hold_file(sweep),
+                {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()},
+            )
+            if stop.wait(HOLD_REFRESH_S):
+                return
+
+    thread = threading.Thread(target=refresh, name="rhmscale-hold", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        hold_file(sweep).unlink(missing_ok=True)
+
+
+def held(sweep: SweepDir) -> bool:
+    """Whether a live hold keeps the workers."""
+    data = read_json_object(hold_file(sweep))
+    try:
+        return time.time() - float(data["at"]) < HOLD_STALE_S
+    except (TypeError, KeyError, ValueError):
+        return False

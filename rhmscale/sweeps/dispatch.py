@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from rhmscale.config import pack_key
 from rhmscale.config_io import validated
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_text
-from rhmscale.store.folders import SweepDir
+from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.sweeps.backlog import Backlog
 from rhmscale.sweeps.cost import pack_cost
 from rhmscale.sweeps.executors import preflight, submit_workers
@@ -146,6 +147,11 @@ def submit_prepared(prepared: Prepared) -> Submission:
     items = list({item["run_id"]: item for task in prepared.tasks for item in task}.values())
     for item in items:
         Path(item["run_dir"]).mkdir(parents=True, exist_ok=True)
+        # A resubmitted failed run is queued again (workers leave failed runs alone): its
+        # failure is kept beside it until it runs.
+        failed = RunDir(Path(item["run_dir"])).failed
+        if failed.exists():
+            os.replace(failed, failed.with_name("failed.before-retry.json"))
     Backlog(sweep).put(items)
     run_ids = [item["run_id"] for item in items]
     if living := live_workers(sweep):
@@ -164,7 +170,25 @@ def submit_prepared(prepared: Prepared) -> Submission:
     return Submission(prepared, jobs, record)
 
 
-def live_workers(sweep: SweepDir) -> list[tuple[str, str]]:
+def wait_runs(
+    sweep: SweepDir, run_ids: list[str], poll_s: float = 5.0, on_poll: Any = None
+) -> dict[str, str]:
+    """Wait until every run has ended (done, failed, diverged), or no live worker is left to
+    train the others; each run's state then. on_poll(states) after each look."""
+    from rhmscale.sweeps.backlog import ENDED
+
+    while True:
+        states = sweep.run_states(run_ids)
+        if on_poll is not None:
+            on_poll(states)
+        if all(state in ENDED for state in states.values()):
+            return states
+        if not live_workers(sweep, strict=False):
+            return sweep.run_states(run_ids)  # a worker may have ended just after its run
+        time.sleep(poll_s)
+
+
+def live_workers(sweep: SweepDir, strict: bool = True) -> list[tuple[str, str]]:
     """(kind, job id) of the sweep's workers that are queued or running and have not ended:
     a submission leaves its runs to them. ONE squeue call for SLURM workers."""
     records = sweep.read_job_lines()
@@ -182,7 +206,7 @@ def live_workers(sweep: SweepDir) -> list[tuple[str, str]]:
         (kind, jid) for kind, jid in workers if jid not in ended and jid.split("_")[0] not in ended
     }
     slurm = {jid.split("_")[0] for kind, jid in workers if kind == "slurm"}
-    queue = squeue_states(slurm, strict=True)
+    queue = squeue_states(slurm, strict=strict)
     return sorted(
         (kind, jid)
         for kind, jid in workers

@@ -21,6 +21,7 @@ from rhmscale.store.folders import RunDir
 from rhmscale.training.stop import requested as stop_requested
 
 log = logging.getLogger("rhmscale.sweeps")
+LINGER_POLL_S = 2.0  # how often a held worker with nothing to take looks again
 
 
 def set_threads(default: int) -> int:
@@ -167,9 +168,14 @@ class SweepWorker(submitit.helpers.Checkpointable):
         """Nothing to take: end, saying so in the jobs log under the sweep's lock, unless a
         submission added runs meanwhile (it holds the lock while it writes entries and asks
         which workers live, so none is left for a worker that ended unseen)."""
+        from rhmscale.sweeps.backlog import held
+
         with sweep.lock():
             if (taken := backlog.take()) is not None:
                 taken[1].release()
+                return False
+            if held(sweep):  # more runs are coming (sweep refine --until): wait for them
+                time.sleep(LINGER_POLL_S)
                 return False
             sweep.append_job_line({"event": "worker-exit", "job_id": worker_id()})
         return True
@@ -193,6 +199,7 @@ def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[s
     failed leaves the backlog."""
     from rhmscale.config import RunConfig
     from rhmscale.store.folders import RunDir
+    from rhmscale.sweeps.backlog import held
     from rhmscale.training import stop
     from rhmscale.training.execute import Prefetch, Runs
 
@@ -214,13 +221,20 @@ def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[s
         entries[entry.run_id] = entry
         return RunConfig.model_validate(entry.config), RunDir(entry.run_dir), lock
 
-    runs.prepare()  # the fabric, which the prefetch thread's set-ups use too
-    prefetch = Prefetch(runs, take)
+    def keep() -> bool:
+        """An empty pack waits for more runs of its shape while the sweep is held, unless
+        runs of other shapes wait (then it ends, and the worker takes those)."""
+        return held(backlog.sweep) and all(e.shape == shape for e in backlog.takeable())
+
+    prefetch = None
     try:
+        runs.prepare()  # the fabric (a device that is not there raises), for every set-up
+        prefetch = Prefetch(runs, take, keep=keep)
         with stop.honour_stop_signals():
             runs.train(False, None, stop.combined(should_stop), None, prefetch, len(first), room)
     except Exception as exc:  # noqa: BLE001 - recorded in the runs' failed.json
-        prefetch.stop()
+        if prefetch is not None:
+            prefetch.stop()
         if requeue_requested():
             # Not a failure: the task is being requeued; the runs resume later.
             for entry in entries.values():

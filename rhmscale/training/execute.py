@@ -430,6 +430,7 @@ class Prefetch:
         self.room = threading.Semaphore(depth)
         self.stopping = threading.Event()
         self.found_none = threading.Event()  # the last look found nothing to take
+        self.keeping = False  # keep() at that look
         self.thread = threading.Thread(target=self.work, name="rhmscale-prefetch", daemon=True)
         self.thread.start()
 
@@ -446,6 +447,7 @@ class Prefetch:
                 continue
             taken = self.take()
             if taken is None:
+                self.keeping = self.keep()  # asked here, not by the loop: it reads files
                 self.found_none.set()
                 self.room.release()
                 self.stopping.wait(self.POLL_S)
@@ -466,7 +468,7 @@ class Prefetch:
         return member
 
     def exhausted(self) -> bool:
-        return self.found_none.is_set() and self.ready.empty() and not self.keep()
+        return self.found_none.is_set() and self.ready.empty() and not self.keeping
 
     def stop(self) -> None:
         """No more set-ups; the one under way ends first. Runs set up and not taken stay in
