@@ -148,7 +148,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
             while len(first) < slots and (more := backlog.take(taken[0].shape)):
                 first.append(more)
             if not torch_ready:
-                start_compile_early(first, slots)
+                start_compile_early(first, len(first))
                 set_threads(threads)
                 limit_gpu_memory(self.gpu_share)
                 torch_ready = True
