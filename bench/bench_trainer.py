@@ -114,25 +114,24 @@ def eval_seconds(trainer: Trainer, repeats: int = 3) -> dict[str, float]:
     device, then the whole evaluation with each member's record (metrics, metrics.parquet)."""
     from rhmscale.training.evaluation import eval_generators, sample_and_score, val_generators
 
-    configs = [m.config for m in trainer.members]
+    configs = [m.config for m in trainer.slots]
 
     def device_part() -> None:
         with trainer.fabric.autocast():
             samples, _ = sample_and_score(
                 trainer.diffusion, trainer.stack, trainer.config, trainer.test_data,
-                eval_generators(configs, trainer.step, trainer.device),
+                eval_generators(configs, trainer.steps.tolist(), trainer.device),
                 val_generators(configs, trainer.device),
             )  # fmt: skip
         samples.cpu()
 
-    trainer.started = time.perf_counter()  # fit() sets it: wall_s of the records
-
     def whole() -> None:
-        for m in trainer.members:
+        for m in trainer.slots:
             m.history.clear()
-        trainer.loss_count = 1  # as if a step had run since the last evaluation
-        trainer.evaluate()
-        failed = [m.error for m in trainer.members if m.error is not None]
+        trainer.loss_counts[:] = 1  # as if a step had run since the last evaluation
+        trainer.snapshot(list(range(trainer.k)))
+        trainer.evaluate(None)
+        failed = [m.error for m in trainer.slots if m.error is not None]
         if failed:
             raise failed[0]
 

@@ -300,7 +300,8 @@ def largest_pack(sweep: Path) -> int:
     """The most runs that trained together, from the runs' logs."""
     found = [1]
     for log in sweep.glob("runs/*/run.log"):
-        found += [int(n) for n in re.findall(r"training (\d+) run\(s\) from step", log.read_text())]
+        text = log.read_text()
+        found += [int(n) for n in re.findall(r"training (\d+) run\(s\) (?:from step|in slots)", text)]
     return max(found)
 
 
