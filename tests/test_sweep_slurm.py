@@ -272,3 +272,37 @@ def test_a_pack_is_requeued_as_a_whole_and_every_member_resumes(slurm_cluster, t
         assert {k: v for k, v in final.items() if k not in strip} == {
             k: v for k, v in ref.result["final"].items() if k not in strip
         }
+
+
+def test_a_worker_whose_runs_stop_early_takes_the_queued_runs(slurm_cluster, tmp_path):
+    """Four array tasks of three slots, two at a time, ten runs: the first worker's runs (the
+    most expensive by their expected steps) stop at their first evaluations, so it takes the
+    runs still queued instead of leaving them to the tasks waiting for their turn; every run is
+    trained by one worker, once, and the late tasks find nothing and end."""
+    import re
+
+    base = {
+        **BASE,
+        "train": {**BASE["train"], "max_steps": 1500, "checkpoint_every": 500},
+        "eval": {**BASE["eval"], "n_evals": 2, "every": 10},
+    }
+    grid = [  # larger P: more expected steps, taken first; these stop early (patience 1)
+        {"data.P": [24, 25, 26], "train.early_stop_patience": [1]},
+        {"data.P": [8, 9, 10, 11, 12, 13, 14], "train.early_stop_patience": [1000]},
+    ]
+    spec = make_spec("early", grid, base=base, pack=True, runs_per_task=3)
+    submission = submit(spec, tmp_path)
+    assert len(submission.jobs) == 4  # four packs planned (of 2-3 runs): four workers
+    assert not wait(submission)
+    sweep = tmp_path / "early"
+    assert counts(sweep, spec) == {"done": 10}
+    by_job: dict[str, list[str]] = {}
+    for point in expand_points(spec).points:
+        log = (sweep / "runs" / point.run_id / "run.log").read_text()
+        jobs = re.findall(rf"run {point.run_id} on \S+ \(job (\S+)\)", log)
+        assert len(jobs) == 1, log  # set up once: trained by one worker, once
+        by_job.setdefault(jobs[0], []).append(point.run_id)
+    assert max(len(ids) for ids in by_job.values()) > 3, by_job  # more than its slots
+    lines = SweepDir(sweep).read_job_lines()
+    assert sum(line["event"] == "worker-exit" for line in lines) == 4
+    assert not list((sweep / "backlog").glob("*.json"))

@@ -30,7 +30,7 @@ from rhmscale.errors import UserError
 from rhmscale.store import wandb_mirror
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text, read_json
 from rhmscale.store.folders import RunDir, read_field
-from rhmscale.store.lock import try_lock
+from rhmscale.store.lock import job_id, try_lock
 from rhmscale.training import stop
 from rhmscale.training.schedule import VERDICTS, Verdict
 
@@ -263,7 +263,8 @@ class Runs:
                 log.warning("%s; training the run from its checkpoint", store.damage())
                 store.result.unlink()
             write_config(store, config)
-            log.info("run %s on %s in %s", run_id, socket.gethostname(), store.path)
+            job = f" (job {job_id()})" if job_id() else ""
+            log.info("run %s on %s%s in %s", run_id, socket.gethostname(), job, store.path)
             log.info(device_note(fabric.device))
             data = make_datasets(config)
             atomic_write_text(store.grammar, data.grammar.to_json())
