@@ -326,3 +326,53 @@ def test_seed_noise_wider_than_a_narrow_bracket_gets_more_seeds():
     assert len(found.proposals) == len(seeded)  # no size: the bracket meets the target
     more = refinement(pd.DataFrame(rows), FitOptions(n_boot=300, levels="2"), 1.25, seeds=3)
     assert all(list(s) == [2, 3, 4] for s in more.proposals["seeds"])
+
+
+def test_refine_until_goes_round_after_round_holding_the_workers(tmp_path, monkeypatch):
+    """--until: refine, submit to the living workers (a stand-in that trains whatever the
+    backlog holds, from the law), wait, again, until every bracket meets the target; the
+    sweep is held (its workers kept) while it runs and let go at the end."""
+    import threading
+    import time
+
+    import rhmscale.cli.refine as refine_cli
+    import rhmscale.sweeps.dispatch as dispatch
+    from rhmscale.sweeps.backlog import Backlog, held
+
+    rng = np.random.default_rng(4)
+    folder = make_sweep(tmp_path, coarse(rng, cells=[(8, 3)], n_sizes=3, seeds=2))
+    sweep = SweepDir(folder)
+    monkeypatch.setattr(dispatch, "live_workers", lambda sweep, strict=True: [("local", "1")])
+    monkeypatch.setattr(refine_cli, "POLL_S", 0.05)
+    stop, rounds, holds = threading.Event(), [], []
+
+    def worker() -> None:
+        while not stop.is_set():
+            if entries := Backlog(sweep).entries():
+                holds.append(held(sweep))
+                rows = []
+                for entry in entries:  # the backlog's runs, trained as the law says
+                    g, data = entry.config["grammar"], entry.config["data"]
+                    rows += run_rows(rng, g["v"], g["m"], data["P"], entry.config["seed"])
+                write_run_dirs(pd.DataFrame(rows), folder)
+                rounds.append(len(entries))
+                for entry in entries:
+                    Backlog(sweep).remove(entry.run_id)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            app, ["sweep", "refine", str(folder), "--target", "1.5", "--n-boot", "300", "--until"]
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert result.exit_code == 0, result.output
+    assert len(rounds) >= 2 and all(rounds) and all(holds), (rounds, holds)
+    assert "refine round 2" in result.output
+    assert "every bracket meets the target" in result.output
+    assert not held(sweep) and not (folder / "hold.json").exists()
+    refines = [r for r in sweep.read_job_lines() if r["event"] == "refine"]
+    assert len(refines) == len(rounds)
