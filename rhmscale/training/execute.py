@@ -169,6 +169,8 @@ class Runs:
         self.locks: dict[str, Any] = {}  # the run folders' locks, released at their outcome
         self.members: dict[str, Any] = {}  # run id -> trainer.Member, once set up
         self.outcomes: dict[str, RunOutcome] = {}
+        self.closing: set[str] = set()  # done, their W&B run and result.json being closed
+        self.closer: ThreadPoolExecutor | None = None
         self.fabric: Any = None  # the device and precision the runs share, once training
 
     def add(
@@ -323,20 +325,23 @@ class Runs:
                     members[-1].state = state
                 del trainer  # its GPU memory and graph, before the smaller pack's
         except (KeyboardInterrupt, SystemExit) as exc:
+            self.drain()
             for r in self.unfinished():
                 self.log[r].warning("run %s interrupted: %r", r, exc)
                 self.finish_wandb(r, exit_code=1)
             raise
         except Exception as exc:  # noqa: BLE001 - recorded in every member's failed.json
+            self.drain()
             for r in self.unfinished():
                 self.fail(r, exc)
             return
+        self.drain()
         self.interrupted(self.unfinished())
 
     def unfinished(self) -> list[str]:
         """Runs set up, without an outcome yet."""
         with self.lock:
-            return [r for r in self.members if r not in self.outcomes]
+            return [r for r in self.members if r not in self.outcomes and r not in self.closing]
 
     def note(self, message: str) -> None:
         """A line about the pack in the run.log of each run not yet ended."""
@@ -357,22 +362,50 @@ class Runs:
             )
 
     def record_done(self, run_id: str, fabric: Any) -> None:
-        config, store = self.configs[run_id], self.stores[run_id]
+        """The run ended: its result is made here, its W&B run closed and result.json written
+        on the closing thread (closing a W&B run takes a second or more; the slot is free at
+        once). drain() waits for them."""
         try:
             member = self.members[run_id]
             result = result_record(
-                config, member.history, fabric.device.type, precision_of(fabric), self.started
+                self.configs[run_id],
+                member.history,
+                fabric.device.type,
+                precision_of(fabric),
+                self.started,
             )
             result |= {verdict: member.verdict == verdict for verdict in VERDICTS}
+        except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
+            self.fail(run_id, exc)
+            return
+        with self.lock:
+            self.closing.add(run_id)
+            if self.closer is None:
+                self.closer = ThreadPoolExecutor(1, thread_name_prefix="rhmscale-close")
+        self.closer.submit(self.close_done, run_id, result)
+
+    def close_done(self, run_id: str, result: dict[str, Any]) -> None:
+        member, store = self.members[run_id], self.stores[run_id]
+        try:
             self.finish_wandb(run_id, summary={f"final/{k}": v for k, v in result["final"].items()})
             atomic_write_json(store.result, result)  # last: its presence means done
         except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
             self.fail(run_id, exc)
-            return
-        how = member.verdict or "stopped early"
-        early = f", {how} at step {result['final']['step']}" * result["stopped_early"]
-        self.log[run_id].info("run %s done%s", run_id, early)
-        self.ended(run_id, RunOutcome("done", store.path, result))
+        else:
+            how = member.verdict or "stopped early"
+            early = f", {how} at step {result['final']['step']}" * result["stopped_early"]
+            self.log[run_id].info("run %s done%s", run_id, early)
+            self.ended(run_id, RunOutcome("done", store.path, result))
+        finally:
+            with self.lock:
+                self.closing.discard(run_id)
+
+    def drain(self) -> None:
+        """Wait for the runs being closed (record_done)."""
+        with self.lock:
+            closer, self.closer = self.closer, None
+        if closer is not None:
+            closer.shutdown(wait=True)
 
     def interrupted(self, run_ids: list[str]) -> None:
         for r in run_ids:
