@@ -35,7 +35,8 @@ from rhmscale.models import build_denoiser, count_parameters
 from rhmscale.rhm.data import make_datasets
 from rhmscale.store.folders import RunDir
 from rhmscale.training.fabric import make_fabric
-from rhmscale.training.trainer import Member, Trainer
+from rhmscale.training.member import Member
+from rhmscale.training.trainer import Trainer
 
 FULL = {
     "grammar": ["grammar.L=5", "grammar.s=2", "grammar.v=32", "grammar.m=8"],

@@ -135,7 +135,8 @@ def reference_rates(runs: list[dict], pack_size: int) -> list[dict]:
     from rhmscale.rhm.data import make_datasets
     from rhmscale.store.folders import RunDir
     from rhmscale.training.fabric import make_fabric
-    from rhmscale.training.trainer import Member, Trainer
+    from rhmscale.training.member import Member
+    from rhmscale.training.trainer import Trainer
 
     shapes = defaultdict(list)
     for run in runs:
@@ -301,7 +302,7 @@ def largest_pack(sweep: Path) -> int:
     found = [1]
     for log in sweep.glob("runs/*/run.log"):
         text = log.read_text()
-        found += [int(n) for n in re.findall(r"training (\d+) run\(s\) (?:from step|in slots)", text)]
+        found += [int(n) for n in re.findall(r"training (\d+) run\(s\) from step", text)]
     return max(found)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from rhmscale.store.folders import RunDir
 from rhmscale.training import execute
-from rhmscale.training.execute import Runs
+from rhmscale.training.runs import Runs
 from tests.test_training import assert_rows_close, dirs, history, losses_of, pack_configs
 
 
@@ -106,7 +106,8 @@ def test_a_run_resumed_into_a_slot_trains_as_its_lone_run(tmp_path):
 def test_an_empty_slot_does_not_move_its_weights(tmp_path):
     from rhmscale.rhm.data import make_datasets
     from rhmscale.training.fabric import make_fabric
-    from rhmscale.training.trainer import Member, Trainer
+    from rhmscale.training.member import Member
+    from rhmscale.training.trainer import Trainer
 
     configs = pack_configs("model.arch=tree_unet", n=2)
     members = [

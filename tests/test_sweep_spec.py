@@ -453,7 +453,7 @@ def test_runs_that_training_refuses_are_recorded_as_failed(tmp_path, monkeypatch
     from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps import job
     from rhmscale.sweeps.backlog import Backlog
-    from rhmscale.training.execute import Runs
+    from rhmscale.training.runs import Runs
 
     s = spec({"seed": [0, 1]})
     prepared = prepare(s, tmp_path, executor={"kind": "debug"})
@@ -506,8 +506,8 @@ def test_local_workers_take_each_run_of_the_backlog_once(tmp_path):
     logs = {p.parent.name: p.read_text() for p in (tmp_path / "queue" / "runs").glob("*/run.log")}
     assert len(logs) == 10
     for run_id, log in logs.items():  # set up once, trained from one slot, done once
-        assert log.count(f"run {run_id} on {socket.gethostname()} in ") == 1
-        assert log.count("this one from step") + log.count(f"run {run_id} took slot") == 1
+        assert log.count(f"run {run_id} on {socket.gethostname()} (job ") == 1
+        assert log.count("run(s) from step") + log.count(f"run {run_id} took slot") == 1
         assert log.count(f"run {run_id} done") == 1
     assert not list((tmp_path / "queue" / "backlog").glob("*.json"))
     lines = [

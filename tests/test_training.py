@@ -332,7 +332,7 @@ def test_a_member_that_stops_early_leaves_the_others_their_lone_trajectory(tmp_p
     assert rows[-1]["step"] == early.result["final"]["step"]  # nothing recorded after the stop
     best = min(rows, key=lambda row: row["val/loss"])
     assert early.result["best_step"] == best["step"] < early.result["final"]["step"]
-    assert "training 1 run(s) in slots" in RunDir(done.run_dir).log.read_text()  # re-stacked
+    assert "training 1 run(s) from step" in RunDir(done.run_dir).log.read_text()  # re-stacked
     lone, _ = losses_of([runner], dirs(tmp_path / "lone", [runner]))
     torch.testing.assert_close(torch.stack(steps), lone[:, 0], rtol=0, atol=1e-5)
     assert_rows_close(history(done.run_dir), history(dirs(tmp_path / "lone", [runner])[0]))

@@ -323,7 +323,7 @@ def test_a_worker_trains_trials_of_one_shape_as_a_pack(tmp_path):
         assert first.params["train.grad_clip"] != second.params["train.grad_clip"]
         assert first.params["train.lr"] != second.params["train.lr"]
         log = (tmp_path / "cells" / "runs" / first.user_attrs["run_id"] / "run.log").read_text()
-        assert "(2 run(s) train together)" in log
+        assert "training 2 run(s) from step 0" in log
 
 
 def test_a_trials_wandb_run_says_study_trial_and_parameters(tmp_path):

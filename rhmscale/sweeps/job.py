@@ -201,7 +201,8 @@ def train_shape(backlog: Any, first: list[Any], should_stop: Any) -> list[dict[s
     from rhmscale.store.folders import RunDir
     from rhmscale.sweeps.backlog import held
     from rhmscale.training import stop
-    from rhmscale.training.execute import Prefetch, Runs
+    from rhmscale.training.prefetch import Prefetch
+    from rhmscale.training.runs import Runs
 
     runs = Runs()
     shape = first[0][0].shape

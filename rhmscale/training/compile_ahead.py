@@ -114,7 +114,8 @@ def compile_pack(configs: list[RunConfig], slots: int) -> None:
     from rhmscale.rhm.data import make_datasets
     from rhmscale.store.folders import RunDir
     from rhmscale.training.fabric import make_fabric
-    from rhmscale.training.trainer import Member, Trainer
+    from rhmscale.training.member import Member
+    from rhmscale.training.trainer import Trainer
 
     compiled = [c.model_copy(update={"train": c.train.model_copy(update={"compile": "default"})})
                 for c in configs]  # fmt: skip

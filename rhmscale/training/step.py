@@ -27,6 +27,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rhmscale.models import MaskedDiffusion
@@ -82,15 +83,19 @@ class TrainStep:
         stack: StackedDenoiser,
         diffusion: MaskedDiffusion,
         optimizer: StackedAdamW,
-        data: tuple[torch.Tensor, torch.Tensor],
+        rows: list[torch.Tensor],
         batch_size: int,
         autocast: Callable[[], contextlib.AbstractContextManager],
         plan: StepPlan,
     ) -> None:
         self.stack, self.diffusion, self.optimizer = stack, diffusion, optimizer
         self.autocast, self.plan = autocast, plan
-        self.set_data(*data)
-        k, device, n = stack.k, self.train_data.device, self.train_data.shape[-1]
+        device = next(iter(stack.params.values())).device
+        # Slot k's training rows from starts[k] (offsets on the device), room for capacity[k].
+        self.sizes = [len(r) for r in rows]
+        self.capacity = list(self.sizes)
+        self.set_data(torch.cat(rows).to(device))
+        k, n = stack.k, self.train_data.shape[-1]
         b = batch_size
         self.batch_index = torch.zeros((k, b), dtype=torch.long, device=device)
         self.time_noise = torch.zeros((k, *diffusion.time_noise_shape(b)), device=device)
@@ -110,17 +115,34 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_losses: torch.Tensor | None = None
 
-    def set_data(self, train: torch.Tensor, offsets: torch.Tensor) -> None:
-        """All slots' training rows in one device tensor, slot k's from offsets[k] (K, 1). A
-        new tensor (a slot's run needs more room) is captured anew: warm-up steps, a capture."""
-        self.train_data, self.offsets = train, offsets
+    def set_data(self, train: torch.Tensor) -> None:
+        """All slots' training rows in one device tensor (slot k's from starts[k], room for
+        capacity[k]). A new tensor is captured anew: warm-up steps, then a capture."""
+        self.starts = [int(s) for s in np.concatenate([[0], np.cumsum(self.capacity)[:-1]])]
+        self.train_data = train
+        self.offsets = torch.as_tensor(self.starts, device=train.device).view(-1, 1)
         self.graph, self.graph_losses, self.calls = None, None, 0
 
-    def draw(self, slots: list[int], sizes: list[int], batch_gens: list, noise_gens: list) -> None:
+    def place(self, slot: int, rows: torch.Tensor) -> None:
+        """A new run's training rows into its slot (more room if it needs it)."""
+        if len(rows) > self.capacity[slot]:
+            old, old_starts = self.train_data, self.starts
+            self.capacity[slot] = len(rows)
+            grown = old.new_zeros((sum(self.capacity), old.shape[-1]))
+            new_starts = [int(s) for s in np.concatenate([[0], np.cumsum(self.capacity)[:-1]])]
+            for k, (a, b) in enumerate(zip(old_starts, new_starts, strict=True)):
+                if k != slot:
+                    grown[b : b + self.sizes[k]] = old[a : a + self.sizes[k]]
+            self.set_data(grown)
+        start = self.starts[slot]
+        self.train_data[start : start + len(rows)] = rows.to(self.train_data.device)
+        self.sizes[slot] = len(rows)
+
+    def draw(self, slots: list[int], batch_gens: list, noise_gens: list) -> None:
         """The minibatch indices and diffusion noise of the slots that train, each from its
         run's own generators, in the order a lone run draws them."""
         for k in slots:
-            size, bg, ng = sizes[k], batch_gens[k], noise_gens[k]
+            size, bg, ng = self.sizes[k], batch_gens[k], noise_gens[k]
             torch.randint(size, self.batch_index[k].shape, generator=bg, out=self.batch_index[k])
             torch.rand(self.time_noise[k].shape, generator=ng, out=self.time_noise[k])
             torch.rand(self.mask_noise[k].shape, generator=ng, out=self.mask_noise[k])
