@@ -21,7 +21,7 @@ rhmscale sweep status /tmp/sw/paper-lite >"$out/status.txt" 2>&1
 echo "== tests ($(($(date +%s) - started)) s)"
 timeout "${TESTS_S:-170}" bash bench/test_gpu.sh "$out/test_gpu.log" >/dev/null 2>&1
 echo "rc=$? $(($(date +%s) - started)) s" | tee -a "$out/test_gpu.log"
-left=$((560 - ($(date +%s) - started)))
+left=$((${LIMIT_S:-560} - ($(date +%s) - started)))
 echo "== graph vs compiled: $left s left"
 if [ "$left" -gt 40 ]; then
     timeout "$left" python3 bench/graph_vs_compiled.py --archs transformer --budget-s $((left - 20)) \
