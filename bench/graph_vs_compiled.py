@@ -62,24 +62,10 @@ ARCHS = ("transformer", "tree_unet")
 WINDOWS = (("1-3", 1, 3), ("4-10", 4, 10), ("11-50", 11, 50), ("51-end", 51, None))
 REPEATS = 2
 
-# The small configs of tests/test_training_gpu.py, copied (importing the test would need
-# pytest on the device); tests/test_gpu_tooling.py fails when the two drift apart.
-SMALL = [
-    "grammar.v=8",
-    "grammar.m=2",
-    "grammar.L=4",
-    "model.width=64",
-    "model.depth=2",
-    "train.batch_size=64",
-    "train.warmup_steps=10",
-    "train.max_steps=40",
-    "train.checkpoint_every=1000",
-    "eval.n_samples=64",
-    "eval.n_evals=2",
-    "data.n_test=64",
-    "tracking.wandb=disabled",
-]
-MEMBERS = [["data.P=64", "seed=0"], ["data.P=300", "seed=3", "train.grad_clip=0.05"]]
+# The packs tests/test_training_gpu.py compares (one place for them; pytest is on the GPU
+# machines too).
+sys.path.insert(0, str(ROOT))  # this checkout's rhmscale and tests, installed or not
+from tests.test_training_gpu import MEMBERS, SMALL  # noqa: E402
 
 NO_GPU = "graph_vs_compiled.py needs a CUDA GPU (torch.cuda.is_available() is False here)"
 
@@ -566,5 +552,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # rhmscale from this checkout when it is not installed
     sys.exit(main())
