@@ -83,19 +83,20 @@ def refine_until(path, target, seeds, max_runs, output, fit, overrides) -> None:
     folder: run again after a restart, it goes on from the runs that are done."""
     from rhmscale.cli.sweep import print_status
     from rhmscale.store.folders import SweepDir
-    from rhmscale.sweeps.backlog import hold
+    from rhmscale.sweeps.backlog import ENDED, hold
     from rhmscale.sweeps.dispatch import wait_jobs, wait_runs
 
     console = make_console()
     sweep = SweepDir(path.resolve())
-    jobs = []  # the workers this loop started (locally: its children, waited for at the end)
+    jobs = []  # the local workers this loop started: its children, waited for at the end
     with hold(sweep):
         for round_number in range(1, MAX_ROUNDS + 1):
             console.rule(f"refine round {round_number}")
             submission = refine_round(path, target, seeds, max_runs, output, True, fit, overrides)
             if submission is None:
                 break
-            jobs += submission.jobs
+            if submission.prepared.executor.kind != "slurm":  # end with this process
+                jobs += submission.jobs
             ids = submission.prepared.run_ids
             console.print(f"waiting for {len(ids)} run(s) ...")
 
@@ -104,7 +105,7 @@ def refine_until(path, target, seeds, max_runs, output, fit, overrides) -> None:
                 console.print(f"  {counts}", markup=False)
 
             states = wait_runs(sweep, ids, poll_s=POLL_S, on_poll=said)
-            if not all(state in ("done", "failed", "diverged") for state in states.values()):
+            if not all(state in ENDED for state in states.values()):
                 console.print(
                     "[red]no worker is left to train the round's other runs[/]: see "
                     f"rhmscale sweep status {path}; run this command again to go on"
@@ -112,15 +113,10 @@ def refine_until(path, target, seeds, max_runs, output, fit, overrides) -> None:
                 raise typer.Exit(1)
         else:
             console.print(f"[yellow]stopped after {MAX_ROUNDS} rounds[/]")
-    errors = wait_jobs([job for job in jobs if submission_is_local(job)])
+    errors = wait_jobs(jobs)
     for err in errors:
         console.print(f"[red]{err}[/]")
     print_status(path, json_out=False, failures=10)
-
-
-def submission_is_local(job: Any) -> bool:
-    """Local and debug jobs end with their process; a SLURM job is left to the scheduler."""
-    return not type(job).__name__.startswith("Slurm")
 
 
 def refine_round(path, target, seeds, max_runs, output, submit, fit, overrides) -> Any:

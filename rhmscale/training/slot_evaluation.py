@@ -114,6 +114,7 @@ class SlotEvaluations:
             self.save(self.busy())
             return "interrupted"
         self.clock.evaluated(time.perf_counter() - started)
+        self.evaluated_rows = True
         samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
         sums = torch.cat([s.loss_sums for s in batch]).tolist()
         counts = [c for s in batch for c in s.counts]

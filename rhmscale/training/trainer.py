@@ -121,6 +121,7 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         self.loss_counts = np.zeros(k, dtype=np.int64)  # its steps since its last evaluation
         self.wall_offset, self.filled_at = np.zeros(k), np.zeros(k)
         self.pending: list[Snapshots] = []
+        self.evaluated_rows = False  # an evaluation recorded rows since settle last looked
         plan = StepPlan.of(train.compile, self.device)
         self.train_step = TrainStep(
             self.stack,
@@ -287,8 +288,10 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         ended, fill the empty slots; "interrupted" or "restack" to end fit."""
         if self.pending and self.evaluations_due() and (ended := self.evaluate(should_stop)):
             return ended
-        rows = [m.history[-1] for m in self.slots if m is not None and m.history]
-        bar.set_postfix(progress_postfix(rows, self.config.grammar.L), refresh=False)
+        if self.evaluated_rows:  # the progress bar's metrics change with an evaluation only
+            self.evaluated_rows = False
+            rows = [m.history[-1] for m in self.slots if m is not None and m.history]
+            bar.set_postfix(progress_postfix(rows, self.config.grammar.L), refresh=False)
         self.hand_over()
         self.refill()
         if self.restack_pays():
