@@ -375,4 +375,7 @@ def test_refine_until_goes_round_after_round_holding_the_workers(tmp_path, monke
     assert "every bracket meets the target" in result.output
     assert not held(sweep) and not (folder / "hold.json").exists()
     refines = [r for r in sweep.read_job_lines() if r["event"] == "refine"]
-    assert len(refines) == len(rounds)
+    # The stand-in may take a round in two bites (it reads the backlog while the submission is
+    # still writing it), so the runs, not the bites, must add up.
+    proposed = sum(len(p["seeds"]) for r in refines for p in r["proposals"])
+    assert 2 <= len(refines) <= len(rounds) and proposed == sum(rounds), (refines, rounds)
