@@ -2,7 +2,8 @@
 # One device call for the streaming workers (issue 29) and the GPU-only tests (issue 35):
 #   bash bench/device_workers.sh OUT
 # 1. paper-lite end to end with this checkout (bench/sweep_breakdown.py: wall, member-steps/s,
-#    GPU busy, phases, and the training-only rate of its shapes), at most SWEEP_S (330) s;
+#    GPU busy, phases, and, unless REFERENCE=0, the training-only rate of its shapes), at most
+#    SWEEP_S (330) s;
 # 2. bench/test_gpu.sh (the GPU-only tests and a packed GPU sweep), at most TESTS_S (170);
 # 3. bench/graph_vs_compiled.py for the transformer (issue 35), with what time is left.
 # Everything lands in OUT (one tarball, out.tgz, besides the logs).
@@ -15,7 +16,8 @@ started=$(date +%s)
 echo "== paper-lite ($(($(date +%s) - started)) s)"
 timeout "${SWEEP_S:-330}" python3 bench/sweep_breakdown.py paper-lite --root /tmp/sw \
     --out "$out/sweep_paper_lite_workers.json" --figure "$out/sweep_paper_lite_workers.png" \
-    --label "streaming workers" --reference >"$out/sweep.log" 2>&1
+    --label "streaming workers" $([ "${REFERENCE:-1}" = 0 ] || echo --reference) \
+    >"$out/sweep.log" 2>&1
 echo "rc=$? $(($(date +%s) - started)) s" | tee -a "$out/sweep.log"
 rhmscale sweep status /tmp/sw/paper-lite >"$out/status.txt" 2>&1
 echo "== tests ($(($(date +%s) - started)) s)"
