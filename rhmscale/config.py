@@ -249,6 +249,13 @@ class TrackingConfig(_Strict):
         description="seconds to reach the W&B server (auto: offline when it does not answer)",
     )
     job_type: str = setting("train", BOOKKEEPING, per_member=True, description="W&B job type")
+    name_keys: list[str] = setting(
+        role=BOOKKEEPING,
+        per_member=True,
+        default_factory=list,
+        description="keys that name the W&B run besides v, m, s, L, P and seed (a sweep's runs: "
+        "the other keys its grid varies)",
+    )
     trial: dict[str, Any] = setting(
         role=BOOKKEEPING,
         per_member=True,
@@ -291,12 +298,36 @@ class RunConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _name_keys_known(self) -> RunConfig:
+        if unknown := [key for key in self.tracking.name_keys if key not in key_roles()]:
+            raise ValueError(f"tracking.name_keys: unknown keys {unknown} (rhmscale config keys)")
+        return self
+
     def run_id(self) -> str:
         return run_id(self)
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values, for W&B config and table columns."""
         return config_flat(self)
+
+    def cell_label(self) -> str:
+        """The run's cell, for people: 'v=8 m=3 s=2 L=3', then tracking.name_keys as
+        'width=64' (the full key where its last part would be ambiguous)."""
+        flat = self.flat()
+        parts = [f"{name}={flat[f'grammar.{name}']}" for name in GRAMMAR_NAMES]
+        last_parts = [key.split(".")[-1] for key in self.tracking.name_keys]
+        for key, last in zip(self.tracking.name_keys, last_parts, strict=True):
+            short = last if last_parts.count(last) == 1 and last not in LABEL_NAMES else key
+            parts.append(f"{short}={flat.get(key)}")
+        return " ".join(parts)
+
+    def label(self) -> str:
+        """The run, for people (its W&B name): 'v=8 m=3 s=2 L=3 P=187 seed=0', a tuning
+        trial's number first ('trial 12 v=8 ...')."""
+        trial = self.tracking.trial.get("number")
+        prefix = f"trial {trial} " if trial is not None else ""
+        return f"{prefix}{self.cell_label()} P={self.data.P} seed={self.seed}"
 
 
 # --- what each key is for, derived from the roles the fields declare ---------------------------
@@ -327,6 +358,7 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
 # The seed replicates differ in (grammar.seed picks the grammar): `sweep refine` adds them by it.
 REPLICATE_SEED = "seed"
 GRAMMAR_NAMES = ("v", "m", "s", "L")  # GrammarConfig's numbers, as formulas and --where say
+LABEL_NAMES = (*GRAMMAR_NAMES, "P", "seed")  # what a run's label always names
 
 
 def size_key(model: type[BaseModel] = RunConfig) -> str:

@@ -144,6 +144,17 @@ def test_wandb_offline_run_reads_back(tmp_path):
     final = result["final"]
     got = summary_value(summary, "gen/acc_l3")
     assert got is not None and math.isclose(float(got), final["gen/acc_l3"])
+    # Named by what it is, its cell a config key the dashboard can group by.
+    records = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(offline[0])],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    (run,) = [json.loads(line)["run"] for line in records if '"type":"run"' in line]
+    assert run["display_name"] == "v=4 m=2 s=2 L=3 P=64 seed=0" == cfg.label()
+    assert run["run_id"] == cfg.run_id()
+    assert run["config"]["update"]["cell"] == "v=4 m=2 s=2 L=3"
 
 
 def summary_value(summary, key):

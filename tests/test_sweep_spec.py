@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from rhmscale.cli import app
 from rhmscale.cli.sweep import cell_runs
+from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import SweepDir
@@ -48,6 +49,26 @@ def test_lists_multiply_and_every_point_is_a_valid_config():
     assert {(c.data.P, c.seed) for c in configs} == {(p, s) for p in (8, 16) for s in (0, 1, 2)}
     assert all(c.grammar.v == 4 and c.model.arch == "tree_unet" for c in configs)
     assert len({c.run_id() for c in configs}) == 6
+
+
+def test_runs_are_named_by_their_cell_size_seed_and_the_other_keys_the_grid_varies():
+    """W&B names: v, m, s, L, P and seed always; a key besides those only where the grid varies
+    it (by its last part, the whole key where that would read as another letter)."""
+    plain = expand(spec({"grammar.v": [4, 8], "data.P": [8, 16], "seed": [0, 1]}))
+    assert {c.tracking.name_keys == [] for c in plain} == {True}
+    assert {c.label() for c in plain} >= {"v=4 m=2 s=2 L=3 P=8 seed=0", "v=8 m=2 s=2 L=3 P=16 seed=1"}
+    grid = {"model.width": [16, 32], "grammar.seed": [0, 1], "train.lr": [1e-3], "seed": [0]}
+    wide = expand(spec(grid))
+    assert {tuple(c.tracking.name_keys) for c in wide} == {("model.width", "grammar.seed")}
+    one = next(c for c in wide if c.model.width == 32 and c.grammar.seed == 1)
+    assert one.cell_label() == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1"
+    assert one.label() == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1 P=32 seed=0"
+    # The name is bookkeeping: the run ids are those of the same configs without it.
+    bare = [c.model_copy(update={"tracking": c.tracking.model_copy(update={"name_keys": []})})
+            for c in wide]  # fmt: skip
+    assert [c.run_id() for c in bare] == [c.run_id() for c in wide]
+    with pytest.raises(UserError, match="tracking.name_keys: unknown keys"):
+        build_config({}, ["tracking.name_keys=[model.wdith]"])
 
 
 def test_logspace_rounds_to_distinct_integers():

@@ -1,8 +1,9 @@
 """W&B mirror of a run: the run store is the source of truth, W&B is the dashboard.
 
-W&B run id = run_id, so a requeued run resumes the same W&B run; group = sweep name; the config
-is flattened so W&B's grouping and parallel-coordinates views work. W&B's own folders are kept
-inside the run directory. Every member of a pack has its own W&B run, open at the same time in
+W&B run id = run_id, so a requeued run resumes the same W&B run; its name says what it is
+('v=8 m=3 s=2 L=3 P=187 seed=0', RunConfig.label); group = sweep name; the config is flattened
+(dotted keys, plus `cell` and `run_id`) so that W&B's grouping, filters and parallel-coordinates
+views work on every grid key. W&B's own folders are kept inside the run directory. Every member of a pack has its own W&B run, open at the same time in
 one process (wandb's reinit="create_new"), which is why this talks to wandb directly rather than
 through a logger that logs the same metrics everywhere.
 
@@ -377,7 +378,7 @@ def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
         settings["finish_timeout"] = FINISH_TIMEOUT_S
     return wandb.init(
         id=config.run_id(),
-        name=config.run_id(),
+        name=config.label(),
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group,
@@ -386,7 +387,7 @@ def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
         dir=str(run_dir.path),
         mode=mode,
         resume="allow",
-        config=config.flat() | {"run_id": config.run_id()},
+        config=config.flat() | {"run_id": config.run_id(), "cell": config.cell_label()},
         settings=wandb.Settings(**settings),
         reinit="create_new",  # the members of a pack each have a run, open at once
     )

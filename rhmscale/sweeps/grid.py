@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rhmscale.config import GRAMMAR_NAMES, GrammarConfig, RunConfig
+from rhmscale.config import GRAMMAR_NAMES, REPLICATE_SEED, GrammarConfig, RunConfig, size_key
 from rhmscale.config_io import check_keys, set_dotted, validate_config, validated
 from rhmscale.errors import UserError
 from rhmscale.formula import Formula
@@ -222,7 +222,31 @@ def expand_points(spec: SweepSpec) -> Expansion:
             rid = config.run_id()
             if rid not in points:
                 points[rid] = Point(config, values, rid)
-    return Expansion(list(points.values()), n_total)
+    return Expansion(named(list(points.values())), n_total)
+
+
+def named(points: list[Point]) -> list[Point]:
+    """The points with tracking.name_keys set to the other grid keys whose values differ
+    between them (besides v, m, s, L, P and seed), so that W&B names tell their runs apart."""
+    always = {f"grammar.{n}" for n in GRAMMAR_NAMES} | {size_key(), REPLICATE_SEED}
+    keys = list(dict.fromkeys(key for point in points for key in point.values))
+    varying = [
+        key
+        for key in keys
+        if key not in always and len({repr(p.values.get(key)) for p in points}) > 1
+    ]
+    if not varying:
+        return points
+    return [
+        Point(
+            p.config.model_copy(
+                update={"tracking": p.config.tracking.model_copy(update={"name_keys": varying})}
+            ),
+            p.values,
+            p.run_id,
+        )
+        for p in points
+    ]
 
 
 def block_points(base: dict[str, Any], axes: list[Axis]):
