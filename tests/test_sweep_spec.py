@@ -56,7 +56,8 @@ def test_runs_are_named_by_their_cell_size_seed_and_the_other_keys_the_grid_vari
     it (by its last part, the whole key where that would read as another letter)."""
     plain = expand(spec({"grammar.v": [4, 8], "data.P": [8, 16], "seed": [0, 1]}))
     assert {c.tracking.name_keys == [] for c in plain} == {True}
-    assert {c.label() for c in plain} >= {"v=4 m=2 s=2 L=3 P=8 seed=0", "v=8 m=2 s=2 L=3 P=16 seed=1"}
+    labels = {c.label() for c in plain}
+    assert labels >= {"v=4 m=2 s=2 L=3 P=8 seed=0", "v=8 m=2 s=2 L=3 P=16 seed=1"}
     grid = {"model.width": [16, 32], "grammar.seed": [0, 1], "train.lr": [1e-3], "seed": [0]}
     wide = expand(spec(grid))
     assert {tuple(c.tracking.name_keys) for c in wide} == {("model.width", "grammar.seed")}

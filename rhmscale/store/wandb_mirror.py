@@ -3,9 +3,10 @@
 W&B run id = run_id, so a requeued run resumes the same W&B run; its name says what it is
 ('v=8 m=3 s=2 L=3 P=187 seed=0', RunConfig.label); group = sweep name; the config is flattened
 (dotted keys, plus `cell` and `run_id`) so that W&B's grouping, filters and parallel-coordinates
-views work on every grid key. W&B's own folders are kept inside the run directory. Every member of a pack has its own W&B run, open at the same time in
-one process (wandb's reinit="create_new"), which is why this talks to wandb directly rather than
-through a logger that logs the same metrics everywhere.
+views work on every grid key. W&B's own folders are kept inside the run directory. Every
+member of a pack has its own W&B run, open at the same time in one process (wandb's
+reinit="create_new"), which is why this talks to wandb directly rather than through a logger
+that logs the same metrics everywhere.
 
 Metrics are logged with our training step as the column `step` (W&B's x axis for them), not as
 W&B's internal step: a resumed run logs some steps again, which W&B's step would drop.
