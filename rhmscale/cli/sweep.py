@@ -1,4 +1,4 @@
-"""`rhmscale sweep plan|submit|status|retry|cancel` (imports stay inside the commands)."""
+"""`rhmscale sweep plan|submit|status|retry|cancel|sync` (imports stay inside the commands)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
 from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
+from rhmscale.cli.sync import DryRunOpt, UnfinishedOpt, sync_offline_runs
 
 if TYPE_CHECKING:
     from rhmscale.sweeps.dispatch import Prepared, Submission
@@ -265,3 +266,10 @@ def sweep_cancel(path: SweepPathArg) -> None:
     console.print(f"cancelled {', '.join(ids)}")
     if complaints:
         console.print(complaints, markup=False)
+
+
+@sweep_app.command("sync")
+def sweep_sync(path: SweepPathArg, dry_run: DryRunOpt = False, unfinished: UnfinishedOpt = False):
+    """Upload the sweep's offline W&B runs (wandb sync), skipping those synced already: run it
+    again after a break and it goes on."""
+    sync_offline_runs(path, "sweep", dry_run, unfinished)

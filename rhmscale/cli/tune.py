@@ -1,4 +1,4 @@
-"""`rhmscale tune submit|status|retry|cancel|report` (imports stay inside the commands)."""
+"""`rhmscale tune submit|status|retry|cancel|report|sync` (imports stay inside the commands)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
 from rhmscale.cli.options import RootOpt, WaitOpt, check_wandb_mode, executor_options
+from rhmscale.cli.sync import DryRunOpt, UnfinishedOpt, sync_offline_runs
 
 if TYPE_CHECKING:
     from rhmscale.tuning.dispatch import Submitted
@@ -161,3 +162,10 @@ def tune_report(
     with writing(out):
         report = write_tune_report(path, out, wandb)
     make_console().print(f"wrote {report}")
+
+
+@tune_app.command("sync")
+def tune_sync(path: StudyPathArg, dry_run: DryRunOpt = False, unfinished: UnfinishedOpt = False):
+    """Upload the study's offline W&B runs (its trials; wandb sync), skipping those synced
+    already: run it again after a break and it goes on."""
+    sync_offline_runs(path, "study", dry_run, unfinished)
