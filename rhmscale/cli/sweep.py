@@ -162,6 +162,7 @@ def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt 
 def follow(submission: Submission, wait: bool | None) -> None:
     """Say what was submitted; wait for it (by default for local and debug jobs) and show the
     sweep's status, else say how to follow it."""
+    from rhmscale.cli.progress import watching
     from rhmscale.sweeps.dispatch import wait as wait_for
     from rhmscale.sweeps.dispatch import wait_runs
 
@@ -190,9 +191,10 @@ def follow(submission: Submission, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale sweep status {folder}")
         return
     console.print("waiting for the runs ..." if adopted else "waiting for the jobs ...")
-    if adopted:
-        wait_runs(prepared.sweep, prepared.run_ids)
-    errors = wait_for(submission)
+    with watching(folder, prepared.spec, prepared.run_ids, console):
+        if adopted:
+            wait_runs(prepared.sweep, prepared.run_ids)
+        errors = wait_for(submission)
     for err in errors:
         console.print(f"[red]{err}[/]")
     print_status(folder, json_out=False, failures=10)
