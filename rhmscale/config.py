@@ -181,7 +181,7 @@ class TrainConfig(_Strict):
     @field_validator("precision", "compile", mode="before")
     @classmethod
     def _as_yaml_wrote_it(cls, value: Any) -> Any:
-        """`-o train.precision=32` reaches us as the int 32 and `train.compile=off` as False
+        """`train.precision=32` reaches us as the int 32 and `train.compile=off` as False
         (YAML 1.1 booleans): take them as the strings they mean."""
         if value is False:
             return "off"

@@ -1,10 +1,11 @@
-"""Reading run configs: YAML files, dotted overrides (`-o grammar.v=32`) and validation, with
+"""Reading run configs: YAML files, dotted overrides (`grammar.v=32`) and validation, with
 errors that say what to change (an unknown key names the nearest valid one)."""
 
 from __future__ import annotations
 
 import difflib
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,18 +169,42 @@ def validated(model: type[M], data: Any, where: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{where}{format_validation_error(exc)}") from None
+        raise UserError(f"{where}{format_validation_error(exc, model)}") from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "less_than_equal":  # a key's upper bound (rhmscale.bounds says why)
             msg = f"must be at most {err['ctx']['le']:,} (got {err['input']!r})"
+        if err["type"] == "extra_forbidden" and model is not None:
+            names = field_names_at(model, err["loc"][:-1])
+            msg = f"not a key here{did_you_mean(str(err['loc'][-1]), names)}" + (
+                f" (keys: {', '.join(names)})" if names else ""
+            )
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
+
+
+def field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at `loc` inside `model` (list indices and mapping
+    keys are stepped over); [] where no model is found."""
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            continue  # a list index, or a mapping's key: the same model further down
+        found = model_in(model.model_fields[part].annotation)
+        if found is None:
+            return []
+        model = found
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, (model_in(arg) for arg in typing.get_args(annotation))), None)
 
 
 def key_listing(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[dict[str, Any]]:

@@ -177,7 +177,7 @@ def test_the_defaults_and_the_presets_are_within_the_bounds():
 def test_a_run_with_a_huge_evaluation_exits_2_at_once(tmp_path):
     overrides = [*TINY, "eval.n_samples=1000000000"]
     result = subprocess.run(
-        [RHMSCALE, "run", *[a for o in overrides for a in ("-o", o)], "--root", str(tmp_path)],
+        [RHMSCALE, "run", *[a for o in overrides for a in ("--set", o)], "--root", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr

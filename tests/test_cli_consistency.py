@@ -148,7 +148,7 @@ def test_a_diverged_run_is_told_in_a_sentence_not_a_repr(tmp_path):
     tiny = ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8", "data.n_test=4"]
     tiny += ["train.max_steps=10", "model.arch=tree_unet", "model.width=16", "eval.n_samples=16"]
     tiny += ["train.device=cpu", "train.lr=1e30", "train.warmup_steps=0"]
-    sets = [arg for item in tiny for arg in ("-o", item)]
+    sets = [arg for item in tiny for arg in ("--set", item)]
     out = cli("run", "--root", str(tmp_path), "--wandb", "disabled", "--no-progress", *sets)
     assert out.returncode == 1, out.stderr
     said = " ".join(out.stdout.split())

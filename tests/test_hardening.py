@@ -185,7 +185,7 @@ def test_a_huge_grid_is_refused_before_it_is_expanded():
 
 
 def start_run(tmp_path, *extra):
-    args = [a for o in [*TINY, "train.max_steps=200000", *extra] for a in ("-o", o)]
+    args = [a for o in [*TINY, "train.max_steps=200000", *extra] for a in ("--set", o)]
     return subprocess.Popen(
         [RHMSCALE, "run", *args, "--root", str(tmp_path), "--no-progress"],
         stdout=subprocess.PIPE,
@@ -224,7 +224,7 @@ def test_a_second_identical_run_says_where_the_first_runs_and_exits(tmp_path):
     first = start_run(tmp_path)
     store = wait_for_training(tmp_path, first)
     second = subprocess.run(
-        [RHMSCALE, "run", *[a for o in [*TINY, "train.max_steps=200000"] for a in ("-o", o)],
+        [RHMSCALE, "run", *[a for o in [*TINY, "train.max_steps=200000"] for a in ("--set", o)],
          "--root", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -26,10 +26,10 @@ from rhmscale.sweeps.spec import check_sweep_name, parse_spec
 
 RHMSCALE = [str(Path(sys.executable).with_name("rhmscale"))]
 TINY = [
-    *("-o", "grammar.L=2", "-o", "grammar.v=4", "-o", "grammar.m=2"),
-    *("-o", "data.P=8", "-o", "data.n_test=4", "-o", "train.max_steps=30"),
-    *("-o", "model.arch=tree_unet", "-o", "model.width=16"),
-    *("-o", "eval.n_samples=16", "-o", "eval.n_evals=2", "-o", "train.device=cpu"),
+    *("grammar.L=2", "grammar.v=4", "grammar.m=2"),
+    *("data.P=8", "data.n_test=4", "train.max_steps=30"),
+    *("model.arch=tree_unet", "model.width=16"),
+    *("eval.n_samples=16", "eval.n_evals=2", "train.device=cpu"),
 ]
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, like a W&B API key
 
@@ -102,7 +102,7 @@ def run_against(server: str, mode: str, tmp_path) -> tuple[subprocess.CompletedP
     """The tiny run with W&B `mode`, a key, and `server` as the W&B server; its seconds."""
     start = time.monotonic()
     result = cli(
-        "run", *TINY, "-o", "tracking.connect_timeout=1", "--root", str(tmp_path / "runs"),
+        "run", *TINY, "tracking.connect_timeout=1", "--root", str(tmp_path / "runs"),
         "--wandb", mode, "--no-progress", env=wandb_env(tmp_path, server),
     )  # fmt: skip
     return result, time.monotonic() - start

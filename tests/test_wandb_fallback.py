@@ -111,7 +111,7 @@ def cli_env(tmp_path, **wandb):
 
 def cli_run(tmp_path, mode, env):
     return subprocess.run(
-        [RHMSCALE, "run", *[a for o in TINY for a in ("-o", o)], "--root", str(tmp_path / "r"),
+        [RHMSCALE, "run", *[a for o in TINY for a in ("--set", o)], "--root", str(tmp_path / "r"),
          "--wandb", mode, "--no-progress"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip

@@ -43,6 +43,9 @@ def main() -> None:
             app()
         finally:
             sys.stdout.flush()  # a full disk under `> file` fails here at the latest
+    except BrokenPipeError:  # `rhmscale ... | head` stopped reading: what it wanted, it has
+        silence_stdout()
+        sys.exit(0)
     except UserError as exc:
         fail(str(exc))
     except OSError as exc:

@@ -23,9 +23,30 @@ import typer
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML RunConfig file (partial is fine).")
 ]
+OverrideArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Dotted overrides key=value, as Hydra takes them: grammar.v=32 data.P=512.",
+        show_default=False,
+    ),
+]
 OverrideOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-o", help="Dotted override, e.g. -o grammar.v=32 (repeatable)."),
+    typer.Option("--set", help="A dotted override key=value, as the arguments (repeatable)."),
+]
+
+
+def refuse_old_override(values: list[str] | None) -> None:
+    """-o was the override option; it is an output path in every command now."""
+    if values:
+        raise typer.BadParameter(
+            "-o is an output path in every command now; give overrides as arguments "
+            f"({' '.join(values)}) or with --set KEY=VALUE"
+        )
+
+
+OldOverrideOpt = Annotated[
+    list[str] | None, typer.Option("-o", hidden=True, callback=refuse_old_override)
 ]
 RootOpt = Annotated[Path, typer.Option(help="Runs root folder.")]
 RunsArg = Annotated[

@@ -13,7 +13,14 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
-from rhmscale.cli.options import ConfigOpt, OverrideOpt, RootOpt, check_wandb_mode
+from rhmscale.cli.options import (
+    ConfigOpt,
+    OldOverrideOpt,
+    OverrideArgs,
+    OverrideOpt,
+    RootOpt,
+    check_wandb_mode,
+)
 from rhmscale.errors import UserError
 
 grammar_app = typer.Typer(help="Inspect Random Hierarchy Model grammars.", no_args_is_help=True)
@@ -21,19 +28,26 @@ config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=Tru
 
 
 def load_run_config(
-    config: Path | None, overrides: list[str] | None, grammar_only: bool = False
+    config: Path | None,
+    overrides: list[str] | None,
+    set_values: list[str] | None = None,
+    grammar_only: bool = False,
 ) -> Any:
-    """The RunConfig (or only its grammar) from a YAML file and dotted overrides."""
+    """The RunConfig (or only its grammar) from a YAML file and dotted overrides (the
+    arguments, then --set)."""
     from rhmscale.config_io import build_config, build_grammar_config, load_yaml
 
     base = load_yaml(config) if config else {}
     build = build_grammar_config if grammar_only else build_config
-    return build(base, overrides, where=str(config) if config else "config")
+    every = [*(overrides or []), *(set_values or [])]
+    return build(base, every, where=str(config) if config else "config")
 
 
 def run(
     config: ConfigOpt = None,
-    overrides: OverrideOpt = None,
+    overrides: OverrideArgs = None,
+    set_values: OverrideOpt = None,
+    old_overrides: OldOverrideOpt = None,
     root: RootOpt = Path("runs"),
     sweep: Annotated[
         str, typer.Option(help="Sweep folder under the root (a sweep name, not a path).")
@@ -61,7 +75,7 @@ def run(
     check_sweep_option(sweep)
     shorthands = {"tracking.wandb": wandb, "train.compile": compile}
     overrides = [*(overrides or []), *(f"{k}={v}" for k, v in shorthands.items() if v is not None)]
-    cfg = load_run_config(config, overrides)
+    cfg = load_run_config(config, overrides, set_values)
     if cfg.tracking.group is None:
         cfg.tracking.group = sweep
     from rhmscale.store.folders import RunDir, SweepDir
@@ -147,7 +161,9 @@ def warnings_on_stderr(run_id: str) -> Iterator[None]:
 @grammar_app.command("show")
 def grammar_show(
     config: ConfigOpt = None,
-    overrides: OverrideOpt = None,
+    overrides: OverrideArgs = None,
+    set_values: OverrideOpt = None,
+    old_overrides: OldOverrideOpt = None,
     samples: Annotated[int, typer.Option(help="Sampled sequences to show.")] = 5,
     max_rules: Annotated[int, typer.Option(help="Symbols listed per level.")] = 8,
 ) -> None:
@@ -158,7 +174,7 @@ def grammar_show(
     from rhmscale.rhm.grammar import Grammar
     from rhmscale.rhm.metrics import format_sequence
 
-    cfg = load_run_config(config, overrides, grammar_only=True)
+    cfg = load_run_config(config, overrides, set_values, grammar_only=True)
     grammar = Grammar.from_config(cfg)
     console = make_console()
     console.print(
@@ -174,11 +190,16 @@ def grammar_show(
 
 
 @config_app.command("show")
-def config_show(config: ConfigOpt = None, overrides: OverrideOpt = None) -> None:
+def config_show(
+    config: ConfigOpt = None,
+    overrides: OverrideArgs = None,
+    set_values: OverrideOpt = None,
+    old_overrides: OldOverrideOpt = None,
+) -> None:
     """Print the resolved RunConfig as YAML, with its run id."""
     import yaml
 
-    cfg = load_run_config(config, overrides)
+    cfg = load_run_config(config, overrides, set_values)
     typer.echo(f"# run_id: {cfg.run_id()}")
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
 

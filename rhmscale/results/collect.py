@@ -71,6 +71,12 @@ def run_dirs(path: Path) -> list[RunDir]:
         raise UserError(f"{path} is not a folder")
     found = list(iter_run_dirs(path))
     if not found:
+        sweeps = sorted(child.name for child in path.iterdir() if (child / "runs").is_dir())
+        if sweeps:  # a root of sweeps, given where one sweep was meant
+            raise UserError(
+                f"no runs in {path}: it is a root of sweeps ({', '.join(sweeps)}); give one, "
+                f"e.g. {path / sweeps[0]}"
+            )
         raise UserError(f"no runs in {path} (expected <sweep>/runs/<run_id>/config.json)")
     return found
 

@@ -315,8 +315,8 @@ def load_spec(source: str | Path) -> SweepSpec:
         where = str(path)
     else:
         raise UserError(
-            f"no sweep spec '{source}': not a file and not a preset "
-            f"(presets: {', '.join(preset_names())})"
+            f"no sweep spec '{source}': not a file and not a preset"
+            f"{did_you_mean(str(source), preset_names())} (presets: {', '.join(preset_names())})"
         )
     return parse_spec(tree, where)
 

@@ -166,9 +166,10 @@ def run_config_table() -> list[str]:
     lines = [
         "## Run config (`rhmscale/config.py`)",
         "",
-        "Dotted keys for `-o key=value`, a spec's `grid`, or nested under `base`. Role: what the"
-        " key changes (science: the result, in the run id and the cell; seed: the run id only;"
-        " size: `data.P`; bookkeeping: neither). Per member: members of one pack may differ in it.",
+        "Dotted keys for `key=value` arguments (or `--set key=value`), a spec's `grid`, or nested"
+        " under `base`. Role: what the key changes (science: the result, in the run id and the"
+        " cell; seed: the run id only; size: `data.P`; bookkeeping: neither). Per member:"
+        " members of one pack may differ in it.",
         "",
         "| key | type | default | bounds | role | per member | description |",
         "| --- | --- | --- | --- | --- | --- | --- |",
