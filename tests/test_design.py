@@ -63,6 +63,20 @@ def test_a_left_out_key_that_is_not_confounded_warns_and_the_fit_goes_on():
     assert clean.stats["where"] == "s=2"
 
 
+def test_a_level_regressor_whose_letter_never_varies_is_named_as_the_slope_across_levels():
+    """The demo's case: m = 2 in every cell, yet '(k+1) log m' gets an exponent (and a theory
+    to compare with): it is how P*_k grows from level to level, not an effect of m."""
+    one_m = fit(cells((8, 2, 2, 3), (16, 2, 2, 3), (32, 2, 2, 3)), options())
+    (warning,) = [w for w in one_m.stats["design_warnings"] if "(k+1) log m" in w]
+    assert "m=2 in every fitted cell" in warning and "not an effect of m" in warning
+    assert not one_m.exponents.empty  # a warning: the slope is still a number worth having
+    two_m = fit(cells((8, 2, 2, 3), (16, 2, 2, 3), (8, 3, 2, 3), (16, 3, 2, 3)), options())
+    assert not [w for w in two_m.stats["design_warnings"] if "in every fitted cell" in w]
+    # log v alone with one v is a constant: refused by the design's own check.
+    one_v = fit(cells((8, 2, 2, 3), (8, 3, 2, 3)), options(regressors="log v, (k+1) log m"))
+    assert "'log v' does not vary" in one_v.stats["fit_error"]
+
+
 def test_nearly_collinear_regressors_warn():
     # v and m rise together but not in lockstep (log m is 94% explained by log v): the fit
     # runs, and says so.

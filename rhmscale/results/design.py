@@ -1,5 +1,10 @@
 """Can the fitted cells tell the regressors apart? Checked before the exponent fit.
 
+A regressor whose grammar letter does not vary across the fitted cells measures no effect of
+that letter: one that also reads the level (`(k+1) log m` with one m) is named in a warning,
+its exponent being the slope across levels (a constant, `log v` with one v, is refused with the
+design's other checks, exponents.check_design).
+
 A science key that varies across the fitted cells but enters no regressor (s without `log s`,
 L, the width, the architecture ...) puts its effect on the regressors that move with it:
 named in a warning, and the fit is refused when a regressor is (nearly) a function of that key
@@ -59,6 +64,29 @@ def regressor_for(key: str) -> str:
     return f"add '{carriers[0]}' to --regressors" if carriers else f"no regressor carries {label}"
 
 
+def fixed_letters(keys: pd.DataFrame, names: list[str]) -> list[str]:
+    """Warnings for the regressors that read the level and a grammar letter with one value on
+    the fitted cells: the exponent is then the slope across levels, in units of that letter's
+    log, not an effect of the letter. (One that reads only such a letter is a constant,
+    refused by exponents.check_design.)"""
+    warnings = []
+    for name in names:
+        if "k" not in REGRESSOR_VARIABLES[name]:
+            continue
+        letters = sorted(REGRESSOR_VARIABLES[name] - {"k"})
+        fixed = [s for s in letters if GRAMMAR[s] in keys and keys[GRAMMAR[s]].nunique() == 1]
+        if fixed:
+            values = ", ".join(f"{short}={keys[GRAMMAR[short]].iloc[0]}" for short in fixed)
+            letter = " and ".join(fixed)
+            warnings.append(
+                f"'{name}': {values} in every fitted cell, so its exponent is the growth of "
+                f"P*_k from level to level (in units of log {fixed[0]}), not an effect of "
+                f"{letter}: add cells where {letter} {'vary' if len(fixed) > 1 else 'varies'} "
+                "to measure that"
+            )
+    return warnings
+
+
 def check_identifiable(
     points: pd.DataFrame, cell_keys: pd.DataFrame, names: list[str], design: np.ndarray
 ) -> list[str]:
@@ -70,6 +98,7 @@ def check_identifiable(
     warnings = []
     used = set().union(*(REGRESSOR_VARIABLES[name] for name in names))
     keys = cell_keys.loc[cell_keys.index.isin(points["cell"])]
+    warnings += fixed_letters(keys, names)
     left_out = [k for k in keys.columns if keys[k].nunique() > 1 and SHORT.get(k) not in used]
     per_point = {key: points["cell"].map(keys[key]) for key in left_out}
     for j, name in enumerate(names, start=1):
