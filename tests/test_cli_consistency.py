@@ -120,7 +120,10 @@ def test_status_runs_is_readable_at_80_columns(tmp_path):
     out = CliRunner().invoke(app, ["sweep", "status", str(sweep.path), "--runs"], terminal_width=80)
     assert out.exit_code == 0, out.output
     assert "…" not in out.output, out.output
-    assert "l1 .. l3: final gen/novel_acc_l1 .. gen/novel_acc_l3" in " ".join(out.output.split())
+    said = " ".join(out.output.split())
+    assert "l1 .. l3: gen/novel_acc_l1 .. gen/novel_acc_l3 at the last evaluation" in said
+    # Which evaluation, said where fit's best-evaluation numbers could be mistaken for these.
+    assert "accuracies at their LAST evaluation (fit uses each run's best by default" in said
     assert "0.50" in out.output and "memo" in out.output
 
 

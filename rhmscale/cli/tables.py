@@ -136,7 +136,10 @@ def runs_table(status: SweepStatus) -> Table:
     done = [r for r in status.runs if r.run_id in finals]
     depth = max((run.grammar["L"] for run in done), default=0)
     keys = sorted({k for r in done for k in r.values})
-    table = Table(title=f"sweep {status.name}: {len(done)} finished runs")
+    table = Table(
+        title=f"sweep {status.name}: {len(done)} finished runs, accuracies at their LAST "
+        "evaluation (fit uses each run's best by default: --at)"
+    )
     for name in ["run", *short_names(keys)]:
         table.add_column(name, justify="right")
     metrics = [f"gen/novel_acc_l{k}" for k in range(1, depth + 1)]
@@ -146,8 +149,8 @@ def runs_table(status: SweepStatus) -> Table:
         table.add_column(name, justify="right")
     levels = "l1" if depth == 1 else f"l1 .. l{depth}"
     table.caption = (
-        f"{levels}: final {' .. '.join(dict.fromkeys([metrics[0], metrics[depth - 1]]))}"
-        "; novel: gen/novel_frac; memo: gen/memorized_frac"
+        f"{levels}: {' .. '.join(dict.fromkeys([metrics[0], metrics[depth - 1]]))} at the last "
+        "evaluation; novel: gen/novel_frac; memo: gen/memorized_frac"
         if depth
         else None
     )
