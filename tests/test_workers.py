@@ -57,6 +57,27 @@ def test_ended_runs_leave_the_backlog_and_shapes_are_chosen_by_work_left(tmp_pat
     }
 
 
+def test_a_look_at_the_backlog_reads_only_what_is_new_or_rewritten(tmp_path, monkeypatch):
+    """A worker looks every few seconds: one listing, and only new or rewritten entries read."""
+    import rhmscale.sweeps.backlog as backlog_module
+
+    _, sweep, backlog = backlog_of(tmp_path, {"data.P": [8, 16, 32]})
+    reads = []
+    real = backlog_module.read_entry
+    monkeypatch.setattr(backlog_module, "read_entry", lambda p: reads.append(p) or real(p))
+    first = backlog.entries()
+    assert len(first) == 3 and len(reads) == 3
+    assert backlog.entries() == first and len(reads) == 3  # nothing new: nothing read
+    entry = first[0]
+    Backlog(sweep).put([{**entry.__dict__, "run_dir": str(entry.run_dir), "cost": 1.0}])
+    Backlog(sweep).remove(first[1].run_id)
+    (backlog.folder / "torn.json").write_text('{"run_id": "to')  # a crash mid-write
+    again = backlog.entries()
+    assert len(reads) == 5  # the rewritten entry and the torn file
+    assert [e.run_id for e in again] == [first[2].run_id, entry.run_id]  # its new cost: last
+    assert backlog.entries() == again and len(reads) == 5
+
+
 def test_a_submission_while_workers_live_adds_to_their_backlog(tmp_path):
     """A living local worker (a stand-in process) takes the new runs: nothing is started."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -46,9 +46,16 @@ class Entry:
 
 
 class Backlog:
+    """A sweep's backlog, as one process sees it. Entries are written whole (atomically) and
+    rewritten only by a resubmission, so each look is one listing of the folder, and only the
+    files that are new or rewritten since this object's last look are read: a worker looks
+    every few seconds, at sweeps of thousands of runs, often on a network file system."""
+
     def __init__(self, sweep: SweepDir) -> None:
         self.sweep = sweep
         self.folder = sweep.path / "backlog"
+        # file name -> (its version: inode, mtime; its entry). An atomic rewrite is a new inode.
+        self._seen: dict[str, tuple[tuple[int, int], Entry | None]] = {}
 
     def put(self, items: list[dict[str, Any]]) -> None:
         """Entries for submitted runs (items: run_id, config, run_dir, shape, cost)."""
@@ -61,24 +68,23 @@ class Backlog:
         """Every readable entry, the most expensive first (an unreadable one is skipped: it
         was cut short by a crash, and the run's resubmission writes it again)."""
         try:
-            names = sorted(os.listdir(self.folder))
+            listing = [f for f in os.scandir(self.folder) if f.name.endswith(".json")]
         except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            data = read_json_object(self.folder / name)
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                found.append(
-                    Entry(
-                        data["run_id"],
-                        data["config"],
-                        Path(data["run_dir"]),
-                        data["shape"],
-                        float(data["cost"]),
-                    )
-                )
+            listing = []
+        seen: dict[str, tuple[tuple[int, int], Entry | None]] = {}
+        for item in listing:
+            if item.name.startswith("."):
+                continue  # an atomic write's temporary file
+            try:
+                version = (item.inode(), item.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue  # removed since the listing
+            known = self._seen.get(item.name)
+            seen[item.name] = (
+                known if known and known[0] == version else (version, read_entry(item))
+            )
+        self._seen = seen
+        found = [entry for _, entry in seen.values() if entry is not None]
         # Equal costs (runs that all reach max_steps): the larger training set first.
         return sorted(found, key=lambda e: (-e.cost, -e.config["data"]["P"]))
 
@@ -97,15 +103,12 @@ class Backlog:
         return ids
 
     def takeable(self, shape: str | None = None) -> Iterator[Entry]:
-        """Entries a worker may take (of one shape, or any), the most expensive first; entries
-        of runs that ended are removed on the way."""
+        """Entries a worker may take (of one shape, or any), the most expensive first. (A run
+        that ended leaves the backlog when it ends; one whose worker died just then is found
+        and removed by take().)"""
         for entry in self.entries():
-            if shape is not None and entry.shape != shape:
-                continue
-            if RunDir(entry.run_dir).state() in ENDED:
-                self.remove(entry.run_id)
-                continue
-            yield entry
+            if shape is None or entry.shape == shape:
+                yield entry
 
     def take(self, shape: str | None = None) -> tuple[Entry, Held] | None:
         """The most expensive run nobody trains (of `shape`, or of any), with its folder's lock
@@ -127,8 +130,25 @@ class Backlog:
         make a worker looking at that moment believe a free run taken.)"""
         totals: dict[str, float] = {}
         for entry in self.takeable():
+            if RunDir(entry.run_dir).state() in ENDED:  # asked rarely: worth a look at each
+                self.remove(entry.run_id)
+                continue
             totals[entry.shape] = totals.get(entry.shape, 0.0) + entry.cost
         return max(totals, key=totals.__getitem__) if totals else None
+
+
+def read_entry(path: os.PathLike) -> Entry | None:
+    """A backlog file's entry; None when it is not a whole one."""
+    data = read_json_object(Path(path))
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        return Entry(
+            data["run_id"],
+            data["config"],
+            Path(data["run_dir"]),
+            data["shape"],
+            float(data["cost"]),
+        )
+    return None
 
 
 def hold_file(sweep: SweepDir) -> Path:
