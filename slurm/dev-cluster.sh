@@ -18,14 +18,16 @@ as root.
 
 Commands:
   install   apt-get install slurm-wlm munge slurmdbd mariadb-server (skipped when installed)
-  install --from DIR
+  install --from DIR [--dry-run]
             install SLURM and munge offline from the .deb files of 'bundle' (dpkg; no package
-            registry; no slurmdbd/MariaDB, so the cluster runs without accounting)
+            registry; no slurmdbd/MariaDB, so the cluster runs without accounting); with
+            --dry-run: list what it would install and what is already here, change nothing
   bundle DIR
             download here (apt) the .deb files of SLURM, munge and every library they need
             into DIR, for 'install --from DIR' on a machine without a package registry
   start     write the config and start every daemon that is not running; wait until the node
-            is idle (idempotent; also after a machine restart with stale pid files)
+            is idle (idempotent; also after a machine restart with stale pid files); with
+            --accounting no, stops the slurmdbd and MariaDB it had started
   stop      stop the daemons this script started (the state folder is kept)
   status    show which daemons are up and the sinfo output; exit 0 if the cluster is usable
   env       print the export line, for: eval "\$($PROG env)"
@@ -41,6 +43,7 @@ Options:
                      slurmdbd + MariaDB, for sacct (start; auto: yes when both are installed)
                      start remembers these three in the state folder; give one to change it
   --db-port PORT     MariaDB TCP port on 127.0.0.1 (env RHMSCALE_SLURM_DB_PORT; default 3307)
+  --dry-run          install --from: say what would be installed, install nothing
   --timeout SECONDS  how long start waits for each daemon and for the node
                      (env RHMSCALE_SLURM_TIMEOUT; default 60)
   -h, --help         this help
@@ -69,7 +72,7 @@ DBD_PORT=6819
 PACKAGES=(slurm-wlm munge slurmdbd mariadb-server)
 # What 'bundle' downloads with its dependencies: a cluster without accounting.
 BUNDLE_PACKAGES=(slurm-wlm munge)
-GPUS_OPT="" SHARDS_OPT="" ACCOUNTING_OPT="" FROM="" BUNDLE_DIR=""
+GPUS_OPT="" SHARDS_OPT="" ACCOUNTING_OPT="" FROM="" BUNDLE_DIR="" DRY_RUN=0
 # Daemons are started with this environment only, so nothing of the caller's environment
 # (a virtualenv, SLURM_* variables of an enclosing job, pytest's settings) leaks into them.
 DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -97,6 +100,10 @@ while (($# > 0)); do
             ;;
         --db-port=*)
             DB_PORT=${1#--db-port=}
+            shift
+            ;;
+        --dry-run)
+            DRY_RUN=1
             shift
             ;;
         --timeout)
@@ -148,6 +155,7 @@ done
 [[ -z $ACCOUNTING_OPT || $ACCOUNTING_OPT =~ ^(yes|no|auto)$ ]] ||
     die "--accounting must be yes, no or auto, got '$ACCOUNTING_OPT'"
 [[ -z $FROM || $COMMAND == install ]] || die "--from goes with install: $PROG install --from DIR"
+((DRY_RUN == 0)) || [[ -n $FROM ]] || die "--dry-run goes with install --from: $PROG install --from DIR --dry-run"
 
 STATE=$(realpath -m -- "$STATE")
 CONF=$STATE/slurm.conf
@@ -277,7 +285,7 @@ require_binaries() {
 # ---------------------------------------------------------------- install
 
 cmd_install() {
-    require_root
+    ((DRY_RUN)) || require_root
     if [[ -n $FROM ]]; then
         install_from "$FROM"
         return
@@ -358,10 +366,21 @@ install_from() {
         pkg=$(dpkg-deb -f "$deb" Package)
         if installed "$pkg" || lib_present "$deb"; then
             skipped=$((skipped + 1))
+            ((DRY_RUN == 0)) || printf 'already here: %s\n' "$pkg"
         else
             want+=("$deb")
+            ((DRY_RUN == 0)) || printf 'would install: %s %s\n' "$pkg" "$(dpkg-deb -f "$deb" Version)"
         fi
     done
+    if ((DRY_RUN)); then
+        # dpkg's own dry run (--no-act) checks that the packages would unpack here.
+        if ((${#want[@]} > 0)) && [[ $(id -u) -eq 0 ]]; then
+            dpkg --no-act -i --force-depends --force-confdef --force-confold "${want[@]}" >/dev/null ||
+                die "dry run: dpkg would not install the bundle (see above)"
+        fi
+        log "dry run: would install ${#want[@]} packages from $dir ($skipped already here); nothing installed"
+        return 0
+    fi
     if ((${#want[@]} == 0)); then
         log "already installed: every package of $dir ($skipped)"
     else
@@ -854,14 +873,57 @@ require_host() {
         die "no cgroup file system at /sys/fs/cgroup (slurmd needs one, even unused): mount -t cgroup2 none /sys/fs/cgroup"
 }
 
+# stop_accounting: with accounting off, the slurmdbd and MariaDB of an earlier start are of no
+# use (slurmctld no longer talks to them): stop them, so the cluster runs what its settings say.
+stop_accounting() {
+    local pid stopped=()
+    if pid=$(signal_pid "$RUN_DIR/slurmdbd.pid" slurmdbd); then
+        wait_gone slurmdbd "$pid"
+        stopped+=(slurmdbd)
+    fi
+    if pid=$(signal_pid "$RUN_DIR/mariadb.pid" mariadbd); then
+        wait_gone mariadbd "$pid"
+        stopped+=(mariadb)
+    fi
+    ((${#stopped[@]} == 0)) || log "accounting off: stopped ${stopped[*]}"
+}
+
+# cancel_ghost_jobs SINCE: jobs that SLURM shows running since 10 s or more before this start
+# but that have no slurmstepd (the saved state of an earlier cluster, say on a machine restored
+# from a snapshot: shown running, with no process behind them, until their time limit) are
+# cancelled, so the node is free. A job whose slurmstepd runs on (slurmd was stopped, its job
+# was not) is left alone.
+cancel_ghost_jobs() {
+    local since=$1 id start ghosts=() i list
+    while read -r id start; do
+        [[ -n $id && $start =~ ^[0-9] ]] || continue
+        (($(date -d "$start" +%s 2>/dev/null || echo "$since") < since - 10)) || continue
+        pgrep -f "^slurmstepd: \[$id\." >/dev/null 2>&1 || ghosts+=("$id")
+    done < <(squeue -h -t RUNNING,COMPLETING -o '%A %S' 2>/dev/null || true)
+    ((${#ghosts[@]} > 0)) || return 0
+    log "cancelling ${#ghosts[@]} job(s) shown running with no process behind them (saved by an earlier cluster): ${ghosts[*]}"
+    scancel "${ghosts[@]}" 2>/dev/null || true
+    list=$(
+        IFS=,
+        echo "${ghosts[*]}"
+    )
+    for ((i = 0; i < TIMEOUT * 5; i++)); do
+        [[ -z $(squeue -h -t RUNNING,COMPLETING -j "$list" 2>/dev/null) ]] && return 0
+        sleep 0.2
+    done
+    log "the cancelled jobs are still listed after ${TIMEOUT}s"
+}
+
 cmd_start() {
     require_root
     load_settings
     require_binaries
     require_host
-    local t0=$SECONDS
+    local t0=$SECONDS since
+    since=$(date +%s)
     write_config
     if ((CONFIG_CHANGED == 0)) && [[ -f $CONF ]] && all_up && node_usable; then
+        [[ $ACCOUNTING == yes ]] || stop_accounting
         log "already running (state $STATE; $(gres_summary))"
         export_line
         return 0
@@ -881,8 +943,10 @@ cmd_start() {
     fi
     start_slurmctld
     wait_for "slurmctld" "$LOG_DIR/slurmctld.log" ctld_ping
+    [[ $ACCOUNTING == yes ]] || stop_accounting
     start_slurmd
     wait_node
+    cancel_ghost_jobs "$since"
     log "cluster up in $((SECONDS - t0))s (state $STATE; $(gres_summary)); node: $(node_state)"
     export_line
 }

@@ -4,7 +4,10 @@ import os
 import pytest
 import torch
 
-from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
+from tests.slurm_cluster import (
+    SESSION_NOTES,
+    slurm_cluster,  # noqa: F401  (session fixture)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +31,9 @@ def aot_eager(monkeypatch):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say what the session did to the dev SLURM cluster (tests/slurm_cluster.py)."""
+    for note in SESSION_NOTES:
+        terminalreporter.write_line(note, yellow="NOT" in note, bold="NOT" in note)

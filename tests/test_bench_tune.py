@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_tune.py"
@@ -38,6 +39,7 @@ def bench(tmp_path: Path, *variants: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_each_variant_is_a_study_of_its_own_packing_timed_and_counted(tmp_path):
     out = bench(tmp_path, "1x1:2", "2x1:4")
     assert out.returncode == 0, out.stdout + out.stderr

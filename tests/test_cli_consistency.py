@@ -127,6 +127,7 @@ def test_status_runs_is_readable_at_80_columns(tmp_path):
     assert "0.50" in out.output and "memo" in out.output
 
 
+@pytest.mark.slow
 def test_export_csv_of_both_tables_says_which_files_it_wrote(sweep, tmp_path):
     out = cli("export", str(sweep), "-f", "csv", "-o", "table.csv", "--n-boot", "50", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -147,6 +148,7 @@ def test_collect_without_output_shows_the_head_and_how_to_write_it(sweep, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_told_in_a_sentence_not_a_repr(tmp_path):
     tiny = ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8", "data.n_test=4"]
     tiny += ["train.max_steps=10", "model.arch=tree_unet", "model.width=16", "eval.n_samples=16"]

@@ -37,6 +37,7 @@ def test_fit_prints_both_tables(sweep):
     assert "72 runs" in out.stderr  # what was collected: 3 cells x 8 sizes x 3 seeds
 
 
+@pytest.mark.slow
 def test_several_folders_are_fitted_together_a_shared_run_once(sweep, tmp_path):
     """A sweep extended by a second one: split the 72 runs over two folders that share some;
     fitted together they give the one folder's table."""
@@ -60,6 +61,7 @@ def test_several_folders_are_fitted_together_a_shared_run_once(sweep, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.slow
 def test_a_collected_table_fits_as_its_run_folders(sweep, tmp_path, suffix):
     """A table from `collect -o` (runs shared without their folders) stands in for them, and
     joins folders without counting a run twice."""
@@ -76,6 +78,7 @@ def test_a_collected_table_fits_as_its_run_folders(sweep, tmp_path, suffix):
     assert wrong.returncode == 2 and "not a table of `rhmscale collect -o`" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_export_writes_each_format(sweep, tmp_path):
     for fmt in ("md", "tex", "json"):
         target = tmp_path / f"table.{fmt}"
@@ -117,6 +120,7 @@ def test_empty_folder_and_too_few_points(tmp_path):
     assert "P*_k" in out.stdout  # the sample-complexity table is still shown
 
 
+@pytest.mark.slow
 def test_report_folder_and_wandb_summary_run(sweep, tmp_path):
     out = rhmscale(
         "report", sweep, "-o", tmp_path / "report", "--wandb", "offline", "--n-boot", 100

@@ -1,9 +1,12 @@
 """The dev SLURM cluster (slurm/dev-cluster.sh) works end to end: sbatch, accounting through
-slurmdbd, submitit job arrays and requeue. Runs on the real cluster; takes about half a minute.
+slurmdbd, submitit job arrays and requeue; and its offline install (`bundle`, then
+`install --from --dry-run`), checked without changing this machine's packages. Runs on the real
+cluster; takes about half a minute.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -201,10 +204,26 @@ def test_requeued_job_runs_again(slurm_cluster: dict[str, str], tmp_path: Path) 
     ]
 
 
-def test_bundle_then_install_from_it_without_apt(slurm_cluster: dict[str, str], tmp_path: Path):
-    """`bundle` downloads SLURM, munge and what they need; `install --from` reads only the
-    folder (here everything is installed already, so it installs nothing and checks ldd)."""
+def dpkg_list() -> str:
+    return subprocess.run(["dpkg", "-l"], capture_output=True, text=True, check=True).stdout
+
+
+def installed_packages() -> set[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Status}\\n"], capture_output=True, text=True
+    )
+    return {line.split()[0] for line in out.stdout.splitlines() if line.endswith(" installed")}
+
+
+@pytest.mark.skipif(
+    not (shutil.which("apt-get") and shutil.which("dpkg-deb")), reason="needs apt-get and dpkg"
+)
+def test_bundle_then_install_from_it_dry_run(tmp_path: Path):
+    """`bundle` downloads SLURM, munge and what they need; `install --from --dry-run` reads
+    only the folder and says what it would install, changing nothing on this machine (a package
+    made here, not installed, is one it would install)."""
     script = str(Path(__file__).resolve().parents[1] / "slurm" / "dev-cluster.sh")
+    before = dpkg_list()
     bundle = tmp_path / "bundle"
     made = subprocess.run(["bash", script, "bundle", str(bundle)], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
@@ -213,14 +232,39 @@ def test_bundle_then_install_from_it_without_apt(slurm_cluster: dict[str, str], 
     assert len(list(bundle.glob("*.deb"))) == len(packages)
     again = subprocess.run(["bash", script, "bundle", str(bundle)], capture_output=True, text=True)
     assert again.returncode != 0 and "not empty" in again.stderr
-    installed = subprocess.run(
-        ["bash", script, "install", "--from", str(bundle)], capture_output=True, text=True
+    # A package no machine has: the dry run must list it among those it would install.
+    dummy = tmp_path / "dummy"
+    (dummy / "DEBIAN").mkdir(parents=True)
+    (dummy / "DEBIAN" / "control").write_text(
+        "Package: rhmscale-test-dummy\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: rhmscale tests <tests@localhost>\nDescription: never installed\n"
     )
-    assert installed.returncode == 0, installed.stderr
-    assert "already installed: every package" in installed.stderr
+    built = subprocess.run(
+        ["dpkg-deb", "--build", str(dummy), str(bundle / "rhmscale-test-dummy_1.0_all.deb")],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    here = installed_packages()
+    dry = subprocess.run(
+        ["bash", script, "install", "--from", str(bundle), "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr
+    would = {line.split()[2] for line in dry.stdout.splitlines() if line.startswith("would ")}
+    present = {line.split()[2] for line in dry.stdout.splitlines() if line.startswith("already ")}
+    assert "rhmscale-test-dummy" in would
+    assert would | present == packages | {"rhmscale-test-dummy"} and not would & present
+    assert (packages & here) <= present, "an installed package is not one to install"
+    assert f"would install {len(would)} packages" in dry.stderr
+    assert "nothing installed" in dry.stderr
     missing = subprocess.run(
-        ["bash", script, "install", "--from", str(tmp_path / "nothing")],
+        ["bash", script, "install", "--from", str(tmp_path / "nothing"), "--dry-run"],
         capture_output=True,
         text=True,
     )
     assert missing.returncode != 0 and "no bundle folder" in missing.stderr
+    # Nothing of this machine's packages changed (the dummy is not installed).
+    assert dpkg_list() == before
+    assert "rhmscale-test-dummy" not in installed_packages()

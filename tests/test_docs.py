@@ -67,7 +67,16 @@ def test_readme_starts_with_the_two_commands():
     assert f"`quick` sweep ({runs} CPU runs" in first[1], f"the quick preset has {runs} runs"
 
 
-@pytest.mark.parametrize("page, line, text", RUNNABLE, ids=ids(RUNNABLE))
+def runnable_params() -> list:
+    """The runnable blocks; one that trains a sweep (the in-process debug executor, 10-15 s on
+    2 cores) is slow."""
+    return [
+        pytest.param(*block, marks=[pytest.mark.slow] if "kind: debug" in block[2] else [])
+        for block in RUNNABLE
+    ]
+
+
+@pytest.mark.parametrize("page, line, text", runnable_params(), ids=ids(RUNNABLE))
 def test_runnable_block(page, line, text, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.update(WANDB_MODE="disabled", COLUMNS="120")

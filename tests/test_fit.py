@@ -76,6 +76,7 @@ def test_fit_recovers_the_law_of_a_quiet_sweep():
     assert (points["ratio"].between(2.5, 3.5)).all()  # P*/theory = the prefactor 3
 
 
+@pytest.mark.slow
 def test_exponent_intervals_cover_the_truth_about_95_percent():
     """Over 150 seeded synthetic sweeps (6 cells x 3 levels, 3 seeds, noise sd 0.04), the
     95% intervals of both exponents cover the true value 1. Binomial sd of the rate at 0.95

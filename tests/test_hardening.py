@@ -64,7 +64,15 @@ def whole(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["result", "result-final", "metrics", "metrics-missing", "config", "config-edited"],
+    [
+        # These two retrain the run (10-20 s each): slow.
+        pytest.param("result", marks=pytest.mark.slow),
+        pytest.param("result-final", marks=pytest.mark.slow),
+        "metrics",
+        "metrics-missing",
+        "config",
+        "config-edited",
+    ],
 )
 def test_a_damaged_finished_run_is_corrupt_and_a_retry_repairs_it(tmp_path, whole, damage):
     config, expected = whole

@@ -73,6 +73,7 @@ def check_folder(out: Path, paths: list[Path]) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
 
 
+@pytest.mark.slow
 def test_every_figure_is_written_and_shows_data(sweep, tmp_path):
     frame, result = sweep
     assert not result.exponents.empty and not result.time_crossings.empty
@@ -82,6 +83,7 @@ def test_every_figure_is_written_and_shows_data(sweep, tmp_path):
         check_png(path, coloured=True)
 
 
+@pytest.mark.slow
 def test_a_failed_exponent_fit_still_gives_every_figure(tmp_path):
     frame = synthetic_frame(np.random.default_rng(1), cells=[(8, 2), (16, 4)])
     # s is the same in every cell: the fit refuses the regressor and leaves no exponents.

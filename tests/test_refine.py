@@ -282,6 +282,7 @@ def covers(frame, options) -> bool:
     return bool(((exponents["lo"] <= 1) & (exponents["hi"] >= 1)).all())
 
 
+@pytest.mark.slow
 def test_a_refined_sweep_covers_the_truth_at_least_as_often_as_the_full_grid():
     """Full grid: 9 sizes x 3 seeds per cell. Refined: its first, middle and last sizes, then
     refine's proposals measured from the same law, within half the full grid's runs. Both

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rhmscale.results.collect import collect
 from rhmscale.results.collect_wandb import collect_wandb_offline
 from rhmscale.results.fit import FitOptions, fit
@@ -14,6 +16,7 @@ from rhmscale.sweeps.spec import load_spec, parse_spec
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 
 
+@pytest.mark.slow
 def test_quick_sweep_runs_to_tables_and_report(tmp_path):
     tree = load_spec("quick").model_dump(mode="json")
     tree["base"]["train"].update(max_steps=150, checkpoint_every=150)

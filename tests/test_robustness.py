@@ -136,6 +136,7 @@ def off_law_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fit_prints_the_robustness_table_on_request(off_law_runs):
     runner = CliRunner()
     plain = runner.invoke(app, ["fit", str(off_law_runs), "--n-boot", "100"], env=WIDE)
@@ -155,6 +156,7 @@ def test_fit_prints_the_robustness_table_on_request(off_law_runs):
     assert "metric gen/acc_l{k} (" in " ".join(table.split()).partition("log m moved with:")[2]
 
 
+@pytest.mark.slow
 def test_the_report_holds_the_robustness_table(off_law_runs, tmp_path):
     out = CliRunner().invoke(
         app, ["report", str(off_law_runs), "-o", str(tmp_path), "--n-boot", "100"], env=WIDE

@@ -1,5 +1,6 @@
 """GPU sweeps on the real dev SLURM cluster, whose node declares GPUs (slurm/dev-cluster.sh
-start --gpus 1: one GPU of 4 shards, a placeholder device node; CI starts it so). The runs train
+start --gpus 1: one GPU of 4 shards, a placeholder device node; the test session restarts the
+cluster so when it runs otherwise: tests/slurm_cluster.py). The runs train
 on the CPU, but SLURM schedules, limits and binds them as GPU jobs: what is checked here is the
 sbatch request, the scheduling it gets and the CUDA_VISIBLE_DEVICES each task sees.
 """
@@ -34,7 +35,7 @@ def shards_per_gpu(slurm_cluster) -> int:
     if gres.get("gpu") != 1 or not gres.get("shard"):
         pytest.fail(
             f"the dev cluster's node has {gres or 'no GRES'}, these tests need one GPU with "
-            "shards: slurm/dev-cluster.sh start --gpus 1",
+            "shards, as tests/slurm_cluster.py starts it (TEST_SETTINGS)",
             pytrace=False,
         )
     return gres["shard"]

@@ -349,6 +349,7 @@ def test_a_trials_wandb_run_says_study_trial_and_parameters(tmp_path):
     assert trial["params"]["train.lr"] == log.config["train.lr"]
 
 
+@pytest.mark.slow
 def test_tune_report_writes_best_trials_figures_and_a_wandb_run(tmp_path):
     from rhmscale.results.wandb_log import read_offline_log
 

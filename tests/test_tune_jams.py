@@ -93,6 +93,7 @@ def read_only(folder: Path):
         subprocess.run(["chattr", "-i", *files], check=True)
 
 
+@pytest.mark.slow
 def test_status_and_report_read_a_read_only_study_folder(tmp_path):
     spec = parse_study_spec(ONE_CELL)
     for job in submit(spec, tmp_path).jobs:
@@ -162,6 +163,7 @@ def test_a_trial_that_cannot_run_fails_with_its_reason(tmp_path, change, enqueue
     assert "RUNNING" not in {t.state.name for t in trials}
 
 
+@pytest.mark.slow
 def test_a_damaged_worker_record_loses_no_trial(tmp_path):
     """workers/0.json cut short (a SIGKILL, a full disk): status names it, and retry resumes
     the trial its worker held (the journal records which worker asked for a trial)."""
@@ -186,6 +188,7 @@ def test_a_damaged_worker_record_loses_no_trial(tmp_path):
     ("budget", "failed"),
     [({"trials": 3}, 3), ({"trials": 50, "max_failures_in_a_row": 2}, 2)],
 )
+@pytest.mark.slow
 def test_a_study_whose_trials_all_fail_ends_with_its_reason(tmp_path, budget, failed):
     """Failed trials count against the budget, and a streak of them stops the study; before,
     the workers asked for new trials forever (6,343 failed trials in 10 minutes)."""
@@ -199,6 +202,7 @@ def test_a_study_whose_trials_all_fail_ends_with_its_reason(tmp_path, budget, fa
 
 
 @pytest.mark.parametrize("kind", ["debug", "local"])
+@pytest.mark.slow
 def test_cancel_stops_the_workers_of_a_waiting_tune_submit(tmp_path, kind):
     """The debug executor's worker runs inside `tune submit`, a local one under its controller:
     cancel finds both (before, the debug one was 'nothing was queued or running'); the worker
