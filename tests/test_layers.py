@@ -70,7 +70,8 @@ def module_name(path: Path) -> str:
 
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package's modules it imports (anywhere in it): `from a import b` counts
-    as importing a.b where b is a module, else a; relative imports are resolved."""
+    as importing a.b where b is a module, else a; relative imports are resolved. Importing a.b
+    runs a's __init__ too, but that is Python's order, not a dependency: it is not counted."""
     names = {module_name(p): p for p in modules()}
     graph = {}
     for name, path in names.items():
@@ -81,9 +82,8 @@ def import_graph() -> dict[str, set[str]]:
                 targets |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:
-                    above = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                    base = f"{above}.{base}".rstrip(".")
+                if node.level:  # relative: from the module's package, level - 1 up
+                    base = f"{package.rsplit('.', node.level - 1)[0]}.{base}".rstrip(".")
                 targets |= {
                     f"{base}.{alias.name}" if f"{base}.{alias.name}" in names else base
                     for alias in node.names
