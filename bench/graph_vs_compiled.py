@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
-    # The auto path's helper is `python -m rhmscale.training.compile_ahead`: it must find this
+    # The auto path's helper is `python -m rhmscale.training.compile_pack`: it must find this
     # checkout as this process does.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rhmscale.results.plot_kit import metric_words  # noqa: E402
+from rhmscale.report.plot_kit import metric_words  # noqa: E402
 from rhmscale.tuning.report import read_best  # noqa: E402
 from rhmscale.tuning.study import best_trial, storage  # noqa: E402
 

@@ -174,7 +174,8 @@ PHASE_COLORS = {  # "fit" first: the phases that run inside it are drawn over it
 
 
 def is_helper(record: dict) -> bool:
-    return "compile_ahead" in " ".join(record.get("argv", []))
+    argv = " ".join(record.get("argv", []))  # the helper ran as compile_ahead before compile_pack
+    return "compile_pack" in argv or "compile_ahead" in argv
 
 
 def figure(path: Path, t0: float, records: list[dict], samples: list, title: str) -> None:

@@ -54,7 +54,7 @@ def test_a_left_out_key_that_is_not_confounded_warns_and_the_fit_goes_on():
     assert "fit_error" not in result.stats
     (warning,) = [w for w in result.stats["design_warnings"] if w.startswith("s varies")]
     assert "(2, 3)" in warning and "add 'log s' to --regressors" in warning
-    from rhmscale.results.export import fit_summary
+    from rhmscale.report.export import fit_summary
 
     assert "Warning: s varies across the fitted cells" in fit_summary(result)
     clean = fit(frame, options(where="s=2"))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from rhmscale.errors import UserError
-from rhmscale.results.export import render
+from rhmscale.report.export import render
 from rhmscale.results.fit import FitOptions, fit
 from tests.synthetic_sweep import synthetic_frame, true_p_star
 
@@ -76,7 +76,7 @@ def test_bad_format_and_table():
 
 
 def test_the_summary_says_whether_the_theory_lies_inside_each_interval(result):
-    from rhmscale.results.export import fit_summary
+    from rhmscale.report.export import fit_summary
 
     assert result.exponents["off_by"].max() <= 1  # a synthetic sweep of the theory's law
     assert fit_summary(result).endswith(

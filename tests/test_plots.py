@@ -16,17 +16,17 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 import rhmscale.results
-from rhmscale.results import plots
-from rhmscale.results.fit import FitOptions, fit
-from rhmscale.results.plot_kit import (
+from rhmscale.report import plots
+from rhmscale.report.plot_kit import (
     MAX_PANELS,
     declutter_ticks,
     metric_words,
     overlapping,
     prepare,
 )
-from rhmscale.results.plot_sample_complexity import accuracy_vs_p, p_star_vs_theory
-from rhmscale.results.plots import write_figures
+from rhmscale.report.plot_sample_complexity import accuracy_vs_p, p_star_vs_theory
+from rhmscale.report.plots import write_figures
+from rhmscale.results.fit import FitOptions, fit
 from tests.synthetic_sweep import synthetic_frame
 
 STEPS = tuple(np.geomspace(10, 10000, 8).astype(int))
@@ -147,7 +147,7 @@ def test_panels_are_capped_and_the_title_says_so(sweep):
 
 
 def test_plots_leave_pyplot_alone():
-    code = "import sys, rhmscale.results.plots; assert 'matplotlib.pyplot' not in sys.modules"
+    code = "import sys, rhmscale.report.plots; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

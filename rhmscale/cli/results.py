@@ -115,7 +115,7 @@ def fit_command(
 ) -> None:
     """Sample complexity P*_k per grammar cell and level, and the fitted exponents."""
     from rhmscale.cli.tables import exponent_table, p_star_table
-    from rhmscale.results.export import fit_summary
+    from rhmscale.report.export import fit_summary
 
     collection, result = fit_runs(path, fit)
     console = make_console()
@@ -125,7 +125,8 @@ def fit_command(
     console.print(fit_summary(result))
     if show_robustness:
         from rhmscale.cli.tables import robustness_table
-        from rhmscale.results.robustness import robustness, robustness_summary
+        from rhmscale.report.export import robustness_summary
+        from rhmscale.results.robustness import robustness
 
         table = robustness(collection.frame, fit, baseline=result)
         console.print(robustness_table(table, fit))
@@ -153,7 +154,7 @@ def export_command(
     fit: FitOptions,
 ) -> None:
     """The P*_k and exponent tables as Markdown, CSV, LaTeX (booktabs) or JSON."""
-    from rhmscale.results.export import TABLES, check_format, render
+    from rhmscale.report.export import TABLES, check_format, render
 
     tables = tuple(table or TABLES)
     check_format(fmt, tables)
@@ -194,7 +195,7 @@ def plot_command(
     fit: FitOptions,
 ) -> None:
     """PNG figures: accuracy per level against P, the collapse, P*_k against theory, coherence."""
-    from rhmscale.results.plots import write_figures
+    from rhmscale.report.plots import write_figures
 
     collection, result = fit_runs(path, fit)
     with writing(output):
@@ -217,7 +218,7 @@ def report_command(
     fit: FitOptions,
 ) -> None:
     """One folder: report.md with tables, figures, the sweep spec, code version, run counts."""
-    from rhmscale.results.report import write_report
+    from rhmscale.report.report import write_report
     from rhmscale.sweeps.status import sweep_context
 
     collection, result = fit_runs(path, fit)

@@ -192,7 +192,7 @@ def packs_table(plan: PackPlan) -> Table:
 def p_star_table(result: FitResult) -> Table:
     from rich.table import Table
 
-    from rhmscale.results.export import number, p_star_frame, p_star_text, size
+    from rhmscale.report.export import number, p_star_frame, p_star_text, size
 
     table = Table(
         title=f"P*_k: {result.options.metric} crosses {result.options.threshold} "
@@ -213,7 +213,7 @@ def p_star_table(result: FitResult) -> Table:
 def exponent_table(result: FitResult) -> Table:
     from rich.table import Table
 
-    from rhmscale.results.export import exponent_frame, number
+    from rhmscale.report.export import exponent_frame, number
 
     table = Table(title="exponents of log P*_k")
     for name in ("term", "estimate", f"{result.options.ci:.0%} interval", "theory", "off by"):
@@ -236,7 +236,7 @@ def robustness_table(table: pd.DataFrame, options: FitOptions) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    from rhmscale.results.export import number
+    from rhmscale.report.export import number
 
     shown = Table(title="robustness: the exponents refitted with one choice changed")
     numbers = ("estimate", f"{options.ci:.0%} interval", "shift", "moved by", "moved")
@@ -286,7 +286,7 @@ def refine_table(points: pd.DataFrame, target: float) -> Table:
     """`sweep refine`: per cell and level, P*_k, its interval, its bracket and what is proposed."""
     from rich.table import Table
 
-    from rhmscale.results.export import number, p_star_text, size
+    from rhmscale.report.export import number, p_star_text, size
 
     table = Table(title=f"brackets of P*_k (target: a ratio of {target:g})")
     for name in ("cell", "k", "P*_k", "interval", "bracket", "ratio", "proposed"):

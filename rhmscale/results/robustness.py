@@ -17,6 +17,8 @@ Every variant keeps the baseline's bootstrap count and seed, so two variants dif
 choice only, not by their draws. That costs little: robustness() takes about 1.2 s on a
 synthetic sweep of 144 runs (14 variants, 0.1 s a fit), the same with 200 or 1000 replicates;
 most of a fit is its training-time crossings, which the exponents do not need.
+
+The table as text (Markdown, a summary) is report/export.py's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import pandas as pd
 
 from rhmscale.errors import UserError
 from rhmscale.results.cells import CELL_ORDER, select_cells, with_cells
-from rhmscale.results.export import number
 from rhmscale.results.fit import FitResult, fit
 from rhmscale.results.options import FitOptions
 
@@ -117,46 +118,3 @@ def result_rows(name: str, result: FitResult, note: str = "") -> list[dict]:
 
 def note_row(name: str, note: str) -> dict:
     return {"variant": name, "term": "", "note": note}
-
-
-# --- as text ------------------------------------------------------------------------------------
-
-
-def robustness_summary(table: pd.DataFrame, options: FitOptions) -> str:
-    """What the table is, and which variants moved which exponents by how much."""
-    moved = table[table["moved"]]
-    what = (
-        f"Exponents refitted with one choice changed at a time (baseline: threshold "
-        f"{options.threshold}, evaluation {options.at}, metric {options.metric}); 'moved by': "
-        f"the distance from the baseline's estimate in half-widths of the baseline's "
-        f"{options.ci:.0%} interval, 'moved' when above 1."
-    )
-    unfitted = int((table["term"] == "").sum())
-    plural = "s have" if unfitted > 1 else " has"
-    without = f" {unfitted} variant{plural} no fit (see their note)." if unfitted else ""
-    if moved.empty:
-        return what + " No variant moved an exponent." + without
-    named = moved["variant"] + " (" + moved["moved_by"].map(lambda x: number(x, 1)) + ")"
-    by_term = named.groupby(moved["term"], sort=False).agg(", ".join)
-    listed = "".join(f" {term} moved with: {names}." for term, names in by_term.items())
-    return what + listed + without
-
-
-def robustness_markdown(table: pd.DataFrame, options: FitOptions) -> str:
-    """A Markdown table, moved rows marked in bold, then the summary."""
-    lines = [
-        f"| variant | term | estimate | {options.ci:.0%} interval | shift | moved by | moved "
-        "| note |",
-        "|---|---|---:|---:|---:|---:|:-:|---|",
-    ]
-    for row in table.itertuples():
-        note = " ".join(row.note.split()).replace("|", "\\|")  # one line, no cell breaks
-        if not row.term:
-            lines.append(f"| {row.variant} | | | | | | | {note} |")
-            continue
-        lines.append(
-            f"| {row.variant} | {row.term} | {number(row.estimate)} "
-            f"| [{number(row.lo)}, {number(row.hi)}] | {number(row.shift)} "
-            f"| {number(row.moved_by, 1)} | {'**moved**' if row.moved else ''} | {note} |"
-        )
-    return "\n".join(lines) + "\n\n" + robustness_summary(table, options) + "\n"

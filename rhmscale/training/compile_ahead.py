@@ -6,7 +6,7 @@ replayed as one CUDA graph, is captured in 0.6 s and runs at half the compiled s
 (bench/results/trainer_l3_v64_graph_vs_compiled_h200.json). Compiling on a thread of the
 training process instead held the interpreter for seconds at a time and took over 45 s. So
 `train.compile: auto` on a GPU starts the pack on the eager graph and runs
-`python -m rhmscale.training.compile_ahead`, which builds the same pack (same configs, device,
+`python -m rhmscale.training.compile_pack`, which builds the same pack (same configs, device,
 precision) and takes one compiled step: that fills torch's compile caches (inductor's FX graph
 and kernel caches, shared by the processes of one machine). When it exits, the trainer
 compiles its own step, which now finds every kernel in the caches (about 6 s instead of 29),
@@ -15,6 +15,9 @@ and goes on compiled. A pack that ends first never compiles: short packs did not
 A sweep worker starts the helper of the pack it is about to train before it imports torch and
 sets up the runs (start_early), so that the two start-ups overlap; the pack's trainer adopts
 it (for_pack: the same shape and number of slots).
+
+This module is the helper's handle (start, poll, stop) and imports nothing of the trainer, which
+adopts it; the helper's program, which builds a trainer, is compile_pack.py, above both.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class CompileAhead:
         self.started = time.perf_counter()
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rhmscale.training.compile_ahead", str(payload)],
+                [sys.executable, "-m", "rhmscale.training.compile_pack", str(payload)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -107,25 +110,3 @@ def for_pack(configs: list[RunConfig], slots: int) -> CompileAhead:
 def close_early() -> None:
     while _early:
         _early.popitem()[1].close()
-
-
-def compile_pack(configs: list[RunConfig], slots: int) -> None:
-    """Build the pack as its trainer does, compiled (not graphed), and take one step."""
-    from rhmscale.rhm.data import make_datasets
-    from rhmscale.store.folders import RunDir
-    from rhmscale.training.fabric import make_fabric
-    from rhmscale.training.member import Member
-    from rhmscale.training.trainer import Trainer
-
-    compiled = [c.model_copy(update={"train": c.train.model_copy(update={"compile": "default"})})
-                for c in configs]  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        members = [
-            Member(c, make_datasets(c), RunDir(Path(tmp) / str(i))) for i, c in enumerate(compiled)
-        ]
-        Trainer(members, make_fabric(compiled[0]), slots=slots, room=1).advance()
-
-
-if __name__ == "__main__":
-    pack = json.loads(Path(sys.argv[1]).read_text())
-    compile_pack([RunConfig.model_validate(c) for c in pack["configs"]], pack["slots"])

@@ -22,7 +22,7 @@ State = optuna.trial.TrialState
 def objective_words(spec: StudySpec) -> tuple[str, str]:
     """What a trial's value is: a short name for axes, and in full words for titles (Optuna's
     figures say 'Objective Value')."""
-    from rhmscale.results.plot_kit import metric_words
+    from rhmscale.report.plot_kit import metric_words
 
     goal = spec.objective.samples_to_learn
     if goal is not None:
@@ -143,7 +143,7 @@ def curves_figure(
     just where they ended. None when no trial has recorded an evaluation yet."""
     import matplotlib.pyplot as plt
 
-    from rhmscale.results.plot_kit import metric_words
+    from rhmscale.report.plot_kit import metric_words
 
     goal = spec.objective.samples_to_learn
     metric = level_key(goal) if goal is not None else spec.objective.metric

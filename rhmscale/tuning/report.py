@@ -141,7 +141,7 @@ def markdown(title: str, reports: list[StudyReport], out: Path, spec_text: str) 
 
 
 def write_tune_report(path: Path, out: Path, wandb_mode: str | None = None) -> Path:
-    from rhmscale.results.report import log_summary_run
+    from rhmscale.report.report import log_summary_run
 
     out = Path(out)
     folder, spec = load_folder(path)

@@ -1,5 +1,5 @@
 """The figure of training time: samples seen until each level is learnt, against P, a panel per
-cell (the crossings along training of training_time.py).
+cell (the crossings along training of results/training_time.py).
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from rhmscale.results.cells import SIZE
-from rhmscale.results.plot_kit import (
+from rhmscale.report.plot_kit import (
     CENSORED_MARKER_Y,
     P_LABEL,
     SAMPLES_LABEL,
@@ -23,6 +22,7 @@ from rhmscale.results.plot_kit import (
     scale_log,
     sentence,
 )
+from rhmscale.results.cells import SIZE
 
 STACK = 1.3  # factor between levels' censored markers at one bound on a log axis
 

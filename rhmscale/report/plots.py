@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rhmscale.report.plot_coherence import coherence_vs_p, coherence_vs_time
+from rhmscale.report.plot_kit import DPI, Inputs, declutter_ticks, prepare
+from rhmscale.report.plot_sample_complexity import accuracy_vs_p, collapse, p_star_vs_theory
+from rhmscale.report.plot_training_time import time_to_learn
 from rhmscale.results.fit import FitResult
-from rhmscale.results.plot_coherence import coherence_vs_p, coherence_vs_time
-from rhmscale.results.plot_kit import DPI, Inputs, declutter_ticks, prepare
-from rhmscale.results.plot_sample_complexity import accuracy_vs_p, collapse, p_star_vs_theory
-from rhmscale.results.plot_training_time import time_to_learn
 from rhmscale.store.atomic import atomic_write
 
 FIGURES: dict[str, Callable[[Inputs], Figure]] = {

@@ -14,11 +14,11 @@ from typing import Any
 import pandas as pd
 
 from rhmscale import __version__
+from rhmscale.report.export import fit_summary, markdown, number, render, robustness_markdown, size
 from rhmscale.results.cells import SIZE
 from rhmscale.results.collect import Collection
-from rhmscale.results.export import fit_summary, markdown, number, render, size
 from rhmscale.results.fit import FitResult
-from rhmscale.results.robustness import robustness, robustness_markdown
+from rhmscale.results.robustness import robustness
 from rhmscale.store.atomic import atomic_write_text
 
 
@@ -123,7 +123,7 @@ def write_report(
     wandb: dict[str, Any] | None = None,
 ) -> Written:
     """wandb: None for no W&B run, else {"mode", "project", "entity", "group"}."""
-    from rhmscale.results.plots import write_figures
+    from rhmscale.report.plots import write_figures
 
     folder = Path(folder)
     figures = write_figures(collection.frame, result, folder / "figures")

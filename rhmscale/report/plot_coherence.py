@@ -1,6 +1,7 @@
 """Figures of the coherence length s**depth (how far generated sequences stay valid).
 
-- coherence_vs_p: coherence length against P, with its power-law fit per cell (coherence.py);
+- coherence_vs_p: coherence length against P, with its power-law fit per cell
+  (results/coherence.py);
 - coherence_vs_time: coherence length along training, one line per P, one panel per cell.
 """
 
@@ -12,9 +13,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from rhmscale.results.cells import SIZE
-from rhmscale.results.coherence import COHERENCE
-from rhmscale.results.plot_kit import (
+from rhmscale.report.plot_kit import (
     CELL_MARKERS,
     DPI,
     P_LABEL,
@@ -27,6 +26,8 @@ from rhmscale.results.plot_kit import (
     scale_log,
     seed_summary,
 )
+from rhmscale.results.cells import SIZE
+from rhmscale.results.coherence import COHERENCE
 
 
 def coherence_vs_p(data: Inputs) -> Figure:

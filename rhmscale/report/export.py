@@ -1,7 +1,8 @@
-"""The fit's tables as CSV, Markdown, LaTeX (booktabs) and JSON.
+"""The fit's tables as CSV, Markdown, LaTeX (booktabs) and JSON; the robustness table as text.
 
 Two tables: the exponents (one row per regressor, with interval and theory) and the sample
-complexities P*_k (one row per cell and level, censored ones shown as bounds).
+complexities P*_k (one row per cell and level, censored ones shown as bounds). The robustness
+table (results/robustness.py computes it) as Markdown and a one-paragraph summary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 from rhmscale.errors import UserError
 from rhmscale.results.cells import GRAMMAR
 from rhmscale.results.fit import FitResult
+from rhmscale.results.options import FitOptions
 
 FORMATS = ("md", "csv", "tex", "json")
 TABLES = ("exponents", "p_star")
@@ -242,3 +244,46 @@ def render(result: FitResult, fmt: str, tables: tuple[str, ...] = TABLES) -> dic
     frames = {"exponents": exponent_frame, "p_star": p_star_frame}
     texts = {t: frames[t](result).to_csv(index=False) for t in tables}
     return texts if len(texts) > 1 else {"": next(iter(texts.values()))}
+
+
+# --- the robustness table (results/robustness.py) as text -------------------------------------
+
+
+def robustness_summary(table: pd.DataFrame, options: FitOptions) -> str:
+    """What the table is, and which variants moved which exponents by how much."""
+    moved = table[table["moved"]]
+    what = (
+        f"Exponents refitted with one choice changed at a time (baseline: threshold "
+        f"{options.threshold}, evaluation {options.at}, metric {options.metric}); 'moved by': "
+        f"the distance from the baseline's estimate in half-widths of the baseline's "
+        f"{options.ci:.0%} interval, 'moved' when above 1."
+    )
+    unfitted = int((table["term"] == "").sum())
+    plural = "s have" if unfitted > 1 else " has"
+    without = f" {unfitted} variant{plural} no fit (see their note)." if unfitted else ""
+    if moved.empty:
+        return what + " No variant moved an exponent." + without
+    named = moved["variant"] + " (" + moved["moved_by"].map(lambda x: number(x, 1)) + ")"
+    by_term = named.groupby(moved["term"], sort=False).agg(", ".join)
+    listed = "".join(f" {term} moved with: {names}." for term, names in by_term.items())
+    return what + listed + without
+
+
+def robustness_markdown(table: pd.DataFrame, options: FitOptions) -> str:
+    """A Markdown table, moved rows marked in bold, then the summary."""
+    lines = [
+        f"| variant | term | estimate | {options.ci:.0%} interval | shift | moved by | moved "
+        "| note |",
+        "|---|---|---:|---:|---:|---:|:-:|---|",
+    ]
+    for row in table.itertuples():
+        note = " ".join(row.note.split()).replace("|", "\\|")  # one line, no cell breaks
+        if not row.term:
+            lines.append(f"| {row.variant} | | | | | | | {note} |")
+            continue
+        lines.append(
+            f"| {row.variant} | {row.term} | {number(row.estimate)} "
+            f"| [{number(row.lo)}, {number(row.hi)}] | {number(row.shift)} "
+            f"| {number(row.moved_by, 1)} | {'**moved**' if row.moved else ''} | {note} |"
+        )
+    return "\n".join(lines) + "\n\n" + robustness_summary(table, options) + "\n"

@@ -16,10 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from rhmscale.results.cells import SIZE, variables
-from rhmscale.results.fit import FitResult
-from rhmscale.results.options import level_range
-from rhmscale.results.plot_kit import (
+from rhmscale.report.plot_kit import (
     CELL_MARKERS,
     CENSORED_AT_P,
     CENSORED_MARKER_X,
@@ -37,6 +34,9 @@ from rhmscale.results.plot_kit import (
     seed_summary,
     sentence,
 )
+from rhmscale.results.cells import SIZE, variables
+from rhmscale.results.fit import FitResult
+from rhmscale.results.options import level_range
 from rhmscale.results.theory import Theory, design_matrix
 
 ON_CURVE = {side: f"{where}, on its level's curve" for side, where in CENSORED_AT_P.items()}
