@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, size_problem
+from rhmscale.sequences import n_sequences
 
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
 ROLES = (SCIENCE, SEED, SIZE, BOOKKEEPING)
@@ -47,17 +48,6 @@ def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = Fals
 
 
 MAX_SEED = 2**32 - 1  # the training generators are seeded 2*seed+2; torch takes < 2**64
-
-
-def n_internal_nodes(s: int, L: int) -> int:
-    """Symbols with a production choice in a depth-L, branching-s tree: levels 1..L."""
-    return (s**L - 1) // (s - 1)
-
-
-def n_sequences(v: int, m: int, s: int, L: int) -> int:
-    """Exact number of distinct sequences: v roots times m choices at every internal node
-    (the rules are unambiguous, so every sequence has exactly one derivation)."""
-    return v * m ** n_internal_nodes(s, L)
 
 
 class _Strict(BaseModel):
@@ -250,12 +240,9 @@ class TrackingConfig(_Strict):
     )
     job_type: str = setting("train", BOOKKEEPING, per_member=True, description="W&B job type")
     name_keys: list[str] = setting(
-        role=BOOKKEEPING,
-        per_member=True,
-        default_factory=list,
-        description="keys that name the W&B run besides v, m, s, L, P and seed (a sweep's runs: "
-        "the other keys its grid varies)",
-    )
+        role=BOOKKEEPING, per_member=True, default_factory=list,
+        description="keys naming the W&B run besides v, m, s, L, P, seed (a sweep: its grid's)",
+    )  # fmt: skip
     trial: dict[str, Any] = setting(
         role=BOOKKEEPING,
         per_member=True,
@@ -311,24 +298,6 @@ class RunConfig(_Strict):
         """Dotted keys -> values, for W&B config and table columns."""
         return config_flat(self)
 
-    def cell_label(self) -> str:
-        """The run's cell, for people: 'v=8 m=3 s=2 L=3', then tracking.name_keys as
-        'width=64' (the full key where its last part would be ambiguous)."""
-        flat = self.flat()
-        parts = [f"{name}={flat[f'grammar.{name}']}" for name in GRAMMAR_NAMES]
-        last_parts = [key.split(".")[-1] for key in self.tracking.name_keys]
-        for key, last in zip(self.tracking.name_keys, last_parts, strict=True):
-            short = last if last_parts.count(last) == 1 and last not in LABEL_NAMES else key
-            parts.append(f"{short}={flat.get(key)}")
-        return " ".join(parts)
-
-    def label(self) -> str:
-        """The run, for people (its W&B name): 'v=8 m=3 s=2 L=3 P=187 seed=0', a tuning
-        trial's number first ('trial 12 v=8 ...')."""
-        trial = self.tracking.trial.get("number")
-        prefix = f"trial {trial} " if trial is not None else ""
-        return f"{prefix}{self.cell_label()} P={self.data.P} seed={self.seed}"
-
 
 # --- what each key is for, derived from the roles the fields declare ---------------------------
 
@@ -358,7 +327,6 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
 # The seed replicates differ in (grammar.seed picks the grammar): `sweep refine` adds them by it.
 REPLICATE_SEED = "seed"
 GRAMMAR_NAMES = ("v", "m", "s", "L")  # GrammarConfig's numbers, as formulas and --where say
-LABEL_NAMES = (*GRAMMAR_NAMES, "P", "seed")  # what a run's label always names
 
 
 def size_key(model: type[BaseModel] = RunConfig) -> str:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from rhmscale.config_io import build_config
+from rhmscale.labels import run_label
 from rhmscale.store.folders import RunDir
 from rhmscale.training import execute
 
@@ -152,7 +153,7 @@ def test_wandb_offline_run_reads_back(tmp_path):
         check=True,
     ).stdout.splitlines()
     (run,) = [json.loads(line)["run"] for line in records if '"type":"run"' in line]
-    assert run["display_name"] == "v=4 m=2 s=2 L=3 P=64 seed=0" == cfg.label()
+    assert run["display_name"] == "v=4 m=2 s=2 L=3 P=64 seed=0" == run_label(cfg)
     assert run["run_id"] == cfg.run_id()
     assert run["config"]["update"]["cell"] == "v=4 m=2 s=2 L=3"
 

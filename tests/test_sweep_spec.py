@@ -16,6 +16,7 @@ from rhmscale.cli import app
 from rhmscale.cli.sweep import cell_runs
 from rhmscale.config_io import build_config
 from rhmscale.errors import UserError
+from rhmscale.labels import cell_label, run_label
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import prepare
@@ -56,14 +57,14 @@ def test_runs_are_named_by_their_cell_size_seed_and_the_other_keys_the_grid_vari
     it (by its last part, the whole key where that would read as another letter)."""
     plain = expand(spec({"grammar.v": [4, 8], "data.P": [8, 16], "seed": [0, 1]}))
     assert {c.tracking.name_keys == [] for c in plain} == {True}
-    labels = {c.label() for c in plain}
+    labels = {run_label(c) for c in plain}
     assert labels >= {"v=4 m=2 s=2 L=3 P=8 seed=0", "v=8 m=2 s=2 L=3 P=16 seed=1"}
     grid = {"model.width": [16, 32], "grammar.seed": [0, 1], "train.lr": [1e-3], "seed": [0]}
     wide = expand(spec(grid))
     assert {tuple(c.tracking.name_keys) for c in wide} == {("model.width", "grammar.seed")}
     one = next(c for c in wide if c.model.width == 32 and c.grammar.seed == 1)
-    assert one.cell_label() == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1"
-    assert one.label() == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1 P=32 seed=0"
+    assert cell_label(one) == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1"
+    assert run_label(one) == "v=4 m=2 s=2 L=3 width=32 grammar.seed=1 P=32 seed=0"
     # The name is bookkeeping: the run ids are those of the same configs without it.
     bare = [c.model_copy(update={"tracking": c.tracking.model_copy(update={"name_keys": []})})
             for c in wide]  # fmt: skip

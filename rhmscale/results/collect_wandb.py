@@ -30,7 +30,7 @@ INT_METRICS = {"step", "samples_seen"}
 # Keys W&B or Lightning add to every history row; W&B's own keys start with "_".
 STEP_KEYS = ("step", "trainer/global_step", "_step")  # our step, first found wins
 DROPPED_KEYS = {"trainer/global_step", "global_step"}
-DROPPED_CONFIG = {"run_id"}  # a column of its own
+DROPPED_CONFIG = {"run_id", "cell"}  # run_id: a column of its own; cell: the fit labels cells
 
 
 class SkipRun(Exception):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rhmscale.config import REPLICATE_SEED, n_sequences
+from rhmscale.config import REPLICATE_SEED
 from rhmscale.errors import UserError
 from rhmscale.results.cells import (
     SIZE,
@@ -38,6 +38,7 @@ from rhmscale.results.crossing import BELOW
 from rhmscale.results.options import FitOptions, check_options, level_range
 from rhmscale.results.sample_complexity import sample_complexity
 from rhmscale.results.theory import Theory
+from rhmscale.sequences import n_sequences
 
 EDGE_PRIORITY = math.inf  # an unmeasured point first: its P*_k is only a bound
 

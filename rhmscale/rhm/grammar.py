@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rhmscale.config import GrammarConfig, n_internal_nodes
-from rhmscale.config import n_sequences as count_sequences
+from rhmscale.config import GrammarConfig
 from rhmscale.config_io import validated
 from rhmscale.errors import UserError
 from rhmscale.rhm.parse import LevelIndex, Parse
@@ -35,6 +34,8 @@ from rhmscale.rhm.radix import (
     to_limbs,
     uint_dtype,
 )
+from rhmscale.sequences import n_internal_nodes
+from rhmscale.sequences import n_sequences as count_sequences
 
 _JSON_FORMAT = "rhmscale.grammar"
 _JSON_VERSION = 1

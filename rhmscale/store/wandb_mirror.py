@@ -1,7 +1,7 @@
 """W&B mirror of a run: the run store is the source of truth, W&B is the dashboard.
 
 W&B run id = run_id, so a requeued run resumes the same W&B run; its name says what it is
-('v=8 m=3 s=2 L=3 P=187 seed=0', RunConfig.label); group = sweep name; the config is flattened
+('v=8 m=3 s=2 L=3 P=187 seed=0', labels.run_label); group = sweep name; the config is flattened
 (dotted keys, plus `cell` and `run_id`) so that W&B's grouping, filters and parallel-coordinates
 views work on every grid key. W&B's own folders are kept inside the run directory. Every
 member of a pack has its own W&B run, open at the same time in one process (wandb's
@@ -43,6 +43,7 @@ from typing import Any
 
 from rhmscale.config import RunConfig, TrackingConfig
 from rhmscale.errors import UserError
+from rhmscale.labels import cell_label, run_label
 from rhmscale.store.folders import RunDir
 
 SAMPLE_COLUMNS = ["step", "sample", "coherence_depth", "grammatical", "memorized"]
@@ -379,7 +380,7 @@ def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
         settings["finish_timeout"] = FINISH_TIMEOUT_S
     return wandb.init(
         id=config.run_id(),
-        name=config.label(),
+        name=run_label(config),
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group,
@@ -388,7 +389,7 @@ def _init(config: RunConfig, run_dir: RunDir, mode: str) -> Any:
         dir=str(run_dir.path),
         mode=mode,
         resume="allow",
-        config=config.flat() | {"run_id": config.run_id(), "cell": config.cell_label()},
+        config=config.flat() | {"run_id": config.run_id(), "cell": cell_label(config)},
         settings=wandb.Settings(**settings),
         reinit="create_new",  # the members of a pack each have a run, open at once
     )

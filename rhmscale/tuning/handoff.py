@@ -116,10 +116,17 @@ def with_params(spec: SweepSpec, study: Path, allow_unlike: bool = False) -> Swe
     tuned_spec = spec.model_copy(update={"grid": grid})
     keys = {k for tuned in best.values() for k in tuned["params"]}
 
-    def runs(s: SweepSpec) -> list[tuple]:  # each run, its tuned keys left out
+    def runs(s: SweepSpec) -> list[tuple]:
+        """Each run, its tuned keys and its W&B naming (tracking: the grid's keys) left out."""
         points = expand_points(s).points if s.grid else []
         return sorted(
-            tuple(sorted((k, repr(v)) for k, v in config_flat(p.config).items() if k not in keys))
+            tuple(
+                sorted(
+                    (k, repr(v))
+                    for k, v in config_flat(p.config).items()
+                    if k not in keys and not k.startswith("tracking.")
+                )
+            )
             for p in points
         )
 
