@@ -192,20 +192,20 @@ def packs_table(plan: PackPlan) -> Table:
 def p_star_table(result: FitResult) -> Table:
     from rich.table import Table
 
-    from rhmscale.report.export import number, p_star_frame, p_star_text, size
+    from rhmscale.report.export import RATIO, p_star_frame, p_star_text, ratio_text, size
 
     table = Table(
         title=f"P*_k: {result.options.metric} crosses {result.options.threshold} "
         f"(evaluation: {result.options.at})"
     )
-    for name in ("cell", "k", "P*_k", f"{result.options.ci:.0%} interval", "theory P_k", "ratio"):
+    for name in ("cell", "k", "P*_k", f"{result.options.ci:.0%} interval", "theory P_k", RATIO):
         table.add_column(name, justify="left" if name == "cell" else "right")
     for _, row in p_star_frame(result).iterrows():
         value, interval = p_star_text(row)
         style = "yellow" if row["censored"] else None
         table.add_row(
             row["cell"], str(row["k"]), value, interval, size(row["P_theory"]),
-            number(row["ratio"], 2), style=style,
+            ratio_text(row), style=style,
         )  # fmt: skip
     return table
 

@@ -54,13 +54,22 @@ def size(x: float) -> str:
     return f"{x:,.0f}" if x < 1e5 else f"{x:.3g}"
 
 
+# P*_k over the theory's P_k (--theory, no prefactor), named so in every table (docs/fit.md);
+# the `ratio` column of the CSV and JSON exports.
+RATIO = "P*_k/P_k"
+BOUND = {"below": "≤ ", "above": "> "}  # how a censored P*_k (and its ratio) is written
+
+
 def p_star_text(row: pd.Series) -> tuple[str, str]:
     """(value, interval) of one P*_k; censored values are bounds with no interval."""
-    if row["censored"] == "below":
-        return f"≤ {size(row['P_star'])}", ""
-    if row["censored"] == "above":
-        return f"> {size(row['P_star'])}", ""
+    if row["censored"]:
+        return BOUND[row["censored"]] + size(row["P_star"]), ""
     return size(row["P_star"]), f"[{size(row['P_lo'])}, {size(row['P_hi'])}]"
+
+
+def ratio_text(row: pd.Series) -> str:
+    """P*_k/P_k, a bound as P*_k is when it is censored ("> 4.00": not learned at 4 x P_k)."""
+    return BOUND.get(row["censored"], "") + number(row["ratio"], 2)
 
 
 # --- tables as plain frames (CSV) and text (Markdown) ----------------------------------------
@@ -131,14 +140,14 @@ def markdown(result: FitResult, tables: tuple[str, ...] = TABLES) -> str:
         parts.append("\n".join(lines) + "\n\n" + fit_summary(result))
     if "p_star" in tables:
         lines = [
-            f"| cell | k | P*_k | {ci} interval | theory P_k | P*/theory |",
+            f"| cell | k | P*_k | {ci} interval | theory P_k | {RATIO} |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for _, row in p_star_frame(result).iterrows():
             value, interval = p_star_text(row)
             lines.append(
                 f"| {row['cell']} | {row['k']} | {value} | {interval} | {size(row['P_theory'])} "
-                f"| {number(row['ratio'], 2)} |"
+                f"| {ratio_text(row)} |"
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -197,7 +206,10 @@ def latex(result: FitResult, tables: tuple[str, ...] = TABLES) -> str:
         rows = []
         for _, row in p_star_frame(result).iterrows():
             value, interval = p_star_text(row)
-            value = value.replace("≤ ", r"$\leq$ ").replace("> ", "$>$ ").replace(",", "{,}")
+            value, ratio = (
+                text.replace("≤ ", r"$\leq$ ").replace("> ", "$>$ ").replace(",", "{,}")
+                for text in (value, ratio_text(row))
+            )
             rows.append(
                 [
                     tex_escape(row["cell"]),
@@ -205,7 +217,7 @@ def latex(result: FitResult, tables: tuple[str, ...] = TABLES) -> str:
                     value,
                     interval.replace(",", "{,}").replace("{,} ", ", "),
                     size(row["P_theory"]).replace(",", "{,}"),
-                    number(row["ratio"], 2),
+                    ratio,
                 ]
             )
         caption = (
