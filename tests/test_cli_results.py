@@ -142,6 +142,13 @@ def test_report_folder_and_wandb_summary_run(sweep, tmp_path):
     assert "report/exponents" in keys and "report/p_star" in keys
     assert any(key.startswith("report/accuracy") for key in keys)
     assert run.summary["report/n_points"] > 0 and "report/exponent/log v" in run.summary
+    # Two sweeps' report runs compare side by side: intervals and the code in the summary,
+    # report.md itself among the run's files.
+    lo, hi = run.summary["report/exponent/log v/lo"], run.summary["report/exponent/log v/hi"]
+    assert lo <= run.summary["report/exponent/log v"] <= hi
+    assert run.summary["report/code_version"].startswith("rhmscale ")
+    (files,) = list((report / "wandb").glob("offline-run-*/files"))
+    assert (files / "report.md").read_text() == text
 
 
 def test_the_shared_fit_options_default_to_the_fits_own():

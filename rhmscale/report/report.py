@@ -144,7 +144,8 @@ def write_report(
     atomic_write_text(
         report, report_markdown(title, collection, result, figures, counts, spec_text, variants)
     )
-    run = log_to_wandb(result, figures, folder, title, wandb, variants) if wandb else None
+    files = [report] + ([folder / "sweep.yaml"] if spec_text else [])
+    run = log_to_wandb(result, figures, folder, title, wandb, variants, files) if wandb else None
     return Written(report, figures, run)
 
 
@@ -155,11 +156,18 @@ def log_to_wandb(
     title: str,
     settings: dict[str, Any],
     variants: pd.DataFrame | None = None,
+    files: list[Path] | None = None,
 ) -> str | None:
-    """The tables and figures as one W&B run (job_type "report") in the sweep's group."""
+    """The tables and figures as one W&B run (job_type "report") in the sweep's group, with
+    report.md, the spec and the code version: the exponents and their intervals are summary
+    keys (report/exponent/<term>, .../lo, .../hi), columns of the project's runs table in which
+    two sweeps' report runs stand side by side."""
     stats = result.to_dict()["stats"]
     summary = {f"report/{k}": v for k, v in stats.items() if v is not None}
-    summary |= {f"report/exponent/{r.term}": r.estimate for r in result.exponents.itertuples()}
+    for r in result.exponents.itertuples():
+        term = f"report/exponent/{r.term}"
+        summary |= {term: r.estimate, f"{term}/lo": r.lo, f"{term}/hi": r.hi}
+    summary["report/code_version"] = code_version()
     return log_summary_run(
         {
             "exponents": result.exponents,
@@ -171,6 +179,7 @@ def log_to_wandb(
         folder,
         title,
         settings | {"job_type": "report", "config": vars(result.options)},
+        files,
     )
 
 
@@ -181,9 +190,11 @@ def log_summary_run(
     folder: Path,
     title: str,
     settings: dict[str, Any],
+    files: list[Path] | None = None,
 ) -> str | None:
-    """One W&B run holding tables, figures and a summary (a report's, a study's); settings:
-    mode, project, entity, group, job_type, config. Where it went (URL or folder), or None."""
+    """One W&B run holding tables, figures, a summary and `files` (a report's, a study's);
+    settings: mode, project, entity, group, job_type, config. Where it went (URL or folder),
+    or None."""
     from rhmscale.store.wandb_mirror import resolve_mode
 
     mode = resolve_mode(settings.get("mode", "auto"))
@@ -210,6 +221,8 @@ def log_summary_run(
                 run.log({f"report/{name}": wandb.Table(dataframe=pd.DataFrame(frame))})
         run.log({f"report/{f.stem}": wandb.Image(str(f)) for f in figures})
         run.summary.update(summary)
+        for path in files or []:
+            run.save(str(path), base_path=str(path.parent), policy="now")
         location = run.url if mode == "online" else str(Path(run.dir).parent)
     finally:
         run.finish()
