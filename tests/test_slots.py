@@ -122,3 +122,41 @@ def test_an_empty_slot_does_not_move_its_weights(tmp_path):
     assert trainer.steps.tolist() == [1, 4]
     for name, p in trainer.stack.params.items():
         assert torch.equal(p[0], before[name]), name
+
+
+def test_a_run_is_marked_training_in_its_lock_when_it_takes_a_slot(tmp_path):
+    """`sweep status` counts a run as running once its lock says "training": a run taken and
+    set up ahead of its slot is not marked yet."""
+    from rhmscale.store.lock import holder, try_lock
+
+    stopper, runner, joiner = stopper_runner_joiner("model.arch=tree_unet")
+    configs = [stopper, runner, joiner]
+    stores = {c.run_id(): RunDir(p) for c, p in zip(configs, dirs(tmp_path, configs), strict=True)}
+    locks = {run_id: try_lock(store.lock_file) for run_id, store in stores.items()}
+    runs = Runs()
+    for config in (stopper, runner):
+        runs.add(config, stores[config.run_id()], lock=locks[config.run_id()])
+    seen = []  # the joiner's lock line at each step, before and after it takes a slot
+
+    class Feed:
+        def __init__(self):
+            self.left = [joiner]
+
+        def next(self):
+            if not self.left:
+                return None
+            config = self.left.pop()
+            return runs.join(config, stores[config.run_id()], lock=locks[config.run_id()])
+
+        def exhausted(self):
+            return not self.left
+
+    def on_step(trainer, losses):
+        seen.append({r: holder(store.lock_file) for r, store in stores.items()})
+
+    runs.train(False, None, None, on_step, feed=Feed())
+    first = seen[0]
+    assert all(" training since " in first[c.run_id()] for c in (stopper, runner))
+    assert " training since " not in first[joiner.run_id()]  # taken, waiting for a slot
+    assert any(" training since " in (lines[joiner.run_id()] or "") for lines in seen)
+    assert {o.state for o in runs.outcomes.values()} == {"done"}

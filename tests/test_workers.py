@@ -98,12 +98,16 @@ def test_a_submission_while_workers_live_adds_to_their_backlog(tmp_path):
         assert submission.record["tasks"][0]["job_id"] == str(sleeper.pid)
         assert len(Backlog(sweep).entries()) == 2
         assert sweep_status(sweep.path, s).counts == {"queued": 2}  # held by nobody yet
-        # The worker takes one: running, and who trains it is said.
+        # The worker takes one and sets it up ahead: still queued, waiting for a slot.
         entry, lock = Backlog(sweep).take()
+        assert sweep_status(sweep.path, s).counts == {"queued": 2}
+        # It takes a slot (its lock says so): running, and who trains it is said.
+        lock.mark("training")
         status = sweep_status(sweep.path, s)
         assert status.counts == {"queued": 1, "running": 1}
         (running,) = [r for r in status.runs if r.state == "running"]
         assert running.run_id == entry.run_id and f"pid {os.getpid()}" in running.holder
+        assert " training since " in running.holder
         lock.release()
         # It ends (its exit line): the next submission starts workers of its own.
         sweep.append_job_line({"event": "worker-exit", "job_id": str(sleeper.pid)})

@@ -43,6 +43,16 @@ class Held:
     def __init__(self, handle) -> None:
         self.handle = handle
 
+    def mark(self, what: str) -> None:
+        """Say what the holder does now in its line ("host pid N job J training since T"):
+        a run taken and set up ahead waits for a slot; `sweep status` counts it as running
+        only once it is marked "training"."""
+        if not self.handle.closed:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(holder_line(what))
+            self.handle.flush()
+
     def release(self) -> None:
         if not self.handle.closed:
             self.handle.truncate(0)  # nobody holds it now (holder() reads an empty file)
@@ -66,13 +76,17 @@ def try_lock(path: Path) -> Held | str:
         return holder
     handle.seek(0)
     handle.truncate()
-    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    job = job_id()
-    handle.write(
-        f"{socket.gethostname()} pid {os.getpid()}{f' job {job}' * bool(job)} since {since}\n"
-    )
+    handle.write(holder_line())
     handle.flush()
     return Held(handle)
+
+
+def holder_line(what: str = "") -> str:
+    """'host pid N [job J] [what] since T': who holds a lock, and since when."""
+    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    job = job_id()
+    parts = [socket.gethostname(), "pid", str(os.getpid())] + ["job", job] * bool(job)
+    return " ".join([*parts, *[what] * bool(what), "since", since]) + "\n"
 
 
 def job_id() -> str | None:

@@ -206,7 +206,8 @@ def status_of(
                 # A live worker holds the run: running if it trains it (its folder's lock),
                 # else queued for it.
                 holder = training_holder(sweep.run_dir(rid)) if active[rid] == "running" else None
-                state = "running" if holder else "queued"
+                # Taken and set up ahead, its lock not yet marked "training": still waiting.
+                state = "running" if holder and " training since " in holder else "queued"
             elif state in ("failed", "diverged"):
                 message = failure_message(sweep.run_dir(rid))
             elif state == "corrupt":

@@ -208,6 +208,7 @@ class Runs:
                     on_step=on_step,
                     on_member_error=lambda m, exc: self.fail(run_id(m), exc),
                     on_member_done=lambda m: self.record_done(run_id(m), fabric),
+                    on_member_start=lambda m: self.mark(run_id(m), "training"),
                     on_note=self.note,
                 )
                 ended = trainer.fit(
@@ -238,6 +239,13 @@ class Runs:
         """Runs set up, without an outcome yet."""
         with self.lock:
             return [r for r in self.members if r not in self.outcomes and r not in self.closing]
+
+    def mark(self, run_id: str, what: str) -> None:
+        """Say in the run folder's lock what its worker does with it (store.lock.Held.mark)."""
+        with self.lock:
+            lock = self.locks.get(run_id)
+        if lock is not None:
+            lock.mark(what)
 
     def note(self, message: str) -> None:
         """A line about the pack in the run.log of each run not yet ended."""

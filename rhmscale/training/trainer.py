@@ -68,8 +68,8 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
     and trainer.slots say which run is where);
     on_member_error(member, exc) when a run's evaluation or checkpoint raised, or it diverged:
     it leaves its slot, the others train on; on_member_done(member) when a run ended (its last
-    evaluation is recorded: max_steps, or an early stop or a judge's verdict); on_note(text) a
-    line for the logs of the runs in the slots.
+    evaluation is recorded: max_steps, or an early stop or a judge's verdict); on_member_start
+    (member) when a run takes a slot; on_note(text) a line for the logs of the runs in the slots.
     """
 
     def __init__(
@@ -83,6 +83,7 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
         on_member_error: Callable[[Member, BaseException], None] | None = None,
         on_member_done: Callable[[Member], None] | None = None,
+        on_member_start: Callable[[Member], None] | None = None,
         on_note: Callable[[str], None] | None = None,
     ) -> None:
         if not members:
@@ -95,6 +96,7 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         self.feed = feed
         self.on_step, self.on_member_error = on_step, on_member_error
         self.on_member_done = on_member_done
+        self.on_member_start = on_member_start or (lambda member: None)
         self.on_note = on_note or (lambda message: None)
         self.fabric, self.device = fabric, fabric.device
         train = cfg.train
@@ -186,6 +188,7 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         self.slots[slot] = member
         member.state = None  # in the slot now; the host copy is not needed
         self.train_step.active[slot] = 1.0
+        self.on_member_start(member)
         if self.due(slot):  # resumed at an evaluation a stop request cut short: redo it
             self.snapshot([slot])
 
