@@ -28,6 +28,7 @@ from rhmscale.report.plot_kit import (
     scale_log,
     seed_summary,
     supylabel,
+    ylabel,
 )
 from rhmscale.results.cells import GRAMMAR, SIZE
 from rhmscale.results.coherence import COHERENCE
@@ -72,7 +73,7 @@ def coherence_vs_p(data: Inputs) -> Figure:
         )
     scale_log(ax, y=True)
     ax.set_xlabel(P_LABEL)
-    ax.set_ylabel("coherence length s^depth (tokens), seed mean")
+    ylabel(ax, "coherence length s^depth (tokens), seed mean")
     ax.set_title(data.title(f"{title}, at {data.result.options.at}"))
     handles, _ = ax.get_legend_handles_labels()
     if ceilings:

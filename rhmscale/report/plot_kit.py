@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import Formatter, LogFormatter
 
 from rhmscale.results.cells import GRAMMAR, rows_at, with_cells
@@ -152,18 +153,28 @@ def panels(data: Inputs, title: str, *, sharey: bool) -> tuple[Figure, list[Axes
     return fig, axes[:n]
 
 
-def supylabel(fig: Figure, text: str) -> None:
-    """The figure's y label, wrapped into as many lines as keep it inside the figure's height
-    (a one-row figure is too short for a long label on one or two lines)."""
+def wrapped(fig: Figure, label: Text, height: float) -> None:
+    """A vertical label rewrapped into as many lines as keep it within `height` pixels (a
+    one-row figure is too short for a long label on one or two lines)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    label = fig.supylabel(text)
     renderer = FigureCanvasAgg(fig).get_renderer()
+    text = label.get_text()
     flat = " ".join(text.split())
     width = max(len(line) for line in text.split("\n"))
-    while label.get_window_extent(renderer).height > 0.95 * fig.bbox.height and width > 12:
+    while label.get_window_extent(renderer).height > height and width > 12:
         width = int(width * 0.85)
         label.set_text(textwrap.fill(flat, width))
+
+
+def supylabel(fig: Figure, text: str) -> None:
+    """The figure's y label, wrapped to stay inside the figure's height."""
+    wrapped(fig, fig.supylabel(text), 0.95 * fig.bbox.height)
+
+
+def ylabel(ax: Axes, text: str) -> None:
+    """An axes' y label, wrapped to stay inside the figure's height (less a title's room)."""
+    wrapped(ax.figure, ax.set_ylabel(text), 0.8 * ax.figure.bbox.height)
 
 
 def message_figure(title: str, message: str) -> Figure:

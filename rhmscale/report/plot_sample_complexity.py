@@ -36,6 +36,7 @@ from rhmscale.report.plot_kit import (
     seed_summary,
     sentence,
     supylabel,
+    ylabel,
 )
 from rhmscale.results.cells import SIZE, variables
 from rhmscale.results.fit import FitResult
@@ -172,7 +173,7 @@ def collapse(data: Inputs) -> Figure:
     scale_log(ax)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"P / P_k(theory),  P_k(theory) = {options.theory}")
-    ax.set_ylabel(f"{data.words()} (fraction, seed mean),\n{data.at_words()}")
+    ylabel(ax, f"{data.words()} (fraction, seed mean),\n{data.at_words()}")
     ax.set_title(data.title("Collapse on the theory's sample complexity"))
     handles = level_handles(data.all_levels()) + [
         Line2D(
@@ -317,7 +318,7 @@ def p_star_vs_theory(data: Inputs) -> Figure:
         )
     scale_log(ax, y=True)
     ax.set_xlabel(f"P_k(theory) = {options.theory}")
-    ax.set_ylabel(f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
+    ylabel(ax, f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
     ax.set_title(
         f"{title}\n"
         + textwrap.fill(

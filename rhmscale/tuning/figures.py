@@ -5,6 +5,7 @@ learning curve.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,12 @@ def study_figures(
             top.axhline(cap, ls=":", color="black", lw=1,
                         label=f"samples cap {cap:,.0f}:\nabove it, not learned")  # fmt: skip
             # Below the axes, in columns: beside them it took a third of the figure's width.
-            top.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9)
+            # A long objective name is wrapped: the legend and y label stay within the axes.
+            handles, labels = top.get_legend_handles_labels()
+            labels = [textwrap.fill(" ".join(t.split()), 36) for t in labels]
+            top.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                       ncol=3, fontsize=9)  # fmt: skip
+            top.set_ylabel(textwrap.fill(top.get_ylabel(), 40))
             figure.set_size_inches(9, 5.4)
         if name == "parallel":  # one axis per parameter: room for their tick labels
             figure.set_size_inches(max(6.4, 1.5 * (len(params) + 1)), 5.2)
