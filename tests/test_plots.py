@@ -217,7 +217,7 @@ def test_the_fitted_law_is_drawn_only_at_the_fitted_levels(sweep):
     fitted = points[points["k"] >= 2]
     assert len(law.get_xdata()) == len(fitted) < len(points)
     assert sorted(law.get_xdata()) == sorted(fitted["P_theory"])
-    assert "fitted law, levels 2-3" in [t.get_text() for t in fig.axes[0].get_legend().texts]
+    assert "fitted law, levels 2-3" in [t.get_text() for t in fig.legends[0].texts]
 
 
 def test_the_censored_count_in_the_text_is_the_count_drawn(sweep):

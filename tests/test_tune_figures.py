@@ -71,3 +71,70 @@ def test_importances_give_keys_varied_together_one_bar_and_history_shows_the_cap
     history = texts[str(tmp_path / "s-history.png")]
     assert any("samples cap 4,096,000" in t for t in history)
     assert len(paths) == 3
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures study_figures saves, by file name, drawn as saved (tight bounding box)."""
+    seen: dict[str, Figure] = {}
+    original = Figure.savefig
+
+    def recording(self, path, *args, **kw):
+        seen[path.name] = self
+        return original(self, path, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return seen
+
+
+def test_the_history_legend_leaves_the_axes_most_of_the_width(tmp_path, figures):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from rhmscale.tuning.figures import study_figures
+
+    long = "accuracy of novel samples (copies included), through level 3, at the last evaluation"
+    words = (long, "samples seen until ... reaches 0.5")
+    study_figures(pack_trials(), tmp_path, "s", words, cap=4_096_000)
+    fig = figures["s-history.png"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    saved = fig.get_tightbbox(renderer)  # inches: what bbox_inches="tight" keeps
+    (ax,) = fig.axes
+    width = ax.get_window_extent(renderer).width / fig.dpi
+    assert width >= 0.6 * saved.width
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the axes, not beside them
+
+
+@pytest.mark.parametrize("kind", ["float", "categorical"])
+def test_one_parameter_gets_its_trials_values_against_it_not_parallel_lines(
+    kind, tmp_path, figures
+):
+    from rhmscale.tuning.figures import study_figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        if kind == "float":
+            return trial.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 1e7
+        return {"a": 3e5, "b": 2e5}[trial.suggest_categorical("model.kind", ["a", "b"])]
+
+    study.optimize(objective, n_trials=6)
+    paths = study_figures(study, tmp_path, "s", ("samples to learn", "samples seen until ..."))
+    assert sorted(p.name for p in paths) == ["s-history.png", "s-parallel.png"]
+    (ax,) = figures["s-parallel.png"].axes
+    (points,) = ax.collections
+    xy = points.get_offsets()
+    trials = study.get_trials()
+    assert sorted(xy[:, 1]) == sorted(t.value for t in trials)  # a point per trial, visible
+    assert points.get_alpha() > 0.5 and points.get_sizes()[0] >= 20
+    name = "train.lr" if kind == "float" else "model.kind"
+    assert ax.get_xlabel() == name and "One parameter" in ax.get_title(loc="center")
+    if kind == "float":
+        assert ax.get_xscale() == "log"
+        assert sorted(xy[:, 0]) == pytest.approx(sorted(t.params[name] for t in trials))
+    else:
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert ticks == ["a", "b"]
+        assert all(ticks[int(x)] == t.params[name] for (x, _), t in zip(xy, trials, strict=True))

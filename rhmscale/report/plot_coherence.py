@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from rhmscale.report.plot_kit import (
     CELL_MARKERS,
@@ -19,14 +20,17 @@ from rhmscale.report.plot_kit import (
     P_LABEL,
     SAMPLES_LABEL,
     Inputs,
+    cell_color,
     compact_ticks,
     error_bars,
     message_figure,
     panels,
     scale_log,
     seed_summary,
+    supylabel,
+    ylabel,
 )
-from rhmscale.results.cells import SIZE
+from rhmscale.results.cells import GRAMMAR, SIZE
 from rhmscale.results.coherence import COHERENCE
 
 
@@ -37,15 +41,20 @@ def coherence_vs_p(data: Inputs) -> Figure:
         return message_figure(title, f"{COHERENCE} was not recorded")
     fits = data.result.coherence
     fits = fits.set_index("cell") if not fits.empty else fits
-    colors = colormaps["tab10" if len(data.cells) <= 10 else "tab20"].colors
     fig = Figure(figsize=(8.6, 5.2), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
+    ceilings = False
     for index, cell in enumerate(data.cells):
-        color = colors[index % len(colors)]
-        summary = seed_summary(data.rows[data.rows["cell"] == cell], SIZE, COHERENCE)
+        color = cell_color(index, len(data.cells))
+        group = data.rows[data.rows["cell"] == cell]
+        summary = seed_summary(group, SIZE, COHERENCE)
         if summary.empty:
             continue
         x = summary.index.to_numpy(float)
+        ceiling = saturation(group)
+        if ceiling is not None:  # the most a sequence can hold: where the curve levels off
+            ax.plot(x[[0, -1]], [ceiling] * 2, ":", color=color, lw=1.2, gid="saturation")
+            ceilings = True
         yerr = error_bars(summary["mean"], summary["min"], summary["max"])
         label = f"{cell}: no fit (needs 2 sizes)"
         if cell in fits.index and np.isfinite(fits.loc[cell, "exponent"]):
@@ -64,10 +73,33 @@ def coherence_vs_p(data: Inputs) -> Figure:
         )
     scale_log(ax, y=True)
     ax.set_xlabel(P_LABEL)
-    ax.set_ylabel("coherence length s^depth (tokens), seed mean")
+    ylabel(ax, "coherence length s^depth (tokens), seed mean")
     ax.set_title(data.title(f"{title}, at {data.result.options.at}"))
-    fig.legend(loc="outside right center", fontsize=8, title="seed min-max bars; line = fit")
+    handles, _ = ax.get_legend_handles_labels()
+    if ceilings:
+        label = "s^L: every token valid\n(where the curve saturates)"
+        handles.append(Line2D([], [], ls=":", color="0.3", label=label))
+    fig.legend(
+        handles=handles, loc="outside right center", fontsize=8, title=FIT_WORDS, title_fontsize=8
+    )
     return fig
+
+
+# The fit (results/coherence.py) is a power law through every size, also those where the
+# coherence length has reached s^L: the legend says what it is good for.
+FIT_WORDS = (
+    "seed min-max bars; line: power-law fit\n"
+    "over all sizes (the curve saturates at s^L:\n"
+    "the fit describes its rise only)"
+)
+
+
+def saturation(group) -> float | None:
+    """s^L, the sequence length: the longest coherence length of the cell's grammar."""
+    s, depth = GRAMMAR["s"], GRAMMAR["L"]
+    if s not in group or depth not in group or group[[s, depth]].isna().any(axis=None):
+        return None
+    return float(group[s].max()) ** float(group[depth].max())
 
 
 def coherence_vs_time(data: Inputs) -> Figure:
@@ -99,7 +131,7 @@ def coherence_vs_time(data: Inputs) -> Figure:
         scale_log(ax, y=True)
         ax.set_title(cell, fontsize=9)
     fig.supxlabel(SAMPLES_LABEL)
-    fig.supylabel("coherence length s^depth (tokens)")
+    supylabel(fig, "coherence length s^depth (tokens)")
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=P_LABEL)
     compact_ticks(bar.ax.yaxis)
     return fig

@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import Formatter, LogFormatter
 
 from rhmscale.results.cells import GRAMMAR, rows_at, with_cells
@@ -29,6 +30,8 @@ MAX_PANELS = 16  # cells per figure; the title says when some were left out
 P_LABEL = "dataset size P (training sequences)"
 SAMPLES_LABEL = "samples seen (sequences)"
 LEVEL_COLORS = colormaps["tab10"].colors
+# Levels' markers where colour tells cells apart: no triangles, those mark censored points.
+LEVEL_MARKERS = ["o", "s", "D", "P", "X", "p", "h", "*"]
 CELL_MARKERS = ["o", "s", "D", "^", "v", "<", ">", "P", "*", "X", "p", "h", "d", "+", "x", "1"]
 # Censored crossings: an open triangle pointing the way the true value lies.
 CENSORED_MARKER_Y = {"below": "v", "above": "^"}  # on an axis of the crossing's value
@@ -118,6 +121,16 @@ def level_color(k: int) -> tuple[float, float, float]:
     return LEVEL_COLORS[(k - 1) % len(LEVEL_COLORS)]
 
 
+def cell_color(index: int, n: int) -> tuple[float, float, float]:
+    """The colour of the index-th of n cells: tab10, or tab20 for more than 10 cells."""
+    colors = colormaps["tab10" if n <= 10 else "tab20"].colors
+    return colors[index % len(colors)]
+
+
+def level_marker(k: int) -> str:
+    return LEVEL_MARKERS[(k - 1) % len(LEVEL_MARKERS)]
+
+
 def seed_summary(group: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
     """Mean, min and max over seeds of `column` at each value of `by` (sorted, positive)."""
     values = group[[by, column]].dropna()
@@ -140,6 +153,30 @@ def panels(data: Inputs, title: str, *, sharey: bool) -> tuple[Figure, list[Axes
     return fig, axes[:n]
 
 
+def wrapped(fig: Figure, label: Text, height: float) -> None:
+    """A vertical label rewrapped into as many lines as keep it within `height` pixels (a
+    one-row figure is too short for a long label on one or two lines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    text = label.get_text()
+    flat = " ".join(text.split())
+    width = max(len(line) for line in text.split("\n"))
+    while label.get_window_extent(renderer).height > height and width > 12:
+        width = int(width * 0.85)
+        label.set_text(textwrap.fill(flat, width))
+
+
+def supylabel(fig: Figure, text: str) -> None:
+    """The figure's y label, wrapped to stay inside the figure's height."""
+    wrapped(fig, fig.supylabel(text), 0.95 * fig.bbox.height)
+
+
+def ylabel(ax: Axes, text: str) -> None:
+    """An axes' y label, wrapped to stay inside the figure's height (less a title's room)."""
+    wrapped(ax.figure, ax.set_ylabel(text), 0.8 * ax.figure.bbox.height)
+
+
 def message_figure(title: str, message: str) -> Figure:
     """A figure that says why there is nothing to draw."""
     fig = Figure(figsize=(6.4, 3.2), dpi=DPI, layout="constrained")
@@ -155,8 +192,11 @@ def error_bars(center: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
     return np.clip(np.vstack([center - lo, hi - center]).astype(float), 0, None)
 
 
-def censored_handles(*, on_y: bool, where: dict[str, str] = CENSORED_AT_P) -> list[Line2D]:
-    """Legend entries of the censored markers; `where` says where each side's truth lies."""
+def censored_handles(
+    sides: set[str], *, on_y: bool, where: dict[str, str] = CENSORED_AT_P
+) -> list[Line2D]:
+    """Legend entries of the censored markers drawn (`sides`: "below", "above"); `where` says
+    where each side's truth lies. A side not drawn gets no entry."""
     markers = CENSORED_MARKER_Y if on_y else CENSORED_MARKER_X
     return [
         Line2D(
@@ -170,6 +210,7 @@ def censored_handles(*, on_y: bool, where: dict[str, str] = CENSORED_AT_P) -> li
             label=f"censored: {where[side]}",
         )
         for side in ("below", "above")
+        if side in sides
     ]
 
 

@@ -24,15 +24,19 @@ from rhmscale.report.plot_kit import (
     DPI,
     P_LABEL,
     Inputs,
+    cell_color,
     censored_handles,
     error_bars,
     level_color,
     level_handles,
+    level_marker,
     message_figure,
     panels,
     scale_log,
     seed_summary,
     sentence,
+    supylabel,
+    ylabel,
 )
 from rhmscale.results.cells import SIZE, variables
 from rhmscale.results.fit import FitResult
@@ -47,6 +51,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
     options = data.result.options
     fig, axes = panels(data, sentence(f"{data.words()}, against dataset size"), sharey=True)
     threshold = options.threshold
+    sides, measured = set(), False  # what was drawn: the legend lists only that
     for ax, cell in zip(axes, data.cells, strict=False):
         group = data.rows[data.rows["cell"] == cell]
         for k in data.levels(cell):
@@ -64,6 +69,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
                 # At the bound it is censored at, on its own level's curve (several levels are
                 # often censored at one bound: each marker sits on the curve of its colour).
                 marker = CENSORED_MARKER_X[point["censored"]]
+                sides.add(point["censored"])
                 y = np.interp(np.log(point["P_star"]), np.log(x), summary["mean"])
                 ax.plot(
                     point["P_star"],
@@ -77,6 +83,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
                     gid="censored",
                 )
             else:
+                measured = True
                 xerr = error_bars(*(pd.Series([point[c]]) for c in ("P_star", "P_lo", "P_hi")))
                 ax.errorbar(
                     point["P_star"],
@@ -96,22 +103,25 @@ def accuracy_vs_p(data: Inputs) -> Figure:
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(cell, fontsize=9)
     fig.supxlabel(P_LABEL)
-    fig.supylabel(f"{data.words()} (fraction),\n{data.at_words()}")  # 2 lines: fits 2 rows
+    supylabel(fig, f"{data.words()} (fraction),\n{data.at_words()}")
     handles = level_handles(data.all_levels()) + [
         Patch(color="0.6", alpha=0.4, label="band: seed min-max"),
         Line2D([], [], ls="--", color="0.4", label=f"threshold {threshold:g}"),
-        Line2D(
-            [],
-            [],
-            ls="-",
-            marker="o",
-            mfc="white",
-            mec="0.3",
-            color="0.3",
-            label=f"P*_k, {options.ci:.0%} bootstrap CI",
-        ),
-        *censored_handles(on_y=False, where=ON_CURVE),
     ]
+    if measured:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="-",
+                marker="o",
+                mfc="white",
+                mec="0.3",
+                color="0.3",
+                label=f"P*_k, {options.ci:.0%} bootstrap CI",
+            )
+        )
+    handles += censored_handles(sides, on_y=False, where=ON_CURVE)
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
@@ -163,7 +173,7 @@ def collapse(data: Inputs) -> Figure:
     scale_log(ax)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"P / P_k(theory),  P_k(theory) = {options.theory}")
-    ax.set_ylabel(f"{data.words()} (fraction, seed mean),\n{data.at_words()}")
+    ylabel(ax, f"{data.words()} (fraction, seed mean),\n{data.at_words()}")
     ax.set_title(data.title("Collapse on the theory's sample complexity"))
     handles = level_handles(data.all_levels()) + [
         Line2D(
@@ -218,6 +228,56 @@ def exponent_table(result: FitResult, fitted: pd.DataFrame, others: pd.DataFrame
     return "\n".join(lines)
 
 
+BEYOND = 1.5  # factor from a censored P*_k's bound to its marker, the way the truth lies
+CENSORED_WORDS = {
+    "above": "> P_max: not learned up to the largest P",
+    "below": "≤ P_min: learned at the smallest P",
+}
+
+
+def draw_crossings(ax, data: Inputs, points: pd.DataFrame, fitted: tuple[int, int]) -> list:
+    """P*_k against P_k(theory): a colour per cell, a marker per level (pale: not fitted); a
+    censored P*_k as a hollow triangle beyond its bound, joined to it by a line, so that it
+    never sits on the theory line as a measured point would. Returns the legend entries of
+    what was drawn: cells, levels, censored sides."""
+    low, high = fitted
+    handles, sides = [], set()
+    for index, cell in enumerate(data.cells):
+        color = cell_color(index, len(data.cells))
+        of_cell = points[points["cell"] == cell]
+        if not of_cell.empty:
+            handles.append(Patch(color=color, label=cell))
+        for k, group in of_cell.groupby("k"):
+            alpha = 1.0 if low <= k <= high else 0.45
+            measured = group[group["censored"] == ""]
+            yerr = error_bars(measured["P_star"], measured["P_lo"], measured["P_hi"])
+            x, y = measured["P_theory"], measured["P_star"]
+            ax.errorbar(x, y, yerr=yerr, fmt="none", color=color, alpha=alpha, capsize=2)
+            ax.plot(x, y, level_marker(int(k)), ms=6, color=color, alpha=alpha, gid="measured")
+            for side, marker in CENSORED_MARKER_Y.items():
+                censored = group[group["censored"] == side]
+                if censored.empty:
+                    continue
+                sides.add(side)
+                bound = censored["P_star"].to_numpy(float)
+                beyond = bound * (BEYOND if side == "above" else 1 / BEYOND)
+                x = censored["P_theory"].to_numpy(float)
+                ax.plot(np.vstack([x, x]), np.vstack([bound, beyond]), "-", color=color,
+                        lw=1, alpha=alpha, gid="censored bound")  # fmt: skip
+                ax.plot(x, beyond, marker, mfc="none", mec=color, alpha=alpha, ms=8, mew=1.5,
+                        gid="censored")  # fmt: skip
+    for k in sorted(int(k) for k in points["k"].unique()):
+        pale = "" if low <= k <= high else " (not fitted, pale)"
+        handles.append(Line2D([], [], ls="none", marker=level_marker(k), color="0.3",
+                              label=f"level {k}{pale}"))  # fmt: skip
+    for side in ("above", "below"):
+        if side in sides:
+            label = f"{CENSORED_WORDS[side]}\n(hollow, beyond the bound it is joined to)"
+            handles.append(Line2D([], [], ls="none", marker=CENSORED_MARKER_Y[side], mfc="none",
+                                  mec="0.3", ms=8, mew=1.5, label=label))  # fmt: skip
+    return handles
+
+
 def p_star_vs_theory(data: Inputs) -> Figure:
     """Measured P*_k (bootstrap interval) against P_k(theory), the theory line, the fitted law
     at the points of the fitted levels (--levels); the other levels' points pale."""
@@ -229,40 +289,9 @@ def p_star_vs_theory(data: Inputs) -> Figure:
     points = points[points["P_theory"] > 0]
     low, high = level_range(options.levels)
     in_fit = points["k"].between(low, high)
-    fig = Figure(figsize=(7.6, 6.2), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(9.4, 6.2), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    for k, group in points.groupby("k"):
-        color = level_color(int(k))
-        fitted = low <= k <= high
-        alpha = 1.0 if fitted else 0.45
-        measured = group[group["censored"] == ""]
-        yerr = error_bars(measured["P_star"], measured["P_lo"], measured["P_hi"])
-        ax.errorbar(
-            measured["P_theory"],
-            measured["P_star"],
-            yerr=yerr,
-            fmt="o",
-            ms=5,
-            color=color,
-            alpha=alpha,
-            capsize=2,
-            label=f"level {k}" if fitted else f"level {k} (not fitted)",
-        )
-        for side, marker in CENSORED_MARKER_Y.items():
-            censored = group[group["censored"] == side]
-            if censored.empty:
-                continue
-            ax.plot(
-                censored["P_theory"],
-                censored["P_star"],
-                marker,
-                mfc="none",
-                mec=color,
-                alpha=alpha,
-                ms=8,
-                mew=1.5,
-                gid="censored",
-            )
+    handles = draw_crossings(ax, data, points, (low, high))
     span = points["P_theory"].to_numpy(float)
     x = np.geomspace(span.min() / 1.5, span.max() * 1.5, 50)
     prefactor = theory_prefactor(result)
@@ -289,7 +318,7 @@ def p_star_vs_theory(data: Inputs) -> Figure:
         )
     scale_log(ax, y=True)
     ax.set_xlabel(f"P_k(theory) = {options.theory}")
-    ax.set_ylabel(f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
+    ylabel(ax, f"measured P*_k (training sequences), {options.ci:.0%} bootstrap CI")
     ax.set_title(
         f"{title}\n"
         + textwrap.fill(
@@ -310,6 +339,6 @@ def p_star_vs_theory(data: Inputs) -> Figure:
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
         gid="exponent table",
     )
-    handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + censored_handles(on_y=True), loc="lower right", fontsize=8)
+    lines, _ = ax.get_legend_handles_labels()
+    fig.legend(handles=lines + handles, loc="outside right center", fontsize=8)
     return fig

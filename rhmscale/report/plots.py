@@ -37,7 +37,13 @@ FIGURES: dict[str, Callable[[Inputs], Figure]] = {
 
 def save(fig: Figure, path: Path) -> Path:
     declutter_ticks(fig)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
+    # Tight: the PNG holds every label even where the layout could not fit one in the figure.
+    atomic_write(
+        path,
+        lambda handle: fig.savefig(
+            handle, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.05
+        ),
+    )
     return path
 
 

@@ -5,6 +5,7 @@ learning curve.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,35 @@ def plot_importances(study: optuna.Study, target_name: str) -> Any:
     return axes
 
 
+def plot_one_parameter(study: optuna.Study, target_name: str) -> Any:
+    """In place of parallel coordinates for a study of one parameter (Optuna's draws two axes
+    joined by lines, the best or worst one in its colour map's white, and flat where the value
+    did not vary): each complete trial's value against the parameter, a point each."""
+    import matplotlib.pyplot as plt
+
+    trials = study.get_trials(deepcopy=False, states=(State.COMPLETE,))
+    if not trials:
+        raise ValueError("no complete trial")
+    (name,) = {n for t in trials for n in t.params}
+    values = [t.params[name] for t in trials]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if numeric:
+        x = [float(v) for v in values]
+        if getattr(trials[0].distributions[name], "log", False):
+            ax.set_xscale("log")
+    else:  # categories at 0, 1, ...: a strip each
+        names = sorted({str(v) for v in values})
+        x = [names.index(str(v)) for v in values]
+        ax.set_xticks(range(len(names)), names)
+    ax.scatter(x, [t.value for t in trials], s=30, color="tab:blue", alpha=0.8, zorder=3,
+               label=f"{len(trials)} complete trials")  # fmt: skip
+    title = "One parameter: each trial's value against it (no parallel coordinates)"
+    ax.set(xlabel=name, ylabel=target_name, title=title)
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
 def study_figures(
     study: optuna.Study,
     folder: Path,
@@ -105,6 +135,7 @@ def study_figures(
     params = {name for t in study.get_trials(deepcopy=False) for name in t.distributions}
     if len(params) < 2:
         del plots["importances"]
+        plots["parallel"] = plot_one_parameter
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, plot in plots.items():
@@ -123,8 +154,14 @@ def study_figures(
             # Values above the cap are scores of trials that did not learn, not samples.
             top.axhline(cap, ls=":", color="black", lw=1,
                         label=f"samples cap {cap:,.0f}:\nabove it, not learned")  # fmt: skip
-            top.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-            figure.set_size_inches(9, 4.8)
+            # Below the axes, in columns: beside them it took a third of the figure's width.
+            # A long objective name is wrapped: the legend and y label stay within the axes.
+            handles, labels = top.get_legend_handles_labels()
+            labels = [textwrap.fill(" ".join(t.split()), 36) for t in labels]
+            top.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                       ncol=3, fontsize=9)  # fmt: skip
+            top.set_ylabel(textwrap.fill(top.get_ylabel(), 40))
+            figure.set_size_inches(9, 5.4)
         if name == "parallel":  # one axis per parameter: room for their tick labels
             figure.set_size_inches(max(6.4, 1.5 * (len(params) + 1)), 5.2)
         path = folder / f"{stem}-{name}.png"
