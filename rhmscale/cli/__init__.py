@@ -46,6 +46,13 @@ def main() -> None:
     except BrokenPipeError:  # `rhmscale ... | head` stopped reading: what it wanted, it has
         silence_stdout()
         sys.exit(0)
+    except SystemExit as exc:
+        # click's own answer to a reader that stopped while a command wrote: exit code 1,
+        # stdout wrapped so that nothing more is written.
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            silence_stdout()
+            sys.exit(0)
+        raise
     except UserError as exc:
         fail(str(exc))
     except OSError as exc:
