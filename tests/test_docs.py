@@ -69,9 +69,9 @@ def test_readme_starts_with_the_two_commands():
 
 def runnable_params() -> list:
     """The runnable blocks; one that trains a sweep (the in-process debug executor, 10-15 s on
-    2 cores) is slow."""
+    2 cores; the CPU recipe of docs/sweep-spec.md, minutes) is slow."""
     return [
-        pytest.param(*block, marks=[pytest.mark.slow] if "kind: debug" in block[2] else [])
+        pytest.param(*block, marks=[pytest.mark.slow] if "sweep submit" in block[2] else [])
         for block in RUNNABLE
     ]
 
