@@ -6,6 +6,7 @@ same tables and figures as one W&B summary run in the sweep's group.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +222,8 @@ def log_summary_run(
                 run.log({f"report/{name}": wandb.Table(dataframe=pd.DataFrame(frame))})
         run.log({f"report/{f.stem}": wandb.Image(str(f)) for f in figures})
         run.summary.update(summary)
-        for path in files or []:
-            run.save(str(path), base_path=str(path.parent), policy="now")
+        for path in files or []:  # the run's folder is uploaded whole at its end
+            shutil.copyfile(path, Path(run.dir) / path.name)
         location = run.url if mode == "online" else str(Path(run.dir).parent)
     finally:
         run.finish()
