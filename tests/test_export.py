@@ -90,3 +90,22 @@ def test_the_summary_says_whether_the_theory_lies_inside_each_interval(result):
         f"inside the 95% interval of log v and outside that of (k+1) log m (off by "
         f"{off.exponents['off_by'].iloc[1]:.1f})."
     )
+
+
+def test_the_ratio_has_one_name_and_a_censored_one_is_a_bound(result):
+    """P*_k/P_k everywhere it is shown; where P*_k is censored, its ratio is the same bound."""
+    from rich.console import Console
+
+    from rhmscale.cli.tables import p_star_table
+
+    censored = next(result.crossings[result.crossings["censored"] == "below"].itertuples())
+    bound = f"≤ {censored.ratio:.2f}"
+    markdown = render(result, "md")[""]
+    assert "| P*_k/P_k |" in markdown and f"| {bound} |" in markdown
+    latex = render(result, "tex")[""]
+    assert r"$P^*_k/P_k$" in latex and rf"$\leq$ {censored.ratio:.2f}" in latex
+    console = Console(file=io.StringIO(), width=200)
+    console.print(p_star_table(result))
+    text = console.file.getvalue()
+    assert "P*_k/P_k" in text and bound in text and "ratio" not in text
+    assert "P*/theory" not in markdown + latex
