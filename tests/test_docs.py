@@ -65,6 +65,10 @@ def test_readme_starts_with_the_two_commands():
     assert "\ndemo:" in makefile and "\ntest:" in makefile and "sweep submit quick" in makefile
     runs = len(expand_points(load_spec("quick")).points)
     assert f"`quick` sweep ({runs} CPU runs" in first[1], f"the quick preset has {runs} runs"
+    # The first hour: how to get the `rhmscale` command, and where the demo's sweep is.
+    after = " ".join((ROOT / "README.md").read_text().splitlines()[4:7])
+    assert "source .venv/bin/activate" in after and "demo-runs/quick" in after
+    assert "DEMO_ROOT ?= demo-runs" in makefile
 
 
 def runnable_params() -> list:
