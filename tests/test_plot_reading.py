@@ -70,7 +70,10 @@ def outside(fig: Figure) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("n_cells", [1, 2, 9])
+# 2 and 9 panels take 10 and 33 s on 2 cores: slow (make test-fast keeps the 1-panel case).
+@pytest.mark.parametrize(
+    "n_cells", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(9, marks=pytest.mark.slow)]
+)
 def test_no_label_reaches_past_the_figure(n_cells):
     data = prepare(*sweep(n_cells))
     # ggplot: the style Optuna's figures leave behind in a process that drew them (larger text)
