@@ -193,10 +193,16 @@ def error_bars(center: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
 
 
 def censored_handles(
-    sides: set[str], *, on_y: bool, where: dict[str, str] = CENSORED_AT_P
+    sides: set[str],
+    labels: dict[str, str],
+    *,
+    on_y: bool,
+    ms: float = 7,
+    mew: float | None = None,
 ) -> list[Line2D]:
-    """Legend entries of the censored markers drawn (`sides`: "below", "above"); `where` says
-    where each side's truth lies. A side not drawn gets no entry."""
+    """Legend entries of the hollow censored markers drawn (`sides`: "below", "above"), in the
+    order of `labels` (each side's words); a side not drawn gets no entry. mew None: the style's
+    edge width."""
     markers = CENSORED_MARKER_Y if on_y else CENSORED_MARKER_X
     return [
         Line2D(
@@ -206,10 +212,11 @@ def censored_handles(
             marker=markers[side],
             mfc="none",
             mec="0.3",
-            ms=7,
-            label=f"censored: {where[side]}",
-        )
-        for side in ("below", "above")
+            ms=ms,
+            mew=mew,
+            label=label,
+        )  # fmt: skip
+        for side, label in labels.items()
         if side in sides
     ]
 

@@ -43,7 +43,10 @@ from rhmscale.results.fit import FitResult
 from rhmscale.results.options import level_range
 from rhmscale.results.theory import Theory, design_matrix
 
-ON_CURVE = {side: f"{where}, on its level's curve" for side, where in CENSORED_AT_P.items()}
+# The legend words of a censored crossing drawn on its level's curve (accuracy_vs_p).
+ON_CURVE = {
+    side: f"censored: {where}, on its level's curve" for side, where in CENSORED_AT_P.items()
+}
 
 
 def accuracy_vs_p(data: Inputs) -> Figure:
@@ -121,7 +124,7 @@ def accuracy_vs_p(data: Inputs) -> Figure:
                 label=f"P*_k, {options.ci:.0%} bootstrap CI",
             )
         )
-    handles += censored_handles(sides, on_y=False, where=ON_CURVE)
+    handles += censored_handles(sides, ON_CURVE, on_y=False)
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
 
@@ -229,9 +232,10 @@ def exponent_table(result: FitResult, fitted: pd.DataFrame, others: pd.DataFrame
 
 
 BEYOND = 1.5  # factor from a censored P*_k's bound to its marker, the way the truth lies
-CENSORED_WORDS = {
-    "above": "> P_max: not learned up to the largest P",
-    "below": "≤ P_min: learned at the smallest P",
+BEYOND_WORDS = "\n(hollow, beyond the bound it is joined to)"
+CENSORED_WORDS = {  # the legend words of a censored P*_k (p_star_vs_theory)
+    "above": "> P_max: not learned up to the largest P" + BEYOND_WORDS,
+    "below": "≤ P_min: learned at the smallest P" + BEYOND_WORDS,
 }
 
 
@@ -270,12 +274,7 @@ def draw_crossings(ax, data: Inputs, points: pd.DataFrame, fitted: tuple[int, in
         pale = "" if low <= k <= high else " (not fitted, pale)"
         handles.append(Line2D([], [], ls="none", marker=level_marker(k), color="0.3",
                               label=f"level {k}{pale}"))  # fmt: skip
-    for side in ("above", "below"):
-        if side in sides:
-            label = f"{CENSORED_WORDS[side]}\n(hollow, beyond the bound it is joined to)"
-            handles.append(Line2D([], [], ls="none", marker=CENSORED_MARKER_Y[side], mfc="none",
-                                  mec="0.3", ms=8, mew=1.5, label=label))  # fmt: skip
-    return handles
+    return handles + censored_handles(sides, CENSORED_WORDS, on_y=True, ms=8, mew=1.5)
 
 
 def p_star_vs_theory(data: Inputs) -> Figure:

@@ -12,6 +12,7 @@ from rhmscale.report.plot_kit import (
     P_LABEL,
     SAMPLES_LABEL,
     Inputs,
+    censored_handles,
     error_bars,
     level_color,
     level_handles,
@@ -88,20 +89,6 @@ def time_to_learn(data: Inputs) -> Figure:
     if measured_any:
         label = f"{options.ci:.0%} bootstrap CI"
         handles.append(Line2D([], [], ls="none", marker="o", color="0.3", label=label))
-    for side in ("above", "below"):
-        if side in sides:
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="none",
-                    marker=CENSORED_MARKER_Y[side],
-                    mfc="none",
-                    mec="0.3",
-                    ms=7,
-                    mew=1.3,
-                    label=CENSORED_WORDS[side],
-                )  # fmt: skip
-            )
+    handles += censored_handles(sides, CENSORED_WORDS, on_y=True, mew=1.3)
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     return fig
