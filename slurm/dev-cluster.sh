@@ -873,10 +873,10 @@ require_host() {
         die "no cgroup file system at /sys/fs/cgroup (slurmd needs one, even unused): mount -t cgroup2 none /sys/fs/cgroup"
 }
 
-# stop_accounting: with accounting off, the slurmdbd and MariaDB of an earlier start are of no
-# use (slurmctld no longer talks to them): stop them, so the cluster runs what its settings say.
-stop_accounting() {
-    local pid stopped=()
+# stop_accounting_daemons: slurmdbd, then the database; the names of those it stopped are added
+# to the caller's `stopped` array (bash functions see their caller's locals).
+stop_accounting_daemons() {
+    local pid
     if pid=$(signal_pid "$RUN_DIR/slurmdbd.pid" slurmdbd); then
         wait_gone slurmdbd "$pid"
         stopped+=(slurmdbd)
@@ -885,6 +885,13 @@ stop_accounting() {
         wait_gone mariadbd "$pid"
         stopped+=(mariadb)
     fi
+}
+
+# stop_accounting: with accounting off, the slurmdbd and MariaDB of an earlier start are of no
+# use (slurmctld no longer talks to them): stop them, so the cluster runs what its settings say.
+stop_accounting() {
+    local stopped=()
+    stop_accounting_daemons
     ((${#stopped[@]} == 0)) || log "accounting off: stopped ${stopped[*]}"
 }
 
@@ -965,14 +972,7 @@ cmd_stop() {
         stopped+=(slurmctld)
     fi
     ((${#pids[@]} == 0)) || wait_gone "slurmd/slurmctld" "${pids[@]}"
-    if pid=$(signal_pid "$RUN_DIR/slurmdbd.pid" slurmdbd); then
-        wait_gone slurmdbd "$pid"
-        stopped+=(slurmdbd)
-    fi
-    if pid=$(signal_pid "$RUN_DIR/mariadb.pid" mariadbd); then
-        wait_gone mariadbd "$pid"
-        stopped+=(mariadb)
-    fi
+    stop_accounting_daemons
     if [[ -f $MUNGE_MARK ]]; then
         # Only a munged this script started, identified by the pid it recorded.
         if [[ -r /run/munge/munged.pid ]] &&
