@@ -36,13 +36,13 @@ def sync_offline_runs(path: Path, what: str, dry_run: bool, unfinished: bool) ->
     if not (path / "runs").is_dir():
         raise UserError(f"{path} is not a {what} folder (no runs/ in it): give <root>/<{what}>")
     found = offline_runs(path)
-    synced = [run for run in found if run.synced]
-    waiting = [run for run in found if not run.synced and not run.ended and not unfinished]
-    todo = [run for run in found if not run.synced and run not in waiting]
+    unsynced = [run for run in found if not run.synced]
+    todo = [run for run in unsynced if run.ended or unfinished]
+    waiting = [run for run in unsynced if not (run.ended or unfinished)]
     console = make_console()
     console.print(
-        f"{what} {path.name}: {len(found)} runs with offline W&B logs: {len(synced)} synced "
-        f"already, {len(todo)} to upload ({sum(len(r.folders) for r in todo)} folders)"
+        f"{what} {path.name}: {len(found)} runs with offline W&B logs: {len(found) - len(unsynced)}"
+        f" synced already, {len(todo)} to upload ({sum(len(r.folders) for r in todo)} folders)"
         + (
             f", {len(waiting)} not ended (left for a later sync; --unfinished uploads "
             "what they logged so far)"
