@@ -53,7 +53,9 @@ def tune_retry(path: StudyPathArg, *, overrides: dict[str, Any], wait: WaitOpt =
 
 
 def follow(submitted: Submitted, wait: bool | None) -> None:
+    from rhmscale.cli.interrupt import stopping
     from rhmscale.sweeps.dispatch import wait_jobs
+    from rhmscale.tuning.dispatch import cancel
 
     folder, jobs = submitted.folder.path, submitted.jobs
     console = make_console()
@@ -69,7 +71,8 @@ def follow(submitted: Submitted, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale tune status {folder}")
         return
     console.print("waiting for the workers ...")
-    errors = wait_jobs(jobs)
+    with stopping(submitted.kind, jobs, lambda: cancel(folder), f"rhmscale tune status {folder}"):
+        errors = wait_jobs(jobs)
     for err in errors:
         console.print(f"[red]{err}[/]")
     stopped = [s for s in print_status(folder).studies if s.stopped]
