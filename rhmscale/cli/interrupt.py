@@ -100,7 +100,7 @@ def stopping(
         if kind == "slurm":
             exc.add_note(f"stopped waiting; the jobs go on: {status}")
             raise
-        if kind == "local":
+        if kind == "local" and jobs:
             stop_them()
             deadline = time.monotonic() + WORKERS_S
             while not all(job.done() for job in jobs) and time.monotonic() < deadline:
