@@ -106,6 +106,45 @@ def test_a_stop_signal_during_a_long_evaluation_batch_checkpoints_within_seconds
     assert store.state() == "interrupted" and "Traceback" not in out
 
 
+def test_a_stop_signal_in_a_one_batch_evaluation_ends_it_and_a_resume_redoes_it(
+    tmp_path, monkeypatch
+):
+    """The same in this process, to the bit: a run whose evaluations are one batch each (16
+    samples, eval.batch_size 1024), SIGTERMed just before its evaluation at step 5, checkpoints
+    without that row (before: the evaluation ran whole, as nothing asked within it), and the
+    resumed run ends with the metrics of an undisturbed one."""
+    import pandas as pd
+    import torch
+
+    from rhmscale.config_io import build_config
+    from rhmscale.training import execute, stop
+
+    config = build_config({}, ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8",
+                               "data.n_test=4", "train.max_steps=30", "model.arch=tree_unet",
+                               "model.width=16", "eval.n_samples=16", "eval.n_evals=3",
+                               "train.device=cpu", "tracking.wandb=disabled"])  # fmt: skip
+    assert config.eval.n_samples <= config.eval.batch_size  # one batch
+
+    def history(path):
+        rows = pd.read_parquet(RunDir(path).metrics).to_dict("records")
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+    def signal_at_5(trainer, losses):
+        if trainer.steps[0] == 5:  # just before the evaluation at step 5
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(stop, "_requested", {})  # this test's stop flag, not the process's
+    (whole,) = execute([config], [tmp_path / "whole"])
+    (first,) = execute([config], [tmp_path / "split"], on_step=signal_at_5)
+    assert first.state == "interrupted" and stop.requested()
+    state = torch.load(RunDir(tmp_path / "split").last_checkpoint, weights_only=False)
+    assert state["step"] == 5 and [row["step"] for row in state["history"]] == [1]
+    monkeypatch.setattr(stop, "_requested", {})
+    (second,) = execute([config], [tmp_path / "split"])
+    assert second.state == "done"
+    assert history(tmp_path / "split") == history(tmp_path / "whole")
+
+
 # --- commands that do not train ---------------------------------------------------------------
 
 
