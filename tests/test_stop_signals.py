@@ -106,6 +106,24 @@ def test_a_stop_signal_during_a_long_evaluation_batch_checkpoints_within_seconds
     assert store.state() == "interrupted" and "Traceback" not in out
 
 
+def tiny(*overrides: str):
+    """A run of 30 steps evaluated at steps 1, 5 and 30, each evaluation one batch."""
+    from rhmscale.config_io import build_config
+
+    settings = ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8", "data.n_test=4",
+                "train.max_steps=30", "model.arch=tree_unet", "model.width=16",
+                "eval.n_samples=16", "eval.n_evals=3", "train.device=cpu",
+                "tracking.wandb=disabled"]  # fmt: skip
+    return build_config({}, [*settings, *overrides])
+
+
+def history(path: Path) -> list[dict]:
+    import pandas as pd
+
+    rows = pd.read_parquet(RunDir(path).metrics).to_dict("records")
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+
 def test_a_stop_signal_in_a_one_batch_evaluation_ends_it_and_a_resume_redoes_it(
     tmp_path, monkeypatch
 ):
@@ -113,21 +131,12 @@ def test_a_stop_signal_in_a_one_batch_evaluation_ends_it_and_a_resume_redoes_it(
     samples, eval.batch_size 1024), SIGTERMed just before its evaluation at step 5, checkpoints
     without that row (before: the evaluation ran whole, as nothing asked within it), and the
     resumed run ends with the metrics of an undisturbed one."""
-    import pandas as pd
     import torch
 
-    from rhmscale.config_io import build_config
     from rhmscale.training import execute, stop
 
-    config = build_config({}, ["grammar.L=2", "grammar.v=4", "grammar.m=2", "data.P=8",
-                               "data.n_test=4", "train.max_steps=30", "model.arch=tree_unet",
-                               "model.width=16", "eval.n_samples=16", "eval.n_evals=3",
-                               "train.device=cpu", "tracking.wandb=disabled"])  # fmt: skip
+    config = tiny()
     assert config.eval.n_samples <= config.eval.batch_size  # one batch
-
-    def history(path):
-        rows = pd.read_parquet(RunDir(path).metrics).to_dict("records")
-        return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
 
     def signal_at_5(trainer, losses):
         if trainer.steps[0] == 5:  # just before the evaluation at step 5
@@ -143,6 +152,41 @@ def test_a_stop_signal_in_a_one_batch_evaluation_ends_it_and_a_resume_redoes_it(
     (second,) = execute([config], [tmp_path / "split"])
     assert second.state == "done"
     assert history(tmp_path / "split") == history(tmp_path / "whole")
+
+
+def test_a_stop_request_while_the_samples_are_parsed_records_no_member_s_row(tmp_path, monkeypatch):
+    """A pack of two, asked to stop while the grammar parses the first member's samples at
+    step 5 (before: parsing was never asked, so the evaluation ended whole): no member keeps
+    a row of that step, and the resumed runs end as undisturbed ones."""
+    from rhmscale.rhm.grammar import Grammar
+    from rhmscale.training import execute
+
+    configs = [tiny("seed=0"), tiny("seed=1")]
+    whole = execute(configs, [tmp_path / "whole" / c.run_id() for c in configs])
+    split = [tmp_path / "split" / c.run_id() for c in configs]
+    step, parsing = [0], [False]
+    parse = Grammar.parse
+
+    def parse_noting(self, *args, **kwargs):
+        parsing[0] = True
+        try:
+            return parse(self, *args, **kwargs)
+        finally:
+            parsing[0] = False
+
+    def on_step(trainer, losses):
+        step[0] = int(trainer.steps.max())
+
+    monkeypatch.setattr(Grammar, "parse", parse_noting)
+    first = execute(configs, split, should_stop=lambda: parsing[0] and step[0] == 5,
+                    on_step=on_step)  # fmt: skip
+    assert [o.state for o in first] == ["interrupted"] * 2
+    for path in split:
+        assert [row["step"] for row in history(path)] == [1]
+    second = execute(configs, split)
+    assert [o.state for o in second] == ["done"] * 2
+    for a, b in zip(whole, split, strict=True):
+        assert history(b) == history(a.run_dir)
 
 
 # --- commands that do not train ---------------------------------------------------------------

@@ -78,7 +78,7 @@ def sample_and_score(
     and one batch of an evaluation may take minutes): EvaluationStopped when it is true.
     """
     cfg, batch = config.eval, config.eval.batch_size
-    check = None if should_stop is None else _stop_check(should_stop)
+    check = stop_check(should_stop)
     chunks = []
     for start in range(0, cfg.n_samples, batch):  # batch by batch: the same stream as at once
         chunks.append(
@@ -102,7 +102,11 @@ def sample_and_score(
     return torch.cat(chunks, dim=-2), total / n_test
 
 
-def _stop_check(should_stop: Callable[[], bool]) -> Callable[[], None]:
+def stop_check(should_stop: Callable[[], bool] | None) -> Callable[[], None] | None:
+    """should_stop as the check that the sampler and the parser call: EvaluationStopped."""
+    if should_stop is None:
+        return None
+
     def check() -> None:
         if should_stop():
             raise EvaluationStopped
@@ -131,23 +135,28 @@ class EvalRecorder:
         self.mirror = mirror
         self.train_index = TrainingSetIndex(data.grammar, data.train)
 
+    def measure(
+        self, samples: np.ndarray, check: Callable[[], None] | None = None
+    ) -> dict[str, float]:
+        """The generation metrics of the samples (check: Grammar.parse's)."""
+        grammar, min_novel = self.data.grammar, self.config.eval.min_novel
+        return generation_metrics(grammar, samples, self.train_index, min_novel, check)
+
     def record(
         self,
         history: list[dict[str, Any]],
         step: int,
         samples: np.ndarray,
+        metrics: dict[str, float],
         *,
         val_loss: float,
         train_loss: float,
         wall_s: float,
         table: bool = True,
     ) -> dict[str, Any]:
-        """Append the evaluation's row to the history, metrics.parquet and W&B (with a table
-        of samples when `table`)."""
+        """Append the evaluation's row (metrics: measure's) to the history, metrics.parquet and
+        W&B (with a table of samples when `table`)."""
         cfg = self.config
-        metrics = generation_metrics(
-            self.data.grammar, samples, self.train_index, cfg.eval.min_novel
-        )
         row: dict[str, Any] = {
             "step": step,
             "samples_seen": step * cfg.train.batch_size,
