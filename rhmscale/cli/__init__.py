@@ -2,7 +2,8 @@
 
 A UserError (a mistake in the input) is printed on stderr without a traceback, exit code 2; so
 is a file-system failure the user can fix (disk full, read-only, a path through a file: see
-cli/failures.py), as `error: cannot write <path>: <reason>`.
+cli/failures.py), as `error: cannot write <path>: <reason>`. Ctrl-C or SIGTERM ends a command with
+one line and exit 130 or 143 (cli/interrupt.py).
 Library modules are imported inside the commands, so that `rhmscale --help` stays fast (no
 torch, no pandas).
 """
@@ -35,23 +36,29 @@ app.add_typer(tune_app, name="tune")
 
 
 def main() -> None:
+    from rhmscale.cli import interrupt
     from rhmscale.cli.failures import NamedStdout, cannot_write, silence_stdout
 
     sys.stdout = NamedStdout(sys.stdout)
     try:
         try:
-            app()
+            with interrupt.signals_interrupt():
+                app()
         finally:
             sys.stdout.flush()  # a full disk under `> file` fails here at the latest
     except BrokenPipeError:  # `rhmscale ... | head` stopped reading: what it wanted, it has
         silence_stdout()
         sys.exit(0)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside typer's reach
+        interrupt.report(exc)
     except SystemExit as exc:
         # click's own answer to a reader that stopped while a command wrote: exit code 1,
         # stdout wrapped so that nothing more is written.
         if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
             silence_stdout()
             sys.exit(0)
+        if exc.code == 130 and (stopped := interrupt.interruption(exc)) is not None:
+            interrupt.report(stopped)  # typer's exit for a KeyboardInterrupt (or SIGTERM)
         raise
     except UserError as exc:
         fail(str(exc))

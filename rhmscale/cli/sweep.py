@@ -162,9 +162,10 @@ def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt 
 def follow(submission: Submission, wait: bool | None) -> None:
     """Say what was submitted; wait for it (by default for local and debug jobs) and show the
     sweep's status, else say how to follow it."""
+    from rhmscale.cli.interrupt import stopping
     from rhmscale.cli.progress import watching
+    from rhmscale.sweeps.dispatch import cancel_jobs, wait_runs
     from rhmscale.sweeps.dispatch import wait as wait_for
-    from rhmscale.sweeps.dispatch import wait_runs
 
     prepared = submission.prepared
     name, folder, kind = prepared.spec.name, prepared.sweep.path, prepared.executor.kind
@@ -191,7 +192,15 @@ def follow(submission: Submission, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale sweep status {folder}")
         return
     console.print("waiting for the runs ..." if adopted else "waiting for the jobs ...")
-    with watching(folder, prepared.spec, prepared.run_ids, console):
+    with (
+        stopping(
+            "slurm" if adopted else kind,  # another command's workers go on, as SLURM's do
+            submission.jobs,
+            lambda: cancel_jobs(prepared.sweep),
+            f"rhmscale sweep status {folder}",
+        ),
+        watching(folder, prepared.spec, prepared.run_ids, console),
+    ):
         if adopted:
             wait_runs(prepared.sweep, prepared.run_ids)
         errors = wait_for(submission)
