@@ -15,8 +15,9 @@ import pandas as pd
 
 from rhmscale.config import flatten
 from rhmscale.errors import UserError
-from rhmscale.store.atomic import atomic_write, read_json
+from rhmscale.store.atomic import atomic_write
 from rhmscale.store.folders import RunDir, iter_run_dirs
+from rhmscale.store.reading import read_object, read_parquet
 
 
 @dataclass
@@ -82,14 +83,10 @@ def run_dirs(path: Path) -> list[RunDir]:
 
 
 def read_run(store: RunDir) -> pd.DataFrame:
-    """Evaluation rows of one finished run with its flattened config as columns."""
-    meta = read_json(store.config)
-    history = pd.read_parquet(store.metrics)
-    if history.empty or "step" not in history:
-        raise ValueError("metrics.parquet holds no evaluations")
-    wrong = [c for c in history.columns if not pd.api.types.is_numeric_dtype(history[c])]
-    if wrong:  # every metric is a number; a text column would break the fit far from here
-        raise ValueError(f"metrics.parquet: {', '.join(wrong)} not numbers")
+    """Evaluation rows of one finished run (its files judged whole by RunDir.damage) with its
+    flattened config as columns."""
+    meta = read_object(store.config)
+    history = read_parquet(store.metrics)
     for key, value in flatten(meta["config"]).items():
         history[key] = value if not isinstance(value, list) else ",".join(map(str, value))
     history.insert(0, "run_id", meta["run_id"])
