@@ -275,3 +275,41 @@ def test_a_journal_line_with_an_unknown_op_code_is_named(tmp_path):
     journal.symlink_to("/dev/zero")
     with pytest.raises(UserError, match="journal.log is not a regular file"):
         optuna.load_study(study_name="s", storage=storage(tmp_path))
+
+
+# --- repair: a retry sets the damaged files aside and trains the run again -----------------
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """An undisturbed tiny run, to compare repaired ones with."""
+    from tests.test_hardening import history, run, tiny
+
+    config = tiny()
+    return config, history(run(config, tmp_path_factory.mktemp("whole") / "run").run_dir)
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("metrics.parquet", text_column),  # was "done" to status, corrupt to collect
+        # Each trains a run again (10-20 s on 2 cores): slow.
+        pytest.param("result.json", fifo, marks=pytest.mark.slow),
+        pytest.param("metrics.parquet", link("/dev/zero"), marks=pytest.mark.slow),
+        pytest.param("config.json", not_utf8, marks=pytest.mark.slow),
+    ],
+)
+def test_a_retry_sets_damaged_files_aside_and_repairs_the_run(tmp_path, whole, name, how):
+    from tests.test_hardening import history, run
+
+    config, expected = whole
+    store = RunDir(tmp_path / "run")
+    run(config, store.path)
+    how(store.path / name)
+    assert store.state() == "corrupt"
+    outcome = run(config, store.path)  # what `sweep retry` does
+    assert outcome.state == "done" and store.state() == "done", store.log.read_text()
+    assert history(store.path) == expected
+    aside = store.path / f"{name}.damaged"
+    assert os.path.lexists(aside), sorted(os.listdir(store.path))  # kept as evidence
+    assert f"{name} " in store.log.read_text() and "set aside as" in store.log.read_text()
