@@ -91,8 +91,8 @@ DAMAGES = [
 
 
 def synthetic_sweep(root: Path, name: str = "dmg") -> tuple[SweepDir, list[str]]:
-    """A finished sweep of 2 cells (v = 8, 16; m = 4) x 8 sizes x 3 seeds written from a known law (no training):
-    sweep.yaml, and per run config.json, metrics.parquet, result.json."""
+    """A finished sweep of 2 cells (v = 8, 16; m = 4) x 8 sizes x 3 seeds written from a known
+    law (no training): sweep.yaml, and per run config.json, metrics.parquet, result.json."""
     from rhmscale.sweeps.grid import expand_points
     from rhmscale.sweeps.spec import parse_spec, spec_to_yaml
     from tests.synthetic_sweep import run_rows, true_p_star
@@ -114,7 +114,10 @@ def synthetic_sweep(root: Path, name: str = "dmg") -> tuple[SweepDir, list[str]]
     for point in expand_points(spec).points:
         config = point.config
         rows = run_rows(rng, config.grammar.v, 4, config.data.P, config.seed, L=3)
-        metrics = [{k: v for k, v in row.items() if "/" in k or k in ("step", "samples_seen")} for row in rows]
+        metrics = [
+            {k: v for k, v in row.items() if "/" in k or k in ("step", "samples_seen")}
+            for row in rows
+        ]
         store = sweep.run_dir(point.run_id)
         atomic_write_json(
             store.config, {"run_id": point.run_id, "config": config.model_dump(mode="json")}
@@ -236,7 +239,9 @@ def test_a_damaged_sweep_yaml_is_exit_2_naming_it_and_how_to_go_on(tmp_path, how
 
 def test_a_damaged_line_of_jobs_jsonl_is_exit_2_naming_the_line(tmp_path):
     sweep, _ = synthetic_sweep(tmp_path)
-    sweep.jobs.write_bytes(b'{"event": "cancel", "job_ids": []}\n\xff\xfe garbage\n{"event": "x"}\n')
+    sweep.jobs.write_bytes(
+        b'{"event": "cancel", "job_ids": []}\n\xff\xfe garbage\n{"event": "x"}\n'
+    )
     out = cli("sweep", "status", str(sweep.path))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{sweep.jobs} line 2 is not a job record" in out.stderr
