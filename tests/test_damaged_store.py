@@ -318,3 +318,36 @@ def test_a_retry_sets_damaged_files_aside_and_repairs_the_run(tmp_path, whole, n
     aside = store.path / f"{name}.damaged"
     assert os.path.lexists(aside), sorted(os.listdir(store.path))  # kept as evidence
     assert f"{name} " in store.log.read_text() and "set aside as" in store.log.read_text()
+
+
+# --- a full disk -------------------------------------------------------------------------
+
+
+class FullDisk(RunDir):
+    """A run folder whose run.log is /dev/full: every write fails with ENOSPC, as on a full
+    disk."""
+
+    @property
+    def log(self):
+        return Path("/dev/full")
+
+    def usable_log(self):
+        return self.log
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_run_log_on_a_full_disk_is_said_once_not_a_traceback_per_line(tmp_path, capfd):
+    from rhmscale.training.runs import Runs
+    from tests.test_hardening import tiny
+
+    runs, config = Runs(), tiny()
+    run_id = runs.add(config, FullDisk(tmp_path), todo=False)
+    for step in range(10):
+        runs.log[run_id].warning("step %d", step)
+    runs.close_logs()
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err
+    assert err == (
+        f"run {run_id}: cannot write /dev/full: No space left on device (later lines it cannot "
+        "write are dropped without a word)\n"
+    )

@@ -29,6 +29,7 @@ from rhmscale.store import wandb_mirror
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text
 from rhmscale.store.folders import RunDir
 from rhmscale.store.lock import job_id
+from rhmscale.store.run_log import RunLogHandler
 from rhmscale.training.schedule import VERDICTS
 
 
@@ -82,7 +83,7 @@ class Runs:
             self.judges[run_id] = judge
         logger = logging.getLogger(f"rhmscale.run.{run_id}")
         store.path.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(store.usable_log())
+        handler = RunLogHandler(str(store.usable_log()), run_id)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
