@@ -351,3 +351,33 @@ def test_a_run_log_on_a_full_disk_is_said_once_not_a_traceback_per_line(tmp_path
         f"run {run_id}: cannot write /dev/full: No space left on device (later lines it cannot "
         "write are dropped without a word)\n"
     )
+
+
+def test_a_run_whose_job_ended_without_an_outcome_says_so_and_retry_takes_it(tmp_path):
+    """After a full disk (failed.json could not be written) or a worker that died at start,
+    the run is pending though its job ended: status says why and where to look, and `sweep
+    retry` submits it again (a never-submitted pending run is left to `sweep submit`)."""
+    import shutil
+
+    from rhmscale.sweeps.dispatch import RETRYABLE, prepare
+    from rhmscale.sweeps.status import load_sweep_spec
+
+    sweep, ids = synthetic_sweep(tmp_path)
+    ended, never = ids[0], ids[1]
+    for run_id in (ended, never):
+        shutil.rmtree(sweep.run_dir(run_id).path)
+    sweep.run_dir(ended).path.mkdir()
+    sweep.run_dir(ended).log.write_text("... OSError: [Errno 28] No space left on device\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a local job id is its pid: now one that ended
+    task = {"job_id": str(dead.pid), "run_ids": [rid for rid in ids if rid != never]}
+    sweep.append_job_line({"event": "submit", "kind": "local", "tasks": [task]})
+    out = cli("sweep", "status", str(sweep.path), "--json")
+    runs = {run["run_id"]: run for run in json.loads(out.stdout)["runs"]}
+    assert runs[ended]["state"] == "pending" and runs[never]["state"] == "pending"
+    assert f"its job {dead.pid} ended and the run recorded no outcome" in runs[ended]["message"]
+    assert str(sweep.run_dir(ended).log) in runs[ended]["message"]
+    said = " ".join(cli("sweep", "status", str(sweep.path)).stdout.split())
+    assert f"pending {ended}" in said and "sweep retry" in said
+    prepared = prepare(load_sweep_spec(sweep), tmp_path, states=RETRYABLE)
+    assert prepared.run_ids == [ended]

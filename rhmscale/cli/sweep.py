@@ -233,7 +233,7 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
         for run in [r for r in status.runs if r.holder]:
             values = ", ".join(f"{k}={v}" for k, v in run.values.items())
             console.print(f"running {run.run_id} ({values}): {held_for(run.holder)}", markup=False)
-    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt")]
+    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt") or r.message]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
         console.print(f"[red]{run.state}[/] {run.run_id} ({values}) job {run.job_id}:")

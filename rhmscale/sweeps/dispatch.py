@@ -38,10 +38,11 @@ from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive, squeue_
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, spec_to_yaml
 from rhmscale.sweeps.status import SweepStatus, load_sweep_spec, status_of
 
-# States a plain `submit` resubmits; `retry` all but pending.
+# States (RunStatus.submit_state) a plain `submit` resubmits; `retry` all but pending (never
+# submitted). "unrecorded": pending, though its job ended (it left no outcome).
 # A diverged run would diverge again (same config, same seeds): change the config instead.
-SUBMITTABLE = {"pending", "failed", "corrupt", "interrupted", "cancelled"}
-RETRYABLE = {"failed", "corrupt", "interrupted", "cancelled"}
+SUBMITTABLE = {"pending", "unrecorded", "failed", "corrupt", "interrupted", "cancelled"}
+RETRYABLE = {"unrecorded", "failed", "corrupt", "interrupted", "cancelled"}
 
 
 def now() -> str:
@@ -113,7 +114,7 @@ def prepare_expanded(
             "cost": pack_cost([point.config]),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
-        if run.state in wanted and (only is None or point.run_id in only)
+        if run.submit_state in wanted and (only is None or point.run_id in only)
     ]
     return Prepared(spec, sweep, ex, group_tasks(items, ex), status)
 

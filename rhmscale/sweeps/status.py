@@ -7,7 +7,9 @@ Per run, in order of precedence:
   queued       that task is PENDING / REQUEUED / ... in squeue
   cancelled    its latest submission's task was cancelled by `sweep cancel`
   interrupted  a checkpoint exists but the run is neither done nor active
-  pending      never ran (not yet submitted, or its task ended before the run started)
+  pending      never ran (not yet submitted, or its task ended before the run started); one
+               whose task ended without the run recording an outcome (a full disk, a worker
+               that died at start) says so, and `sweep retry` resubmits it ("unrecorded")
 
 Runs are counted per cell: the run's science keys (config.cell_of), so runs of one cell
 differ only in data.P and seeds.
@@ -80,6 +82,12 @@ class RunStatus:
     message: str | None = None  # failed: the error; else None
     size: int = 0  # data.P
     holder: str | None = None  # running: which worker trains it, since when (the run's lock)
+
+    @property
+    def submit_state(self) -> str:
+        """The state that decides whether a submit or retry takes the run: "unrecorded" for a
+        pending run whose job ended, else its state."""
+        return "unrecorded" if self.state == "pending" and self.message else self.state
 
     @property
     def grammar(self) -> dict[str, Any]:
@@ -225,6 +233,8 @@ def status_of(
                 message = sweep.run_dir(rid).damage()
             elif job and (job.job_id in cancelled or job.array_id in cancelled):
                 state = "cancelled"
+            elif state == "pending" and job and query_queue:
+                message = unrecorded_message(sweep, rid, job.job_id)
         grid = tuple((k, repr(v)) for k, v in point.values.items() if k not in other)
         if grid not in cells:
             cells[grid] = tuple(cell_of(point.config).items())
@@ -238,6 +248,16 @@ def status_of(
         )  # fmt: skip
     return SweepStatus(
         name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs)
+    )
+
+
+def unrecorded_message(sweep: SweepDir, run_id: str, job_id: str) -> str:
+    """Why a submitted run whose job ended is still pending, and where to look."""
+    log = sweep.run_dir(run_id).log
+    where = log if log.exists() else sweep.submitit / f"{job_id}_*"
+    return (
+        f"its job {job_id} ended and the run recorded no outcome (a full disk? a worker that "
+        f"died at start?): see {where}; `sweep retry` submits it again"
     )
 
 
