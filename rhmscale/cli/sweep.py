@@ -150,8 +150,9 @@ def sweep_submit(
 @sweep_app.command("retry")
 @executor_options
 def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
-    """Resubmit failed, corrupt (damaged files: repaired from their checkpoint), interrupted and
-    cancelled runs only; diverged runs are left (they would diverge again)."""
+    """Resubmit failed, corrupt (damaged files: set aside as *.damaged, the run trained again
+    from its checkpoint), interrupted and cancelled runs, and pending ones whose job ended
+    without an outcome; diverged runs are left (they would diverge again)."""
     from rhmscale.sweeps.dispatch import retry
 
     with writing(path):
