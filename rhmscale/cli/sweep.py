@@ -151,8 +151,8 @@ def sweep_submit(
 @executor_options
 def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
     """Resubmit failed, corrupt (damaged files: set aside as *.damaged, the run trained again
-    from its checkpoint), interrupted and cancelled runs, and pending ones whose job ended
-    without an outcome; diverged runs are left (they would diverge again)."""
+    from its checkpoint), interrupted, cancelled and unrecorded runs (pending, though their job
+    ended: it left no outcome); diverged runs are left (they would diverge again)."""
     from rhmscale.sweeps.dispatch import retry
 
     with writing(path):
