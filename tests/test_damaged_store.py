@@ -149,17 +149,22 @@ def test_every_damaged_run_file_makes_its_run_corrupt_named_with_the_reason(dama
 
 
 def run_measured(args, timeout=120):
-    """The command's CompletedProcess, and its peak resident memory in bytes (ru_maxrss of
-    the child, measured by a Python in between so that only that child counts)."""
+    """The command's CompletedProcess, its peak resident memory in bytes (ru_maxrss of the
+    child, measured by a Python in between so that only that child counts) and its stderr;
+    it must end within a minute."""
     probe = (
-        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+        "import resource, subprocess, sys, time; t = time.time(); "
+        "p = subprocess.run(sys.argv[1:]); "
+        "print(f'{time.time() - t:.1f} s', file=sys.stderr); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); "
         "sys.exit(p.returncode)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=timeout
     )
-    *stderr, rss = out.stderr.rstrip("\n").split("\n")
+    *stderr, wall, rss = out.stderr.rstrip("\n").split("\n")
+    print(f"{args[1:3]}: {wall}, peak RSS {int(rss) / 2**20:.0f} MB")
+    assert float(wall.split()[0]) < 60  # seconds, on 2 busy cores, imports included
     return out, int(rss), "\n".join(stderr)
 
 
@@ -167,7 +172,6 @@ def test_status_names_every_damaged_run_in_seconds_and_little_memory(damaged):
     sweep, said = damaged
     out, rss, err = run_measured([RHMSCALE, "sweep", "status", str(sweep.path), "--json"])
     assert out.returncode == 0, err
-    print(f"sweep status: peak RSS {rss / 2**20:.0f} MB")
     assert rss < GB
     runs = {run["run_id"]: run for run in json.loads(out.stdout)["runs"]}
     for run_id, says in said.items():
@@ -182,7 +186,6 @@ def test_collect_and_fit_leave_every_damaged_run_out_in_seconds_and_little_memor
     collection = collect(sweep.path)
     assert collection.skipped == {"corrupt": sorted(said)}
     out, rss, err = run_measured([RHMSCALE, "fit", str(sweep.path), "--n-boot", "50"])
-    print(f"fit: peak RSS {rss / 2**20:.0f} MB")
     assert out.returncode == 0, err
     said_lines = " ".join(err.split())
     assert f"{len(said)} corrupt" in said_lines and rss < GB
