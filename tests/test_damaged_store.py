@@ -384,3 +384,13 @@ def test_a_run_whose_job_ended_without_an_outcome_says_so_and_retry_takes_it(tmp
     assert f"pending {ended}" in said and "sweep retry" in said
     prepared = prepare(load_sweep_spec(sweep), tmp_path, states=RETRYABLE)
     assert prepared.run_ids == [ended]
+
+
+def test_a_wandb_offline_log_that_is_a_fifo_or_a_device_is_a_corrupt_run(tmp_path):
+    from rhmscale.results.collect_wandb import collect_wandb_offline
+
+    for name, make in (("abc", os.mkfifo), ("def", lambda p: p.symlink_to("/dev/zero"))):
+        offline = tmp_path / "runs" / name / "wandb" / f"offline-run-20260101_000000-{name}"
+        offline.mkdir(parents=True)
+        make(offline / f"run-{name}.wandb")
+    assert collect_wandb_offline(tmp_path).skipped == {"corrupt": ["abc", "def"]}

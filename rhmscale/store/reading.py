@@ -46,6 +46,8 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
     "journal.log": (512 * MB, "a study journal"),
     # Weights and AdamW moments of one run: the largest model the bounds allow is a few GB.
     ".ckpt": (64 * GB, "a checkpoint"),
+    # A run's W&B offline log (collect --from-wandb-offline): its history is a few MB.
+    ".wandb": (512 * MB, "a W&B offline log"),
     # Backlog entries, worker records, hold.json: a config and a few fields.
     ".json": (16 * MB, "a record"),
 }
