@@ -394,3 +394,19 @@ def test_a_wandb_offline_log_that_is_a_fifo_or_a_device_is_a_corrupt_run(tmp_pat
         offline.mkdir(parents=True)
         make(offline / f"run-{name}.wandb")
     assert collect_wandb_offline(tmp_path).skipped == {"corrupt": ["abc", "def"]}
+
+
+# --- a worker that dies ---------------------------------------------------------------------
+
+
+def test_a_job_that_dies_is_one_line_naming_its_error_and_log(tmp_path):
+    """submitit's message for a failed job ends with its log paths: the line said is the
+    traceback's error, with the .err log (was "20247: return tqdm(" or a log path)."""
+    import submitit
+
+    from rhmscale.sweeps.dispatch import wait_jobs
+
+    job = submitit.LocalExecutor(folder=tmp_path).submit(int, "not a number")
+    (line,) = wait_jobs([job])
+    assert line.startswith(f"{job.job_id}: ValueError: invalid literal for int()"), line
+    assert line.endswith(f"(log: {tmp_path / f'{job.job_id}_0_log.err'})"), line
