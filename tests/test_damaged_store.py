@@ -297,14 +297,14 @@ def whole(tmp_path_factory):
     return config, history(run(config, tmp_path_factory.mktemp("whole") / "run").run_dir)
 
 
+@pytest.mark.slow  # each trains a run, then again (10-30 s on 2 cores)
 @pytest.mark.parametrize(
     ("name", "how"),
     [
         ("metrics.parquet", text_column),  # was "done" to status, corrupt to collect
-        # Each trains a run again (10-20 s on 2 cores): slow.
-        pytest.param("result.json", fifo, marks=pytest.mark.slow),
-        pytest.param("metrics.parquet", link("/dev/zero"), marks=pytest.mark.slow),
-        pytest.param("config.json", not_utf8, marks=pytest.mark.slow),
+        ("result.json", fifo),
+        ("metrics.parquet", link("/dev/zero")),
+        ("config.json", not_utf8),
     ],
 )
 def test_a_retry_sets_damaged_files_aside_and_repairs_the_run(tmp_path, whole, name, how):
