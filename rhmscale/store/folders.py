@@ -153,12 +153,13 @@ class RunDir:
         store.reading (type and size checked first): this is the one judge of a run's files,
         for status, collect, fit and the retry that repairs them."""
         try:
+            config = None
             if os.path.lexists(self.config):
                 config = read_object(self.config)
                 if not isinstance(config.get("run_id"), str) or "config" not in config:
                     raise DamagedFile(self.config, "is not a run's config (no run_id or config)")
             if os.path.lexists(self.result):
-                self.check_result()
+                self.check_result(config)
             elif self.last_checkpoint.exists() and not self.resumable_checkpoints():
                 open_checked(self.last_checkpoint).close()  # says a FIFO or a device first
                 raise DamagedFile(
@@ -170,13 +171,14 @@ class RunDir:
             return None
         return None
 
-    def check_result(self) -> None:
-        """Raise DamagedFile unless result.json and metrics.parquet are a finished run's."""
+    def check_result(self, config: dict[str, Any] | None) -> None:
+        """Raise DamagedFile unless result.json and metrics.parquet are a finished run's (config:
+        config.json's content, None when there is none)."""
         result = read_object(self.result)
         final = result.get("final")
         if not isinstance(final, dict) or not all(map(is_number, final.values())):
             raise DamagedFile(self.result, "is not a result (its final metrics are not numbers)")
-        if "config" in result and read_field(self.config, "config") != result["config"]:
+        if "config" in result and (config or {}).get("config") != result["config"]:
             # The metrics belong to the config the run trained on, not to an edited one.
             raise DamagedFile(self.result, f"records another config than {self.config.name} holds")
         try:
