@@ -7,8 +7,10 @@
 
 State comes from files alone, so a re-submission can skip what is done and resume what is not:
   done         result.json (readable) and metrics.parquet (whole)
-  corrupt      a file of a finished or interrupted run is damaged (damage() says which): a
-               retry repairs it from the last good checkpoint, or trains the run again
+  corrupt      a file of a finished or interrupted run is damaged (damage() says which; every
+               file is read through store.reading: type and size checked first): a retry sets
+               the damaged files aside as <name>.damaged and trains the run again from its
+               last good checkpoint, or from scratch
   diverged     failed.json says the loss or the weights went non-finite (a retry would too)
   failed       failed.json for any other reason
   interrupted  a checkpoint (last.ckpt, or prev.ckpt kept while the next is written)
