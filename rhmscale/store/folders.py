@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rhmscale.errors import UserError
+from rhmscale.errors import DamagedFile, UserError
 from rhmscale.store.atomic import atomic_write, atomic_write_json
 from rhmscale.store.lock import file_lock
 from rhmscale.store.reading import (
-    DamagedFile,
     decode,
     ends_with,
     open_checked,

@@ -13,7 +13,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from rhmscale.store.reading import DamagedFile, read_tail
+from rhmscale.errors import DamagedFile
+from rhmscale.store.reading import read_tail
 
 _held: dict[Path, int] = {}  # lock files this process holds, and how many times
 

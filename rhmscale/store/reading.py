@@ -19,7 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rhmscale.errors import UserError
+from rhmscale.errors import DamagedFile, UserError
 
 MB = 1024**2
 GB = 1024**3
@@ -60,20 +60,6 @@ FILE_TYPES = {
     stat.S_IFIFO: "a FIFO",
     stat.S_IFSOCK: "a socket",
 }
-
-
-class DamagedFile(UserError):
-    """A store file that cannot be read as its kind: `reason` says why, after the file's name
-    ("result.json is not a regular file (a character device)")."""
-
-    def __init__(self, path: Path, why: str):
-        self.path = Path(path)
-        self.reason = f"{self.path.name} {why}"
-        super().__init__(f"{self.path} {why}")
-
-    def with_remedy(self, remedy: str) -> UserError:
-        """The error for a sweep's or study's own file: the command stops and says what to do."""
-        return UserError(f"{self}: {remedy}")
 
 
 def size_limit(path: Path) -> tuple[int, str]:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from rhmscale.config import SCIENCE, cell_of, key_roles
-from rhmscale.errors import UserError
+from rhmscale.errors import DamagedFile, UserError
 from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.store.lock import holder
-from rhmscale.store.reading import DamagedFile, read_object, read_tail, read_text
+from rhmscale.store.reading import read_object, read_tail, read_text
 from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
 from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
 from rhmscale.sweeps.spec import SweepSpec, parse_spec

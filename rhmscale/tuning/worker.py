@@ -23,9 +23,10 @@ import optuna
 import submitit
 
 from rhmscale.config import RunConfig, member_keys
+from rhmscale.errors import DamagedFile
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
-from rhmscale.store.reading import DamagedFile, read_parquet, read_text
+from rhmscale.store.reading import read_parquet, read_text
 from rhmscale.sweeps.job import (
     guard_requeue_handler,
     limit_gpu_memory,
