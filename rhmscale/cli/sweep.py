@@ -150,8 +150,9 @@ def sweep_submit(
 @sweep_app.command("retry")
 @executor_options
 def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
-    """Resubmit failed, corrupt (damaged files: repaired from their checkpoint), interrupted and
-    cancelled runs only; diverged runs are left (they would diverge again)."""
+    """Resubmit failed, corrupt (damaged files: set aside as *.damaged, the run trained again
+    from its checkpoint), interrupted, cancelled and unrecorded runs (pending, though their job
+    ended: it left no outcome); diverged runs are left (they would diverge again)."""
     from rhmscale.sweeps.dispatch import retry
 
     with writing(path):
@@ -242,7 +243,7 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
         for run in [r for r in status.runs if r.holder]:
             values = ", ".join(f"{k}={v}" for k, v in run.values.items())
             console.print(f"running {run.run_id} ({values}): {held_for(run.holder)}", markup=False)
-    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt")]
+    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt") or r.message]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
         console.print(f"[red]{run.state}[/] {run.run_id} ({values}) job {run.job_id}:")

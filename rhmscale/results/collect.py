@@ -15,14 +15,16 @@ import pandas as pd
 
 from rhmscale.config import flatten
 from rhmscale.errors import UserError
-from rhmscale.store.atomic import atomic_write, read_json
+from rhmscale.store.atomic import atomic_write
 from rhmscale.store.folders import RunDir, iter_run_dirs
+from rhmscale.store.reading import read_object, read_parquet
 
 
 @dataclass
 class Collection:
     frame: pd.DataFrame
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run ids
+    damage: dict[str, str] = field(default_factory=dict)  # corrupt run id -> what is damaged
 
     def counts(self) -> dict[str, int]:
         """Runs by state: collected ones are done, skipped ones by why."""
@@ -82,14 +84,10 @@ def run_dirs(path: Path) -> list[RunDir]:
 
 
 def read_run(store: RunDir) -> pd.DataFrame:
-    """Evaluation rows of one finished run with its flattened config as columns."""
-    meta = read_json(store.config)
-    history = pd.read_parquet(store.metrics)
-    if history.empty or "step" not in history:
-        raise ValueError("metrics.parquet holds no evaluations")
-    wrong = [c for c in history.columns if not pd.api.types.is_numeric_dtype(history[c])]
-    if wrong:  # every metric is a number; a text column would break the fit far from here
-        raise ValueError(f"metrics.parquet: {', '.join(wrong)} not numbers")
+    """Evaluation rows of one finished run (its files judged whole by RunDir.damage) with its
+    flattened config as columns."""
+    meta = read_object(store.config)
+    history = read_parquet(store.metrics)
     for key, value in flatten(meta["config"]).items():
         history[key] = value if not isinstance(value, list) else ",".join(map(str, value))
     history.insert(0, "run_id", meta["run_id"])
@@ -106,7 +104,7 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
     they are (they were done when it was written)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     is_table = {p: p.is_file() and p.suffix in TABLE_SUFFIXES for p in paths}
-    frames, done, skipped = [], set(), {}
+    frames, done, skipped, damage = [], set(), {}, {}
     for table in (read_table(p) for p in paths if is_table[p]):
         table = table[~table["run_id"].isin(done)]
         frames.append(table)
@@ -118,11 +116,14 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
         state = store.state()
         if state != "done":
             skipped.setdefault(state, []).append(run_id)
+            if state == "corrupt":
+                damage[run_id] = store.damage() or "damaged"
             continue
         try:
             frame = read_run(store)
-        except Exception:  # noqa: BLE001 - a corrupt run is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 - a corrupt run is reported, not fatal
             skipped.setdefault("corrupt", []).append(run_id)
+            damage[run_id] = str(exc)  # changed since state() judged it whole
             continue
         if frame["run_id"].iloc[0] not in done:  # the same run under another folder name
             frames.append(frame)
@@ -131,4 +132,4 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
         reason: sorted(set(ids) - done) for reason, ids in skipped.items() if set(ids) - done
     }
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Collection(frame, skipped)
+    return Collection(frame, skipped, {r: damage[r] for r in skipped.get("corrupt", [])})
