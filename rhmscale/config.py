@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, size_problem
+from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, grammar_problem, size_problem
 from rhmscale.sequences import n_sequences
 
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
@@ -69,7 +69,7 @@ class GrammarConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _bounded_length(self) -> GrammarConfig:
+    def _bounded_size(self) -> GrammarConfig:
         # In logs: s**L itself is a huge integer for a typo like L=10**9.
         if self.L * math.log(self.s) > math.log(MAX_SEQ_LEN) + 1e-9:
             raise ValueError(
@@ -77,6 +77,8 @@ class GrammarConfig(_Strict):
                 "a batch of them would not fit on a GPU (attention and the data grow with the "
                 "length); lower grammar.L or grammar.s"
             )
+        if problem := grammar_problem(self.v, self.m, self.s, self.L):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

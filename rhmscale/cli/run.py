@@ -170,6 +170,7 @@ def grammar_show(
     """Print a grammar's rules and a few sampled sequences with their parse depth."""
     import numpy as np
 
+    from rhmscale.bounds import shown
     from rhmscale.cli.tables import rule_tables
     from rhmscale.rhm.grammar import Grammar
     from rhmscale.rhm.metrics import format_sequence
@@ -179,7 +180,7 @@ def grammar_show(
     console = make_console()
     console.print(
         f"RHM v={cfg.v} m={cfg.m} s={cfg.s} L={cfg.L} seed={cfg.seed}: sequences of length "
-        f"{cfg.seq_len}, {grammar.n_sequences:,} distinct"
+        f"{cfg.seq_len}, {shown(grammar.n_sequences)} distinct"
     )
     for table in rule_tables(grammar, cfg, max_rules):
         console.print(table)
