@@ -41,12 +41,12 @@ class Bound:
 
     @property
     def text(self) -> str:
-        """'50 to 100,000', 'above 0 and below 1'."""
+        """'from 50 to 100,000', 'above 0 and below 1'."""
         if self.open_lo or self.open_hi:
             low = f"above {shown(self.lo)}" if self.open_lo else f"at least {shown(self.lo)}"
             high = f"below {shown(self.hi)}" if self.open_hi else f"at most {shown(self.hi)}"
             return f"{low} and {high}"
-        return f"{shown(self.lo)} to {shown(self.hi)}"
+        return f"from {shown(self.lo)} to {shown(self.hi)}"
 
     def holds(self, value: float) -> bool:
         above = value > self.lo if self.open_lo else value >= self.lo
@@ -65,12 +65,16 @@ def shown(number: float) -> str:
         exponent = math.floor(math.log10(abs(number)))
         mantissa = 10 ** (math.log10(abs(number)) - exponent)
         return f"{'-' if number < 0 else ''}{mantissa:.2f} x 10^{exponent}"
+    if isinstance(number, float) and number.is_integer() and abs(number) < 10**15:
+        number = int(number)
     return f"{number:,}" if isinstance(number, int) else f"{number:g}"
 
 
 # Every numeric command-line option, by its flag; a test walks the commands for any without.
 OPTIONS = {
-    "--n-boot": Bound(50, 100_000, "bootstrap replicates: the fit's time and memory grow with them"),
+    "--n-boot": Bound(
+        50, 100_000, "bootstrap replicates: the fit's time and memory grow with them"
+    ),
     "--threshold": Bound(0.0, 1.0, "an accuracy", open_lo=True, open_hi=True),
     "--target": Bound(1.0, 1000.0, "a ratio of sizes", open_lo=True),
     "--seeds": Bound(1, 100, "seeds per proposed size: each is a run"),

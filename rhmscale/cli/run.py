@@ -19,6 +19,7 @@ from rhmscale.cli.options import (
     OverrideArgs,
     OverrideOpt,
     RootOpt,
+    bounded,
     check_wandb_mode,
 )
 from rhmscale.errors import UserError
@@ -164,8 +165,8 @@ def grammar_show(
     overrides: OverrideArgs = None,
     set_values: OverrideOpt = None,
     old_overrides: OldOverrideOpt = None,
-    samples: Annotated[int, typer.Option(help="Sampled sequences to show.")] = 5,
-    max_rules: Annotated[int, typer.Option(help="Symbols listed per level.")] = 8,
+    samples: Annotated[int, bounded("--samples", "Sampled sequences to show")] = 5,
+    max_rules: Annotated[int, bounded("--max-rules", "Symbols listed per level")] = 8,
 ) -> None:
     """Print a grammar's rules and a few sampled sequences with their parse depth."""
     import numpy as np
