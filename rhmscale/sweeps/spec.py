@@ -13,10 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rhmscale.bounds import option_field
-from rhmscale.config import TrackingConfig
+from rhmscale.config import TrackingConfig, Typed
 from rhmscale.config_io import did_you_mean, load_yaml, validated
 from rhmscale.errors import UserError
 
@@ -105,7 +105,7 @@ HOW_TO_FIND_SHARDS = (
 )
 
 
-class ExecutorSpec(BaseModel):
+class ExecutorSpec(Typed):
     """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set).
 
     The GPU fields (gpu_type, gpu_request, cpus_per_gpu, mem_per_gpu_gb, shards_per_gpu) say
@@ -283,7 +283,7 @@ def check_slurm_gpus(ex: ExecutorSpec) -> None:
         )
 
 
-class SweepSpec(BaseModel):
+class SweepSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     name: str

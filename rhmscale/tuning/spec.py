@@ -24,8 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from rhmscale.config import MAX_SEED, Typed
 from rhmscale.config_io import load_yaml, validated
 from rhmscale.errors import UserError
 from rhmscale.sweeps.grid import Point, expand_points
@@ -36,7 +37,7 @@ EVERY_INT = 256  # an integer range with at most this many values is checked at 
 SPREAD = 32  # ... a wider one at this many, spread over it
 
 
-class Distribution(BaseModel):
+class Distribution(Typed):
     """One of: {float: [lo, hi]}, {int: [lo, hi]} (with log, step) or {choices: [...]}."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -80,7 +81,8 @@ class Distribution(BaseModel):
         values = range(low, high + 1, step)
         if len(values) <= EVERY_INT:
             return list(values)
-        picks = {values[round(i * (len(values) - 1) / (SPREAD - 1))] for i in range(SPREAD)}
+        # Integer arithmetic: a float index rounds past the end of a range of 10**18 values.
+        picks = {values[i * (len(values) - 1) // (SPREAD - 1)] for i in range(SPREAD)}
         return sorted(picks | {low, high})
 
     def holds(self, value: Any) -> str | None:
@@ -108,7 +110,7 @@ class Distribution(BaseModel):
         return trial.suggest_float(name, *self.float_, step=self.step, log=self.log)  # type: ignore[misc]
 
 
-class Objective(BaseModel):
+class Objective(Typed):
     model_config = ConfigDict(extra="forbid")
 
     metric: str | None = None
@@ -141,7 +143,7 @@ class Objective(BaseModel):
         return self.direction or "minimize"  # samples to learn: fewer is better
 
 
-class Budget(BaseModel):
+class Budget(Typed):
     model_config = ConfigDict(extra="forbid")
 
     trials: int = Field(20, ge=1, le=100_000)  # every trial asked counts, failed ones too
@@ -150,14 +152,16 @@ class Budget(BaseModel):
     max_failures_in_a_row: int = Field(5, ge=1)
 
 
-class SamplerSpec(BaseModel):
+class SamplerSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
+    # Optuna seeds numpy's RandomState with it (0 to 2**32 - 1), when the study is created:
+    # bounded here, so that a bad seed is refused before study.yaml or the journal is written.
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
-class PrunerSpec(BaseModel):
+class PrunerSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["median", "hyperband", "none"] = "median"
