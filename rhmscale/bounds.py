@@ -99,6 +99,13 @@ def option_field(flag: str) -> dict[str, float]:
 
 def grammar_problem(v: int, m: int, s: int, L: int) -> str | None:
     """What makes a grammar too large to hold, naming its keys; None when it fits."""
+    # In logs: s**L itself is a huge integer for a typo like L=10**9.
+    if L * math.log(s) > math.log(MAX_SEQ_LEN) + 1e-9:
+        return (
+            f"sequences of s**L = {s}**{L} tokens are longer than {MAX_SEQ_LEN:,}: a batch of "
+            "them would not fit on a GPU (attention and the data grow with the length); lower "
+            "grammar.L or grammar.s"
+        )
     entries = L * v * m * s
     if entries > MAX_RULE_ENTRIES:
         return (

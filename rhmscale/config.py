@@ -19,21 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, grammar_problem, size_problem
+from rhmscale.bounds import MAX_EVALS, grammar_problem, size_problem
+from rhmscale.kinds import Typed
 from rhmscale.sequences import n_sequences
 
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
@@ -58,22 +50,6 @@ def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = Fals
 MAX_SEED = 2**32 - 1  # the training generators are seeded 2*seed+2; torch takes < 2**64
 
 
-class Typed(BaseModel):
-    """A model whose numbers are not booleans and whose booleans are not numbers: pydantic
-    (lax) would take `data.P: true` as 1 and `model.time_cond=1` as true, a mistake either way."""
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _bool_or_number(cls, value: Any, info: ValidationInfo) -> Any:
-        annotation = cls.model_fields[info.field_name].annotation
-        kinds = {a for a in typing.get_args(annotation) or (annotation,) if a in (int, float, bool)}
-        if kinds == {bool} and value is not None and not isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a boolean: give true or false")
-        if kinds and bool not in kinds and isinstance(value, bool):
-            raise ValueError(f"{str(value).lower()} is a boolean: give a number")
-        return value
-
-
 class _Strict(Typed):
     # allow_inf_nan=False: train.lr=inf (or nan) is a mistake to refuse, not a run to diverge.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -94,13 +70,6 @@ class GrammarConfig(_Strict):
 
     @model_validator(mode="after")
     def _bounded_size(self) -> GrammarConfig:
-        # In logs: s**L itself is a huge integer for a typo like L=10**9.
-        if self.L * math.log(self.s) > math.log(MAX_SEQ_LEN) + 1e-9:
-            raise ValueError(
-                f"sequences of s**L = {self.s}**{self.L} tokens are longer than {MAX_SEQ_LEN:,}: "
-                "a batch of them would not fit on a GPU (attention and the data grow with the "
-                "length); lower grammar.L or grammar.s"
-            )
         if problem := grammar_problem(self.v, self.m, self.s, self.L):
             raise ValueError(problem)
         return self

@@ -16,9 +16,10 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rhmscale.bounds import option_field
-from rhmscale.config import TrackingConfig, Typed
+from rhmscale.config import TrackingConfig
 from rhmscale.config_io import did_you_mean, load_yaml, validated
 from rhmscale.errors import UserError
+from rhmscale.kinds import Typed
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # whole name: fullmatch (`$` lets "x\n" by)
 MAX_NAME = 100

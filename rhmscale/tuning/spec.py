@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from rhmscale.config import MAX_SEED, Typed
+from rhmscale.config import MAX_SEED
 from rhmscale.config_io import load_yaml, validated
 from rhmscale.errors import UserError
+from rhmscale.kinds import Typed
 from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
 
