@@ -74,6 +74,10 @@ def safe_load(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{where} is not valid YAML: {exc}") from None
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        raise UserError(
+            f"{where} holds a number of thousands of digits: no key takes one"
+        ) from None
     except RecursionError:
         raise UserError(f"{where} is nested too deeply") from None
 
@@ -105,7 +109,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override '{text}' is not of the form key=value (e.g. grammar.v=32)")
     key, raw = text.split("=", 1)
     key = key.strip()
-    return key, safe_load(raw, f"override '{text}': the value") if raw.strip() else ""
+    shown = text if len(text) <= 80 else f"{text[:60]}..."
+    return key, safe_load(raw, f"override '{shown}': the value") if raw.strip() else ""
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -122,6 +122,15 @@ def test_every_numeric_option_states_its_bounds_and_refuses_a_value_beyond(
     assert written(tmp_path) == []
 
 
+def test_a_number_of_thousands_of_digits_is_refused_not_a_traceback(tmp_path, rhmscale):
+    huge = "9" * 5000  # Python reads no integer of more than 4,300 digits
+    refused(rhmscale("config", "show", f"data.P={huge}"), "override 'data.P=999", "digits")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: t\ngrid: {{data.P: {{logspace: [16, {huge}, 3]}}}}\n")
+    refused(rhmscale("sweep", "plan", spec, "--root", "runs"), f"{spec} holds a number of")
+    assert written(tmp_path) == []
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> Path:
     """A table as `rhmscale collect -o` writes it: a synthetic sweep of six cells."""
