@@ -228,10 +228,18 @@ def test_a_file_that_is_not_utf8_is_refused_naming_its_line(command, tmp_path, r
     assert written(tmp_path) == []
 
 
-def test_an_int_search_range_of_10_to_the_18_is_checked_not_an_index_error(tmp_path, rhmscale):
-    study = STUDY | {"search": {"train.warmup_steps": {"int": [1, 1.0e18]}}}
+@pytest.mark.parametrize(
+    ("search", "words"),
+    [
+        ({"int": [1, 1.0e18]}, ["within ±2**53"]),  # was an IndexError
+        ({"int": [1, 10**20]}, ["within ±2**53"]),  # was an OverflowError
+        ({"int": [1, 5], "step": 0.5}, ["step 0.5 must be a whole number"]),  # range step 0
+    ],
+)
+def test_an_int_search_range_is_checked_not_a_traceback(search, words, tmp_path, rhmscale):
+    study = STUDY | {"search": {"train.warmup_steps": search}}
     path = write_yaml(tmp_path / "study.yaml", study)
-    refused(rhmscale("tune", "submit", path, "--root", "runs"), "train.warmup_steps")
+    refused(rhmscale("tune", "submit", path, "--root", "runs"), "train.warmup_steps", *words)
     assert written(tmp_path) == []
 
 

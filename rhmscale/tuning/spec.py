@@ -34,6 +34,8 @@ from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
 
 FORBIDDEN = ("seed", "grammar.seed", "tracking.")  # a trial is a recipe, not a draw
+# An int range's bounds: Optuna's samplers draw integers through floats, exact to 2**53.
+MAX_INT = 2**53
 EVERY_INT = 256  # an integer range with at most this many values is checked at every one
 SPREAD = 32  # ... a wider one at this many, spread over it
 
@@ -61,6 +63,10 @@ class Distribution(Typed):
             raise ValueError("log: true needs a lower bound above 0")
         if self.log and self.step is not None:
             raise ValueError("log and step exclude each other (Optuna samples one or the other)")
+        if self.int_ is not None and max(map(abs, self.int_)) > MAX_INT:
+            raise ValueError(f"int bounds {list(self.int_)}: each within ±2**53 = ±{MAX_INT:,}")
+        if self.int_ is not None and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int range's step {self.step:g} must be a whole number")
         if self.choices is not None and (not self.choices or self.log or self.step):
             raise ValueError("choices: a non-empty list, without log or step")
         return self
