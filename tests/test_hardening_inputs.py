@@ -220,6 +220,14 @@ def test_a_logspace_bound_that_is_no_size_is_refused(formula, formula_is, tmp_pa
     assert written(tmp_path) == []
 
 
+@pytest.mark.parametrize("n", [".inf", ".nan"])
+def test_a_logspace_count_that_is_no_number_is_refused(n, tmp_path, rhmscale):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: t\ngrid: {{data.P: {{logspace: [16, 64, {n}]}}}}\n")
+    refused(rhmscale("sweep", "plan", spec, "--root", "runs"), "'data.P'", "logspace needs")
+    assert written(tmp_path) == []
+
+
 @pytest.mark.parametrize("command", ["sweep plan", "tune submit", "config show --config"])
 def test_a_file_that_is_not_utf8_is_refused_naming_its_line(command, tmp_path, rhmscale):
     path = tmp_path / "spec.yaml"

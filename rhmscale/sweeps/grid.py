@@ -50,7 +50,8 @@ def as_number(value: Any) -> float | None:
 def logspace_ints(lo: Any, hi: Any, n: Any, where: str = "logspace") -> list[int]:
     """n log-spaced integers from lo to hi; rounding duplicates are dropped."""
     lo, hi, count = as_number(lo), as_number(hi), as_number(n)
-    valid = None not in (lo, hi, count) and math.isfinite(hi) and count == int(count)
+    numbers = None not in (lo, hi, count) and all(map(math.isfinite, (lo, hi, count)))
+    valid = numbers and count == int(count)
     if not (valid and 1 <= count <= MAX_RUNS and 0 < lo <= hi < 2**63):
         raise UserError(
             f"{where}: logspace needs [lo, hi, n], numbers with 0 < lo <= hi < 2**63 and "
