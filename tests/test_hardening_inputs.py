@@ -336,3 +336,18 @@ def test_an_output_path_that_cannot_be_written_is_one_line_naming_it(
         refused(rhmscale(*args), f"cannot write {output}:", "takes no new files")
     assert SweepDir(folder).spec_file.read_text() == recorded
     assert written(tmp_path) == []
+
+
+# --- the boundary: an input mistake is a UserError at its source, anything else a bug ----------
+
+
+def test_an_unexpected_exception_keeps_its_traceback_and_is_named_a_bug(monkeypatch, rhmscale):
+    def broken():
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("rhmscale.config_io.key_listing", broken)
+    code, _, err = rhmscale("config", "keys")
+    assert code == 1 and "Traceback (most recent call last)" in err and "in broken" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected KeyError at ") and __file__ in last, last
+    assert "a bug in rhmscale" in last
