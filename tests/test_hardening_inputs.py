@@ -117,8 +117,8 @@ def test_every_numeric_option_states_its_bounds_and_refuses_a_value_beyond(
     code, out, _ = rhmscale(*words, "--help")
     assert code == 0 and bound.text in " ".join(out.replace("│", " ").split()), out
     assert f"| `{flag}` | {bound.text} |" in (ROOT / "docs" / "reference.md").read_text()
-    beyond = bound.hi * 10 + 1
-    refused(rhmscale(*words, flag, beyond), flag, f"it must be {bound.text}")
+    for beyond in (bound.hi * 10 + 1, bound.lo - 1):
+        refused(rhmscale(*words, flag, beyond), flag, f"it must be {bound.text}")
     assert written(tmp_path) == []
 
 
