@@ -5,8 +5,9 @@ steps, 512 samples, sequences <= 729 tokens), so they only catch mistakes: a typ
 eval.n_samples=10**9 or --n-boot 100000000 is refused before anything runs or is written, with
 a message naming the key or option, instead of filling memory for hours. A config key's own
 bound is its field's `le` in config.py (the key's description states it); what depends on
-several keys is checked here, by grammar_problem and size_problem; a command-line number's bound is its entry in
-OPTIONS (cli/options.py builds the option from it: --help and docs/reference.md state it).
+several keys is checked here (grammar_problem, size_problem); a command-line number's bound
+is its entry in OPTIONS (cli/options.py builds the option from it: --help and
+docs/reference.md state it).
 """
 
 from __future__ import annotations
