@@ -29,6 +29,7 @@ RANK = {
     "errors": 0,
     "__init__": 0,
     "formula": 0,
+    "kinds": 0,
     "labels": 0,
     "sequences": 0,
 }

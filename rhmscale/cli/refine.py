@@ -12,7 +12,7 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import check_output_file, writing
-from rhmscale.cli.options import SweepPathArg, WaitOpt, executor_options, fit_options
+from rhmscale.cli.options import SweepPathArg, WaitOpt, bounded, executor_options, fit_options
 from rhmscale.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,18 +26,19 @@ def sweep_refine(
     path: SweepPathArg,
     target: Annotated[
         float,
-        typer.Option(help="Refine every bracket of a P*_k wider than this ratio of sizes."),
+        bounded("--target", "Refine every bracket of a P*_k wider than this ratio of sizes"),
     ] = 1.25,
     seeds: Annotated[
         int | None,
-        typer.Option(
-            help="Seeds per proposed size (and added where seed noise widens an interval); "
-            "default: as many as the cell's sizes have."
+        bounded(
+            "--seeds",
+            "Seeds per proposed size (and added where seed noise widens an interval); "
+            "default: as many as the cell's sizes have",
         ),
     ] = None,
     max_runs: Annotated[
         int | None,
-        typer.Option(help="Budget: the most runs the sweep may hold after refining.", min=1),
+        bounded("--max-runs", "Budget: the most runs the sweep may hold after refining"),
     ] = None,
     output: Annotated[
         Path | None,

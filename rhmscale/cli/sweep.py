@@ -9,7 +9,14 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
-from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
+from rhmscale.cli.options import (
+    RootOpt,
+    SpecArg,
+    SweepPathArg,
+    WaitOpt,
+    bounded,
+    executor_options,
+)
 from rhmscale.cli.sync import DryRunOpt, UnfinishedOpt, sync_offline_runs
 
 if TYPE_CHECKING:
@@ -216,7 +223,7 @@ def follow(submission: Submission, wait: bool | None) -> None:
 def sweep_status(
     path: SweepPathArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-    failures: Annotated[int, typer.Option(help="Failed runs to show with their error.")] = 10,
+    failures: Annotated[int, bounded("--failures", "Failed runs to show with their error")] = 10,
     runs: Annotated[
         bool, typer.Option("--runs", help="Also a table of finished runs and final accuracies.")
     ] = False,

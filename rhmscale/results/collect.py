@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rhmscale.config import flatten
+from rhmscale.config import GRAMMAR_NAMES, RunConfig, config_flat, flatten, size_key
 from rhmscale.errors import UserError
 from rhmscale.store.atomic import atomic_write
 from rhmscale.store.folders import RunDir, iter_run_dirs
@@ -58,12 +58,49 @@ def read_table(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader error: say which file
         raise UserError(f"{path}: not a readable table ({exc})") from exc
-    missing = {"run_id", "step", "final"} - set(frame.columns)
-    if missing:
+    required = ["run_id", "step", "final", size_key(), *(f"grammar.{n}" for n in GRAMMAR_NAMES)]
+    if missing := [column for column in required if column not in frame.columns]:
         raise UserError(
-            f"{path}: not a table of `rhmscale collect -o` (no column {', '.join(sorted(missing))})"
+            f"{path}: not a table of `rhmscale collect -o` (no column {', '.join(missing)}); "
+            "collect it again"
         )
+    check_columns(frame, path)
     return frame
+
+
+def check_columns(frame: pd.DataFrame, path: Path) -> None:
+    """A table edited by hand: the first value that is not of its column's kind (text in an
+    accuracy or in grammar.v; a number in model.time_cond), named by line and column. The
+    columns checked are then of their kind (a CSV column with text in it was read as text)."""
+    defaults = config_flat(RunConfig())
+    for column in frame.columns:
+        default, values = defaults.get(column), frame[column]
+        if isinstance(default, bool):
+            read = values.map(BOOLEANS.get, na_action="ignore")
+            kind = "true or false"
+        elif isinstance(default, int | float) or (column not in defaults and is_metric(column)):
+            read = pd.to_numeric(values, errors="coerce")
+            kind = "a number"
+        else:
+            continue
+        wrong = read.isna() & values.notna()
+        if wrong.any():
+            row = int(wrong.to_numpy().argmax())
+            where = f"line {row + 2}" if path.suffix == ".csv" else f"row {row + 1}"
+            raise UserError(
+                f"{path} {where}: column '{column}' holds {values.iloc[row]!r}, not {kind}; "
+                "correct it, or collect the table again (rhmscale collect -o)"
+            )
+        frame[column] = read
+
+
+# A boolean column as pandas reads it back from CSV: booleans, or text where a row is not one.
+BOOLEANS = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}
+
+
+def is_metric(column: str) -> bool:
+    """What the runs recorded (step, samples_seen, val/loss, gen/acc_l1, ...): numbers."""
+    return "/" in column or column in ("step", "samples_seen", "wall_s")
 
 
 def run_dirs(path: Path) -> list[RunDir]:
