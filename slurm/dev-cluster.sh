@@ -1011,7 +1011,8 @@ signal_slurmds() {
 cmd_kill_node() {
     require_root
     local node=$KILL_NODE pidfile spool sock job jobs=() pids=() pid
-    node_names | grep -qx -- "$node" ||
+    # (grep -q ends at the first match: reading from a pipe, pipefail would count its SIGPIPE)
+    grep -qx -- "$node" < <(node_names) ||
         die "no node '$node' in this cluster (nodes: $(node_names | paste -sd' '))"
     ((NODES > 1)) || die "kill-node needs a cluster of several nodes (start --nodes N)"
     pidfile=$(slurmd_pidfile "$node")
@@ -1028,9 +1029,12 @@ cmd_kill_node() {
     done
     ((${#pids[@]} > 0)) || die "nothing of $node runs (its slurmd is down already)"
     kill -KILL "${pids[@]}" 2>/dev/null || true
-    # What the dead steps leave in the spool: their sockets (a slurmd starting cleans up the
-    # rest).
-    for job in "${jobs[@]}"; do rm -f "$spool/${node}_$job".*; done
+    # What the dead steps leave in the node's spool (their sockets, the job's folder with its
+    # batch script) goes too, as from a node that boots afresh: else the slurmd started again
+    # refuses to launch the requeued job there ("slurm_script: File exists") and SLURM holds it.
+    for job in "${jobs[@]}"; do
+        rm -rf "$spool/${node}_$job".* "$spool/job$(printf "%05d" "$job")" "$spool/hwloc_topo_$job".*
+    done
     rm -f "$pidfile"
     log "killed $node: its slurmd and ${#pids[@]} process(es) of ${#jobs[@]} job(s) (${jobs[*]}); slurmctld marks it DOWN within SlurmdTimeout and requeues its batch jobs; '$PROG start' brings it back"
 }

@@ -26,7 +26,7 @@ import pytest
 
 from rhmscale.store.folders import RunDir
 from rhmscale.store.lock import holder, holder_field
-from rhmscale.sweeps.dispatch import submit
+from rhmscale.sweeps.dispatch import submit, wait
 from rhmscale.sweeps.grid import expand_points
 from rhmscale.sweeps.status import sweep_status
 from tests.slurm_cluster import DEV_CLUSTER, TEST_SETTINGS
@@ -64,16 +64,22 @@ def nodes(slurm_cluster):
     killed or drained is brought back)."""
     assert sorted(node_states()) == NODES, f"the dev cluster's nodes: {node_states()}"
     yield NODES
+    for node, state in node_states().items():
+        if state.startswith("drain"):
+            scontrol("update", f"NodeName={node}", "State=RESUME")
     out = dev_cluster("start")  # starts again the slurmd of a killed node
     assert out.returncode == 0, out.stderr
-    for node, state in node_states().items():
-        if state.startswith(("drain", "down")):
-            scontrol("update", f"NodeName={node}", "State=RESUME")
     wait_until(
         lambda: all(s in ("idle", "mixed", "allocated") for s in node_states().values()),
         60,
         "every node to take jobs again",
     )
+
+
+def squeue_tasks(array: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i %T %R"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    return out.stdout.splitlines()
 
 
 def job_info(job_id: str) -> dict[str, str]:
@@ -94,6 +100,12 @@ def training_node(run_dir: Path) -> str | None:
     if line and " training since " in line and (run_dir / "checkpoints" / "last.ckpt").exists():
         return holder_field(line, "node")
     return None
+
+
+def resumed(log: str) -> bool:
+    """The run.log says the run went on from a checkpoint (a pack's first runs "from step N",
+    a run taking a slot later "at its step N")."""
+    return re.search(r"(from step|at its step) [1-9]\d*", log) is not None
 
 
 def assert_trained_once(run_dir: Path, run_id: str) -> None:
@@ -169,10 +181,14 @@ def test_a_lost_nodes_tasks_are_requeued_and_their_runs_resume_elsewhere(nodes, 
     wait_until(status_names_the_lost_node, 60, f"sweep status to name {lost} lost")
     wait_until(lambda: node_states().get(lost, "").startswith("down"), 60, f"{lost} DOWN")
     wait_until(lambda: sweep_status(sweep, spec).counts == {"done": 6}, 300, "the sweep to end")
-    requeued = [job_info(str(job.job_id)) for job in submission.jobs]
-    requeued = [info for info in requeued if info.get("Restarts", "0") != "0"]
+    # The lost node's task, requeued, runs again on another node (and finds nothing left, or
+    # the rest of its runs), and ends.
+    array = str(submission.jobs[0].job_id).split("_")[0]
+    wait_until(lambda: not squeue_tasks(array), 120, "every task to end")
+    infos = [job_info(str(job.job_id)) for job in submission.jobs]
+    requeued = [info for info in infos if info.get("Restarts", "0") != "0"]
     assert requeued, "SLURM requeued the lost node's task"
-    assert all(info["NodeList"] != lost for info in requeued), requeued
+    assert all(i["NodeList"] != lost and i["JobState"] == "COMPLETED" for i in requeued), infos
     assert sorted(p.name for p in (sweep / "runs").iterdir()) == sorted(runs)  # nothing lost
     for run_id, run_dir in runs.items():
         assert_trained_once(run_dir, run_id)
@@ -180,8 +196,7 @@ def test_a_lost_nodes_tasks_are_requeued_and_their_runs_resume_elsewhere(nodes, 
         if run_id == victim["run"]:
             assert [node for node, _ in where][0] == lost and len(where) == 2, where
             assert where[1][0] != lost, where
-            log = (run_dir / "run.log").read_text()
-            assert re.search(r"from step [1-9]\d* ", log), log  # from its checkpoint
+            assert resumed(log := (run_dir / "run.log").read_text()), log
         else:
             assert len(where) <= 2 and (len(where) == 1 or where[0][0] == lost), (run_id, where)
     print(f"lost {lost}: {said[0]}")
@@ -193,8 +208,8 @@ def test_a_drained_node_gets_no_new_task(nodes, tmp_path):
     assert out.returncode == 0, out.stderr
     spec = make_spec("drain", {"seed": [0, 1, 2, 3]}, runs_per_task=1, array_parallelism=3)
     submission = submit(spec, tmp_path)
-    sweep = tmp_path / "drain"
-    wait_until(lambda: sweep_status(sweep, spec).counts == {"done": 4}, 300, "the sweep to end")
+    assert not wait(submission)  # every task ran (and found runs to take, or none)
+    assert sweep_status(tmp_path / "drain", spec).counts == {"done": 4}
     ran_on = {job_info(str(job.job_id))["NodeList"] for job in submission.jobs}
     assert drained not in ran_on and ran_on <= set(nodes), ran_on
     assert node_states()[drained] == "drained"
@@ -230,7 +245,7 @@ def test_a_study_keeps_its_budget_when_a_workers_node_dies(nodes, tmp_path):
     runs = [t.user_attrs["run_id"] for t in trials]
     assert victim["run"] in runs and len(set(runs)) == 4
     log = (folder / "runs" / victim["run"] / "run.log").read_text()
-    assert re.search(r"from step [1-9]\d* ", log), log  # the lost trial resumed, not redone
+    assert resumed(log), log  # the lost trial went on from its checkpoint, not from step 0
     where = setups(folder / "runs" / victim["run"], victim["run"])
     assert where[0][0] == victim["node"] and where[-1][0] != victim["node"], where
 
