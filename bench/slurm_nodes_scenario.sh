@@ -44,7 +44,7 @@ sweep=$root/$name
 
 "${RHM[@]}" sweep submit "$SPEC" --root "$root" >"$out/submit.txt" 2>&1 ||
     fail "submit: $(tail -3 "$out/submit.txt")"
-say "submitted: $(tail -2 "$out/submit.txt" | head -1)"
+say "$(grep -a '^sweep .*submitted' "$out/submit.txt")"
 array=$("$PY" -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['array_id'])" "$sweep/jobs.jsonl")
 t0=$(date +%s.%N)
 
@@ -113,7 +113,9 @@ for run in status.runs:
     folder = sweep / "runs" / run.run_id
     log = (folder / "run.log").read_text()
     nodes = re.findall(rf"run {run.run_id} on (\S+) \(job", log)
-    starts = [int(s) for s in re.findall(r"(?:from step|at its step) (\d+)", log)]
+    # the steps it started training from: first in a pack, or taking a slot of one later
+    starts = [int(s) for s in re.findall(r"training \d+ run\(s\) from step (\d+)", log)]
+    starts += [int(s) for s in re.findall(rf"run {run.run_id} took slot \d+ at its step (\d+)", log)]
     steps = list(pd.read_parquet(RunDir(folder).metrics)["step"])
     if run.state != "done":
         problems.append(f"{run.run_id}: {run.state}")

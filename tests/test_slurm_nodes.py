@@ -102,15 +102,20 @@ def training_node(run_dir: Path) -> str | None:
     return None
 
 
-def resumed(log: str) -> bool:
-    """The run.log says the run went on from a checkpoint (a pack's first runs "from step N",
-    a run taking a slot later "at its step N")."""
-    return re.search(r"(from step|at its step) [1-9]\d*", log) is not None
+def starts(log: str, run_id: str) -> list[int]:
+    """The steps the run started training from, each time a worker took it (its run.log: in a
+    pack's first runs "from step N", taking a slot later "run <id> took slot K at its step N";
+    the log also has the pack's lines about its other runs)."""
+    first = re.findall(r"training \d+ run\(s\) from step (\d+)", log)
+    later = re.findall(rf"run {run_id} took slot \d+ at its step (\d+)", log)
+    return [int(step) for step in first + later]
 
 
 def assert_trained_once(run_dir: Path, run_id: str) -> None:
-    """Done, not failed, and every evaluation recorded once, in order."""
+    """Done, not failed, trained from step 0 once, and every evaluation recorded once, in
+    order."""
     assert RunDir(run_dir).state() == "done", run_id
+    assert starts((run_dir / "run.log").read_text(), run_id).count(0) == 1, run_id
     assert not (run_dir / "failed.json").exists()
     steps = list(pd.read_parquet(RunDir(run_dir).metrics)["step"])
     assert steps == sorted(set(steps)), (run_id, steps)
@@ -196,7 +201,8 @@ def test_a_lost_nodes_tasks_are_requeued_and_their_runs_resume_elsewhere(nodes, 
         if run_id == victim["run"]:
             assert [node for node, _ in where][0] == lost and len(where) == 2, where
             assert where[1][0] != lost, where
-            assert resumed(log := (run_dir / "run.log").read_text()), log
+            steps = starts((run_dir / "run.log").read_text(), run_id)
+            assert steps[0] == 0 and len(steps) == 2 and steps[1] > 0, steps  # its checkpoint
         else:
             assert len(where) <= 2 and (len(where) == 1 or where[0][0] == lost), (run_id, where)
     print(f"lost {lost}: {said[0]}")
@@ -245,7 +251,8 @@ def test_a_study_keeps_its_budget_when_a_workers_node_dies(nodes, tmp_path):
     runs = [t.user_attrs["run_id"] for t in trials]
     assert victim["run"] in runs and len(set(runs)) == 4
     log = (folder / "runs" / victim["run"] / "run.log").read_text()
-    assert resumed(log), log  # the lost trial went on from its checkpoint, not from step 0
+    steps = starts(log, victim["run"])  # the lost trial went on from its checkpoint
+    assert steps.count(0) == 1 and len(steps) >= 2 and steps[-1] > 0, log
     where = setups(folder / "runs" / victim["run"], victim["run"])
     assert where[0][0] == victim["node"] and where[-1][0] != victim["node"], where
 
