@@ -27,6 +27,13 @@ def fake(bin_dir: Path, name: str, script: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+def squeue_says(*tasks: tuple[str, str, str]) -> str:
+    """A stand-in squeue listing these (task, state, node), in the format it is asked for."""
+    with_node = "\\n".join("|".join(task) for task in tasks)
+    without = "\\n".join("|".join(task[:2]) for task in tasks)
+    return f"case \"$*\" in *%N*) printf '{with_node}\\n';; *) printf '{without}\\n';; esac\n"
+
+
 def slurm_sweep(tmp_path: Path, monkeypatch, squeue: str, sinfo: str = "exit 1\n"):
     """A sweep of three runs, all in SLURM task 5_0 and 5_1: the first with a checkpoint (it
     was training), the second held by a worker of task 5_1 on node2 right now."""
@@ -76,7 +83,7 @@ def test_slurm_not_answering_makes_runs_unknown_and_says_why(tmp_path, monkeypat
 
 
 def test_a_lost_node_is_named_and_a_running_run_says_where_it_trains(tmp_path, monkeypatch):
-    squeue = "echo '5_0|RUNNING|node1'\necho '5_1|RUNNING|node2'\n"
+    squeue = squeue_says(("5_0", "RUNNING", "node1"), ("5_1", "RUNNING", "node2"))
     sinfo = 'case "$*" in *node1,node2*) echo "node1|mixed|none"; echo "node2|mixed*|none";; esac\n'
     path, ids = slurm_sweep(tmp_path, monkeypatch, squeue, sinfo)
     status = sweep_status(path)
@@ -94,7 +101,7 @@ def test_a_lost_node_is_named_and_a_running_run_says_where_it_trains(tmp_path, m
 def test_a_holder_whose_task_was_requeued_elsewhere_no_longer_trains_the_run(tmp_path, monkeypatch):
     # Task 5_1 runs again, requeued on node3 after node2 died: the line its dead process left
     # on node2 (another host: no pid to ask) is stale, so the run waits to be taken again.
-    squeue = "echo '5_0|RUNNING|node1'\necho '5_1|RUNNING|node3'\n"
+    squeue = squeue_says(("5_0", "RUNNING", "node1"), ("5_1", "RUNNING", "node3"))
     path, ids = slurm_sweep(tmp_path, monkeypatch, squeue, "echo\n")
     runs = {r.run_id: r for r in sweep_status(path).runs}
     assert runs[ids[1]].state == "queued" and runs[ids[1]].holder is None
