@@ -12,7 +12,9 @@
 #   scenario.log   what happened, with times
 #   status.log     `sweep status` (and its notes) every 2 s from the kill to the end
 #   queue.log      squeue and sinfo every 2 s
-#   runs.tsv       each run: state, the nodes it was set up on (in order), the step it resumed from
+#   runs.tsv       each run: state, the nodes it was set up on (in order), the step it resumed
+#                  from (0: trained from the start once; a run set up ahead of a free slot on the
+#                  lost node and never trained there starts from 0 on the other node)
 #   summary.json   the checks and times
 # Needs root (the dev cluster), the rhmscale command on PATH and its python (RHMSCALE_PY, default
 # python3) able to import rhmscale.
@@ -108,7 +110,7 @@ from rhmscale.sweeps.status import sweep_status
 sweep, lost, victim, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 killed_at, end, noted = float(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
 status = sweep_status(sweep)
-rows, problems, resumed = [], [], []
+rows, problems, resumed, moved = [], [], [], []
 for run in status.runs:
     folder = sweep / "runs" / run.run_id
     log = (folder / "run.log").read_text()
@@ -123,10 +125,16 @@ for run in status.runs:
         problems.append(f"{run.run_id}: trained from step 0 {starts.count(0)} times")
     if steps != sorted(set(steps)):
         problems.append(f"{run.run_id}: evaluations {steps}")
+    # Set up again elsewhere: taken on the lost node (training, or set up ahead of a free slot),
+    # then by a worker on another node; from its checkpoint if it had one.
     if len(nodes) > 1:
-        resumed.append(run.run_id)
-        if nodes[0] != lost or lost in nodes[1:] or max(starts) == 0:
+        moved.append(run.run_id)
+        if nodes[0] != lost or lost in nodes[1:]:
             problems.append(f"{run.run_id}: set up on {nodes}, from steps {starts}")
+    if max(starts) > 0:
+        resumed.append(run.run_id)
+        if len(nodes) < 2:
+            problems.append(f"{run.run_id}: resumed from step {max(starts)} on {nodes}")
     rows.append((run.run_id, run.state, ",".join(nodes), max(starts)))
 with open(out / "runs.tsv", "w") as f:
     f.write("run\tstate\tset up on\tresumed from step\n")
@@ -141,7 +149,8 @@ summary = {
     "killed_at_s": killed_at,
     "status_named_the_lost_node_at_s": float(noted) if noted else None,
     "all_tasks_ended_at_s": end,
-    "runs_resumed_on_another_node": resumed,
+    "runs_set_up_again_on_another_node": moved,
+    "runs_resumed_from_a_checkpoint": resumed,
     "victim_resumed": victim in resumed,
     "problems": problems,
     "every_run_done_once": not problems and status.counts == {"done": len(status.runs)},

@@ -292,3 +292,28 @@ def test_slurmctld_down_mid_sweep_is_said_and_the_sweep_completes_after(nodes, t
         assert_trained_once(run_dir, run_dir.name)
         assert len(setups(run_dir, run_dir.name)) == 1  # never interrupted: trained on
     print(f"the sweep ended {time.monotonic() - t0:.0f} s after slurmctld came back")
+
+
+def test_the_cluster_knows_its_nodes(nodes):
+    """`status` shows each node's slurmd and exits 0 only when every node answers; each node
+    has its own port, pid and log file; kill-node refuses a node that is not there, and bad
+    --nodes values, before touching anything."""
+    out = dev_cluster("status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [f"slurmd up ({node})" for node in nodes] == re.findall(
+        r"slurmd\s+(up \(\w+\))", out.stdout
+    )
+    conf = Path(os.environ["SLURM_CONF"])
+    ports = re.findall(r"^NodeName=(\w+) .*Port=(\d+)", conf.read_text(), re.M)
+    assert [node for node, _ in ports] == nodes and len({port for _, port in ports}) == 3
+    for node in nodes:
+        assert (conf.parent / "run" / f"slurmd-{node}.pid").is_file()
+        assert (conf.parent / "log" / f"slurmd-{node}.log").is_file()
+    wrong = dev_cluster("kill-node", "node9")
+    assert wrong.returncode == 1 and "no node 'node9' in this cluster" in wrong.stderr
+    for bad in ("0", "17", "two"):
+        refused = dev_cluster("start", "--nodes", bad)
+        assert refused.returncode == 1 and "--nodes must be a number of nodes from 1 to 16" in (
+            refused.stderr
+        )
+    assert sorted(node_states()) == nodes
