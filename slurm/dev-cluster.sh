@@ -1178,11 +1178,13 @@ cmd_stop() {
     local stopped=() pids=() pid
     # slurmd and slurmctld together (slurmctld saves its state and flushes to slurmdbd), then
     # slurmdbd, then the database, then munged.
+    local slurmds=0
     while read -r pid; do
         [[ -n $pid ]] || continue
         pids+=("$pid")
-        stopped+=(slurmd)
+        slurmds=$((slurmds + 1))
     done < <(signal_slurmds)
+    ((slurmds == 0)) || stopped+=("slurmd$( ((slurmds == 1)) || echo " (x$slurmds)")")
     if pid=$(signal_pid "$RUN_DIR/slurmctld.pid" slurmctld); then
         pids+=("$pid")
         stopped+=(slurmctld)
