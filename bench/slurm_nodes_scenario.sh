@@ -12,9 +12,9 @@
 #   scenario.log   what happened, with times
 #   status.log     `sweep status` (and its notes) every 2 s from the kill to the end
 #   queue.log      squeue and sinfo every 2 s
-#   runs.tsv       each run: state, the nodes it was set up on (in order), the step it resumed
-#                  from (0: trained from the start once; a run set up ahead of a free slot on the
-#                  lost node and never trained there starts from 0 on the other node)
+#   runs.tsv       each run: state, the nodes it was set up on (in order), the step it last
+#                  started from (0: from the start; a run set up ahead of a free slot on the lost
+#                  node, or trained there before its first checkpoint, starts from 0 on another)
 #   summary.json   the checks and times
 # Needs root (the dev cluster), the rhmscale command on PATH and its python (RHMSCALE_PY, default
 # python3) able to import rhmscale.
@@ -76,6 +76,11 @@ while :; do
     sleep 1
 done
 say "$done_now of $total runs done; run $run trains on $LOST: killing $LOST"
+# The runs that have a checkpoint now resume from it; one the node trained without a checkpoint
+# yet starts again from step 0 (as after any crash).
+for ckpt in "$sweep"/runs/*/checkpoints/last.ckpt; do
+    [[ -e $ckpt ]] && basename "$(dirname "$(dirname "$ckpt")")"
+done >"$root/resumable.txt"
 bash slurm/dev-cluster.sh kill-node "$LOST" 2>&1 | tee -a "$out/scenario.log"
 killed_at=$(since)
 noted=""
@@ -100,7 +105,7 @@ say "every task ended at $end s; sweep: $(counts)"
 sacct -X -j "$array" -o JobID%12,State,NodeList,Start,End >"$out/sacct.txt" 2>&1
 grep -h "Requeu\|requeue" "$(dirname "$SLURM_CONF")/log/slurmctld.log" | grep "JobId=${array}_" >>"$out/scenario.log"
 
-"$PY" - "$sweep" "$LOST" "$run" "$out" "$killed_at" "$end" "${noted:-}" <<'EOF'
+"$PY" - "$sweep" "$LOST" "$run" "$out" "$killed_at" "$end" "${noted:-}" "$root/resumable.txt" <<'EOF'
 import json, re, sys
 from pathlib import Path
 import pandas as pd
@@ -109,20 +114,25 @@ from rhmscale.sweeps.status import sweep_status
 
 sweep, lost, victim, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 killed_at, end, noted = float(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+resumable = set(Path(sys.argv[8]).read_text().split())
 status = sweep_status(sweep)
 rows, problems, resumed, moved = [], [], [], []
 for run in status.runs:
     folder = sweep / "runs" / run.run_id
     log = (folder / "run.log").read_text()
     nodes = re.findall(rf"run {run.run_id} on (\S+) \(job", log)
-    # the steps it started training from: first in a pack, or taking a slot of one later
-    starts = [int(s) for s in re.findall(r"training \d+ run\(s\) from step (\d+)", log)]
-    starts += [int(s) for s in re.findall(rf"run {run.run_id} took slot \d+ at its step (\d+)", log)]
+    # the steps it started training from, in order: first in a pack, or taking a slot later
+    found = re.findall(rf"training \d+ run\(s\) from step (\d+)|run {run.run_id} took slot \d+ at its step (\d+)", log)
+    starts = [int(a or b) for a, b in found]
     steps = list(pd.read_parquet(RunDir(folder).metrics)["step"])
     if run.state != "done":
         problems.append(f"{run.run_id}: {run.state}")
-    if starts.count(0) != 1:
+    moved_off = len(nodes) == 2 and nodes[0] == lost
+    # from step 0 once; twice only if the lost node was training it before its first checkpoint
+    if starts.count(0) not in ((1, 2) if moved_off and run.run_id not in resumable else (1,)):
         problems.append(f"{run.run_id}: trained from step 0 {starts.count(0)} times")
+    if moved_off and run.run_id in resumable and starts[-1] == 0:
+        problems.append(f"{run.run_id}: had a checkpoint, started again from step 0")
     if steps != sorted(set(steps)):
         problems.append(f"{run.run_id}: evaluations {steps}")
     # Set up again elsewhere: taken on the lost node (training, or set up ahead of a free slot),
@@ -131,11 +141,11 @@ for run in status.runs:
         moved.append(run.run_id)
         if nodes[0] != lost or lost in nodes[1:]:
             problems.append(f"{run.run_id}: set up on {nodes}, from steps {starts}")
-    if max(starts) > 0:
+    if starts[-1] > 0:
         resumed.append(run.run_id)
         if len(nodes) < 2:
-            problems.append(f"{run.run_id}: resumed from step {max(starts)} on {nodes}")
-    rows.append((run.run_id, run.state, ",".join(nodes), max(starts)))
+            problems.append(f"{run.run_id}: resumed from step {starts[-1]} on {nodes}")
+    rows.append((run.run_id, run.state, ",".join(nodes), starts[-1]))
 with open(out / "runs.tsv", "w") as f:
     f.write("run\tstate\tset up on\tresumed from step\n")
     for row in rows:
