@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ REPEATS = 2
 # The packs tests/test_training_gpu.py compares (one place for them; pytest is on the GPU
 # machines too).
 sys.path.insert(0, str(ROOT))  # this checkout's rhmscale and tests, installed or not
-from tests.test_training_gpu import MEMBERS, SMALL  # noqa: E402
+from tests.test_training_gpu import MEMBERS, SMALL, auto_held_until  # noqa: E402
 
 NO_GPU = "graph_vs_compiled.py needs a CUDA GPU (torch.cuda.is_available() is False here)"
 
@@ -225,39 +225,6 @@ def compare_metrics(a: list[dict], b: list[dict]) -> dict[str, Any]:
         gens = [abs(ma[k] - mb[k]) for k in mb if k.startswith("gen/") and k in ma]
         gen.append(num(max(gens)) if gens else None)
     return {"val_loss_abs": val, "gen_max_abs": gen}
-
-
-@contextlib.contextmanager
-def auto_held_until(step: int) -> Iterator[bool]:
-    """With train.compile=auto, make the trainer see its compile helper as busy until `step`,
-    then wait for it: the pack trains graphed eager to `step`, compiled after. Yields whether
-    it could (the helper's class as this script knows it); where the switch really fell is
-    read from the run's log."""
-    try:
-        from rhmscale.training.compile_ahead import CompileAhead
-    except ImportError:
-        yield False
-        return
-    original = getattr(CompileAhead, "ready", None)
-    if step <= 0 or original is None:
-        yield False
-        return
-
-    def ready(self: Any) -> bool | None:
-        calls = self.__dict__.get("_bench_calls", 0) + 1  # the trainer asks after each step
-        self.__dict__["_bench_calls"] = calls
-        if calls < step:
-            return None
-        process = getattr(self, "process", None)
-        if process is not None:
-            process.wait()
-        return original(self)
-
-    CompileAhead.ready = ready
-    try:
-        yield True
-    finally:
-        CompileAhead.ready = original
 
 
 SWITCH = re.compile(r"compiled step from step (\d+)")

@@ -63,7 +63,7 @@ if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
 fi
 
 stage "GPU tests: ${GPU_TESTS[*]}"
-options=(-q -p no:cacheprovider -rs)
+options=(-q -p no:cacheprovider -rs --durations=12)
 # pyproject's addopts name pytest-benchmark's option; without the plugin pytest refuses it.
 python3 -c "import pytest_benchmark" 2>/dev/null || options+=(-o "addopts=-ra")
 if ! python3 -c "import pytest" 2>/dev/null; then

@@ -19,13 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rhmscale.bounds import MAX_EVALS, MAX_SEQ_LEN, size_problem
+from rhmscale.bounds import MAX_EVALS, grammar_problem, size_problem
+from rhmscale.kinds import Typed
 from rhmscale.sequences import n_sequences
 
 SCIENCE, SEED, SIZE, BOOKKEEPING = "science", "seed", "size", "bookkeeping"
@@ -50,7 +50,7 @@ def setting(default: Any = None, role: str = SCIENCE, *, per_member: bool = Fals
 MAX_SEED = 2**32 - 1  # the training generators are seeded 2*seed+2; torch takes < 2**64
 
 
-class _Strict(BaseModel):
+class _Strict(Typed):
     # allow_inf_nan=False: train.lr=inf (or nan) is a mistake to refuse, not a run to diverge.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -69,14 +69,9 @@ class GrammarConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _bounded_length(self) -> GrammarConfig:
-        # In logs: s**L itself is a huge integer for a typo like L=10**9.
-        if self.L * math.log(self.s) > math.log(MAX_SEQ_LEN) + 1e-9:
-            raise ValueError(
-                f"sequences of s**L = {self.s}**{self.L} tokens are longer than {MAX_SEQ_LEN:,}: "
-                "a batch of them would not fit on a GPU (attention and the data grow with the "
-                "length); lower grammar.L or grammar.s"
-            )
+    def _bounded_size(self) -> GrammarConfig:
+        if problem := grammar_problem(self.v, self.m, self.s, self.L):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -74,6 +74,10 @@ def safe_load(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{where} is not valid YAML: {exc}") from None
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        raise UserError(
+            f"{where} holds a number of thousands of digits: no key takes one"
+        ) from None
     except RecursionError:
         raise UserError(f"{where} is nested too deeply") from None
 
@@ -105,7 +109,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override '{text}' is not of the form key=value (e.g. grammar.v=32)")
     key, raw = text.split("=", 1)
     key = key.strip()
-    return key, safe_load(raw, f"override '{text}': the value") if raw.strip() else ""
+    shown = text if len(text) <= 80 else f"{text[:60]}..."
+    return key, safe_load(raw, f"override '{shown}': the value") if raw.strip() else ""
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -121,16 +126,29 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        with open(path) as file:
-            text = file.read(MAX_YAML_CHARS + 1)  # a larger file is refused, not read whole
+        with open(path, "rb") as file:
+            raw = file.read(4 * MAX_YAML_CHARS + 1)  # a larger file is refused, not read whole
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    data = safe_load(text, str(path))
+    data = safe_load(utf8_text(raw, path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
     return data
+
+
+def utf8_text(raw: bytes, path: Path | str) -> str:
+    """A file's bytes as text, or a UserError naming the file, line and byte that are not UTF-8
+    (a YAML file saved in Latin-1, a binary file given by mistake)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{path} line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the "
+            "file as UTF-8"
+        ) from None
 
 
 def merge_overrides(base: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:

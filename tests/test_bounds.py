@@ -1,5 +1,5 @@
-"""Nothing runs away (issue 19, point 2): a stop request ends an evaluation between its batches
-and the resumed run redoes it; every config number that sizes memory or time is bounded when
+"""Nothing runs away (issue 19, point 2): a stop request ends an evaluation at its next denoiser
+call and the resumed run redoes it; every config number that sizes memory or time is bounded when
 the config is read, naming the key; YAML aliases cannot expand a small file into a huge tree."""
 
 import os
@@ -57,22 +57,22 @@ def stored_state(path):
 
 
 @pytest.mark.parametrize("at", [5, 30])  # an evaluation mid-run, and the final one
-def test_a_stop_request_between_evaluation_batches_interrupts_it_and_a_resume_redoes_it(
+def test_a_stop_request_during_an_evaluation_interrupts_it_and_a_resume_redoes_it(
     tmp_path, whole, at
 ):
     step, asked = [0], []
 
-    def should_stop() -> bool:  # asked after each step, and before each evaluation batch
+    def should_stop() -> bool:  # asked after each step, and before each denoiser call
         if step[0] == at:
             asked.append(step[0])
-        return len(asked) >= 2  # once a batch of this evaluation has been sampled
+        return len(asked) >= 2  # once a step of this evaluation's sampling has run
 
     def on_step(trainer, losses):
         step[0] = int(trainer.steps[0])
 
     outcome = run(tiny(), tmp_path, should_stop=should_stop, on_step=on_step)
     assert outcome.state == "interrupted"
-    assert len(asked) == 2  # it stopped at the next batch, not after the whole evaluation
+    assert len(asked) == 2  # it stopped at the next denoiser call, not after the evaluation
     state = stored_state(tmp_path)
     assert state["step"] == at  # checkpointed at the evaluation's step, without its row
     assert [row["step"] for row in state["history"]] == [r["step"] for r in whole if r["step"] < at]
@@ -97,7 +97,7 @@ def test_a_stop_signal_during_an_evaluation_ends_it(tmp_path, whole, monkeypatch
 
 
 def test_batched_sampling_draws_what_one_call_draws():
-    """Evaluation samples batch by batch (to check for stop requests between them): the same
+    """Evaluation samples batch by batch (eval.batch_size bounds its memory): the same
     samples as MaskedDiffusion.sample over all of them with that batch size."""
     from rhmscale.models.diffusion import MaskedDiffusion
     from rhmscale.models.stacked import stack_denoisers

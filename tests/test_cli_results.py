@@ -94,7 +94,7 @@ def test_export_writes_each_format(sweep, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--threshold", "1.5"], "between 0 and 1"),
+        (["--threshold", "1.5"], "it must be above 0 and below 1"),
         (["--regressors", "log v, log q"], "unknown regressor 'log q'; choose from"),
         (["--metric", "gen/nope_l{k}"], "choose from: gen/acc_l{k}"),
         (["--at", "whenever"], "best, final or a training step"),

@@ -23,7 +23,9 @@ BASE = {
     "train": {"max_steps": 10, "device": "cpu"},
     "tracking": {"wandb": "disabled"},
 }
-CLI = Path(sys.executable).with_name("rhmscale")
+# `python -m rhmscale`, not the entry-point script: make test-gpu runs this file where the
+# checkout is only on PYTHONPATH and no script is installed.
+CLI = [sys.executable, "-m", "rhmscale"]
 
 
 def lines(n_tasks=2, **executor):
@@ -202,6 +204,8 @@ def test_submit_hands_sbatch_the_lines_that_plan_shows(tmp_path, monkeypatch):
 
 def test_bad_gpu_settings_fail_submit_before_anything_is_submitted(tmp_path):
     env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}  # no sbatch: validation comes first
+    if "PYTHONPATH" in os.environ:  # where rhmscale and its packages are found, if not installed
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     spec_path = write_spec(tmp_path, kind="slurm", gpus_per_task=1)
     bad = [
         ["--tasks-per-gpu", "2"],  # no shards_per_gpu
@@ -209,7 +213,7 @@ def test_bad_gpu_settings_fail_submit_before_anything_is_submitted(tmp_path):
     ]
     for options in bad:
         out = subprocess.run(
-            [str(CLI), "sweep", "submit", str(spec_path), "--root", str(tmp_path), *options],
+            [*CLI, "sweep", "submit", str(spec_path), "--root", str(tmp_path), *options],
             capture_output=True,
             text=True,
             env=env,

@@ -163,8 +163,8 @@ def test_too_few_points_names_the_censored_cells():
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"threshold": 1.2}, "between 0 and 1"),
-        ({"threshold": 0.0}, "between 0 and 1"),
+        ({"threshold": 1.2}, "above 0 and below 1"),
+        ({"threshold": 0.0}, "above 0 and below 1"),
         ({"metric": "gen/accuracy_l{k}"}, "choose from: gen/acc_l{k}"),
         ({"metric": "gen/acc"}, "needs '{k}'"),
         ({"regressors": "log v, log q"}, "unknown regressor 'log q'; choose from: log v"),

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rhmscale"
 # (models and rhm, sweeps and results) do not import each other. report presents what results
 # computes (figures, tables, report.md, the W&B summary): results never imports it.
 RANK = {
+    "__main__": 7,  # `python -m rhmscale`: the command, above everything
     "cli": 6,
     "tuning": 5,
     "report": 4,
@@ -29,6 +30,7 @@ RANK = {
     "errors": 0,
     "__init__": 0,
     "formula": 0,
+    "kinds": 0,
     "labels": 0,
     "sequences": 0,
 }

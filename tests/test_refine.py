@@ -23,7 +23,7 @@ from rhmscale.store.atomic import atomic_write_text
 from rhmscale.store.folders import SweepDir
 from rhmscale.sweeps.dispatch import prepare
 from rhmscale.sweeps.grid import expand_points
-from rhmscale.sweeps.refine import budgeted, grow
+from rhmscale.sweeps.refine import grow
 from rhmscale.sweeps.spec import parse_spec, spec_to_yaml
 from rhmscale.sweeps.status import load_sweep_spec
 from tests.synthetic_sweep import run_rows, synthetic_frame, true_p_star, write_run_dirs
@@ -130,7 +130,6 @@ def test_grow_never_repeats_a_run_and_the_sweep_accepts_it(tmp_path):
 
 
 def test_a_budget_is_spent_on_whole_proposals_in_priority_order(tmp_path):
-    assert budgeted([3, 3, 3, 1], 7) == [True, True, False, True]
     folder = make_sweep(tmp_path, coarse(np.random.default_rng(2)))
     spec = load_sweep_spec(SweepDir(folder))
     n = len(expand_points(spec).points)
@@ -233,8 +232,8 @@ def test_cli_plans_writes_and_submits_a_refinement(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "1"], "--target 1.0: a ratio of sizes above 1"),
-        (["--seeds", "0"], "--seeds 0: at least 1"),
+        (["--target", "1"], "Invalid value for '--target': 1.0; it must be above 1"),
+        (["--seeds", "0"], "Invalid value for '--seeds': 0; it must be from 1 to 100"),
         (["--levels", "5"], "--levels 5: no such level"),
         (["--where", "v=99"], "selects no runs"),
         (["--tasks-per-gpu", "2", "-o", "{tmp}/grown.yaml"], "tasks_per_gpu"),
@@ -257,13 +256,23 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     assert result.returncode == 2 and "not a sweep folder" in result.stderr
 
 
+def spent_whole(counts, room):
+    """Which proposals (`counts` runs each, in priority order) a budget of `room` runs takes,
+    each whole, as grow() spends it."""
+    taken = []
+    for count in counts:
+        taken.append(count <= room)
+        room -= count if taken[-1] else 0
+    return taken
+
+
 def refine_rounds(frame, rng, options, target, budget):
     """refine -> run the proposals from the law -> refine ..., within a budget of runs."""
     for _ in range(10):
         found = refinement(frame, options, target)
         runs = frame["run_id"].nunique()
         proposals = found.proposals.to_dict("records")
-        taken = budgeted([len(p["seeds"]) for p in proposals], budget - runs)
+        taken = spent_whole([len(p["seeds"]) for p in proposals], budget - runs)
         rows = [
             r
             for p, t in zip(proposals, taken, strict=True)

@@ -147,14 +147,16 @@ def test_pack_run_dirs_look_like_lone_runs(tmp_path):
 def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path):
     configs = pack_configs()
     whole = execute(configs, dirs(tmp_path / "whole", configs))
-    calls = []
+    step = [0]
 
-    def should_stop():  # asked before training, then after every step; a signal in step 30
-        calls.append(1)
-        return len(calls) > 30
+    def on_step(trainer, losses):
+        step[0] = int(trainer.steps.max())
+
+    def should_stop():  # asked after every step and in evaluations; a signal in step 30
+        return step[0] >= 30
 
     split = dirs(tmp_path / "split", configs)
-    first = execute(configs, split, should_stop=should_stop)
+    first = execute(configs, split, should_stop=should_stop, on_step=on_step)
     assert [o.state for o in first] == ["interrupted"] * 3
     for cfg, path in zip(configs, split, strict=True):
         store = RunDir(path)

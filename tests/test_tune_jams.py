@@ -191,10 +191,12 @@ def test_a_damaged_worker_record_loses_no_trial(tmp_path):
 @pytest.mark.slow
 def test_a_study_whose_trials_all_fail_ends_with_its_reason(tmp_path, budget, failed):
     """Failed trials count against the budget, and a streak of them stops the study; before,
-    the workers asked for new trials forever (6,343 failed trials in 10 minutes)."""
+    the workers asked for new trials forever (6,343 failed trials in 10 minutes). The submit
+    that waited for it fails (exit 1; it was 0), saying why."""
     spec = write_spec(tmp_path, ONE_CELL | {"search": DIVERGING, "budget": budget})
     out = tune("submit", str(spec), "--root", str(tmp_path / "runs"), timeout=90)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr
+    assert f"{failed} trials in a row failed" in out.stdout
     (study,) = status_json(tmp_path / "runs" / "cells")["studies"]
     assert study["counts"] == {"fail": failed}
     assert f"{failed} trials in a row failed" in study["stopped"]

@@ -30,12 +30,20 @@ STDOUT = "standard output"
 
 
 def cannot_write(exc: OSError, path: Path | str | None = None) -> str | None:
-    """The one-line message for `exc`, or None when it is not one the user can fix. `path` is
-    named when the exception names no file (a failed write() names none)."""
+    """The one-line message for `exc`, or None when it is not one the user can fix. `path`, what
+    the command was writing (see `writing`), is named when the exception names no file (a
+    failed write() names none) or names the hidden file written beside it (store.atomic)."""
     where = exc.filename if exc.filename is not None else path
-    if exc.errno not in SPACE and (exc.errno not in PATHS or where is None):
+    if path is not None and Path(where).name.startswith(f".{Path(path).name}."):
+        where = path
+    # A path with no such folder on the way, or in a file system that takes no new files
+    # (/proc, /sys): fixable where the command says what it was writing.
+    missing = exc.errno == errno.ENOENT and path is not None
+    if exc.errno not in SPACE and (exc.errno not in PATHS or where is None) and not missing:
         return None
     reason = exc.strerror or os.strerror(exc.errno or 0)
+    if missing and Path(where).parent.is_dir():
+        reason = f"{Path(where).parent} takes no new files; write somewhere else"
     not_a_folder = exc.errno in (errno.ENOTDIR, errno.EEXIST) and where not in (None, STDOUT)
     if not_a_folder and (blocker := file_in_the_way(Path(where))) is not None:
         reason = f"{'it' if blocker == Path(where) else blocker} is a file, not a folder"

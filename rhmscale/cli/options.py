@@ -20,6 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
+from rhmscale.bounds import OPTIONS
+
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML RunConfig file (partial is fine).")
 ]
@@ -78,6 +80,19 @@ def check_wandb_mode(value: str | None) -> str | None:
     return value
 
 
+def bounded(flag: str, help: str, *names: str) -> Any:
+    """A numeric option whose bound is OPTIONS[flag] (rhmscale/bounds.py): its --help states
+    it, and a value outside is refused (exit 2) before the command starts."""
+    bound = OPTIONS[flag]
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not bound.holds(value):
+            raise typer.BadParameter(f"{value}; it must be {bound.text} ({bound.why})")
+        return value
+
+    return typer.Option(flag, *names, help=f"{help} ({bound.text}).", callback=check)
+
+
 Options = dict[str, tuple[Any, Any]]  # parameter name -> (Annotated type, default)
 
 
@@ -133,9 +148,7 @@ def option_group(
 
 FIT_OPTIONS: Options = {
     "threshold": (
-        Annotated[
-            float, typer.Option(help="Accuracy at which a level counts as learned (0 < t < 1).")
-        ],
+        Annotated[float, bounded("--threshold", "Accuracy at which a level counts as learned")],
         0.5,
     ),
     "at": (
@@ -192,7 +205,7 @@ FIT_OPTIONS: Options = {
         "all",
     ),
     "n_boot": (
-        Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.", min=50)],
+        Annotated[int, bounded("--n-boot", "Bootstrap replicates")],
         1000,
     ),
 }
@@ -219,24 +232,25 @@ EXECUTOR_OPTIONS: Options = {
     ),
     "partition": (Annotated[str | None, typer.Option(help="SLURM partition.")], None),
     "runs_per_task": (
-        Annotated[int | None, typer.Option(help="Runs one array task runs in sequence.")],
+        Annotated[int | None, bounded("--runs-per-task", "Runs one array task runs in sequence")],
         None,
     ),
     "array_parallelism": (
-        Annotated[int | None, typer.Option(help="Array tasks running at once.")],
+        Annotated[int | None, bounded("--array-parallelism", "Array tasks running at once")],
         None,
     ),
     "timeout_min": (
-        Annotated[int | None, typer.Option(help="Time limit of a task, minutes.")],
+        Annotated[int | None, bounded("--timeout-min", "Time limit of a task, minutes")],
         None,
     ),
-    "cpus_per_task": (Annotated[int | None, typer.Option(help="CPUs of a task.")], None),
-    "gpus_per_task": (Annotated[int | None, typer.Option(help="GPUs of a task.")], None),
+    "cpus_per_task": (Annotated[int | None, bounded("--cpus-per-task", "CPUs of a task")], None),
+    "gpus_per_task": (Annotated[int | None, bounded("--gpus-per-task", "GPUs of a task")], None),
     "tasks_per_gpu": (
         Annotated[
             int | None,
-            typer.Option(
-                help="Tasks sharing each GPU (SLURM: as GPU shards, see --shards-per-gpu)."
+            bounded(
+                "--tasks-per-gpu",
+                "Tasks sharing each GPU (SLURM: as GPU shards, see --shards-per-gpu)",
             ),
         ],
         None,
@@ -246,7 +260,9 @@ EXECUTOR_OPTIONS: Options = {
         None,
     ),
     "shards_per_gpu": (
-        Annotated[int | None, typer.Option(help="SLURM: the cluster's GPU shards per GPU.")],
+        Annotated[
+            int | None, bounded("--shards-per-gpu", "SLURM: the cluster's GPU shards per GPU")
+        ],
         None,
     ),
     "constraint": (

@@ -12,7 +12,7 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import check_output_file, writing
-from rhmscale.cli.options import SweepPathArg, WaitOpt, executor_options, fit_options
+from rhmscale.cli.options import SweepPathArg, WaitOpt, bounded, executor_options, fit_options
 from rhmscale.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,18 +26,19 @@ def sweep_refine(
     path: SweepPathArg,
     target: Annotated[
         float,
-        typer.Option(help="Refine every bracket of a P*_k wider than this ratio of sizes."),
+        bounded("--target", "Refine every bracket of a P*_k wider than this ratio of sizes"),
     ] = 1.25,
     seeds: Annotated[
         int | None,
-        typer.Option(
-            help="Seeds per proposed size (and added where seed noise widens an interval); "
-            "default: as many as the cell's sizes have."
+        bounded(
+            "--seeds",
+            "Seeds per proposed size (and added where seed noise widens an interval); "
+            "default: as many as the cell's sizes have",
         ),
     ] = None,
     max_runs: Annotated[
         int | None,
-        typer.Option(help="Budget: the most runs the sweep may hold after refining.", min=1),
+        bounded("--max-runs", "Budget: the most runs the sweep may hold after refining"),
     ] = None,
     output: Annotated[
         Path | None,
@@ -81,15 +82,19 @@ def refine_until(path, target, seeds, max_runs, output, fit, overrides) -> None:
     """Rounds of refine_round, each waiting for its runs, under a hold that keeps the
     sweep's workers (and their compiled packs) alive between rounds. Its state is the sweep
     folder: run again after a restart, it goes on from the runs that are done."""
+    from rhmscale.cli.interrupt import stopping
     from rhmscale.cli.sweep import print_status
     from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps.backlog import ENDED, hold
-    from rhmscale.sweeps.dispatch import wait_jobs, wait_runs
+    from rhmscale.sweeps.dispatch import apply_executor_overrides, cancel_jobs, wait_jobs, wait_runs
+    from rhmscale.sweeps.status import load_sweep_spec
 
     console = make_console()
     sweep = SweepDir(path.resolve())
+    kind = apply_executor_overrides(load_sweep_spec(sweep).executor, overrides).kind
     jobs = []  # the local workers this loop started: its children, waited for at the end
-    with hold(sweep):
+    status = f"rhmscale sweep status {path}"
+    with stopping(kind, jobs, lambda: cancel_jobs(sweep), status), hold(sweep):
         for round_number in range(1, MAX_ROUNDS + 1):
             console.rule(f"refine round {round_number}")
             submission = refine_round(path, target, seeds, max_runs, output, True, fit, overrides)

@@ -8,7 +8,7 @@ commands so that `rhmscale --help` does not import pandas.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -62,8 +62,7 @@ def collect(
         collection = collect_runs(path)
     console = make_console()
     console.print(collection.summary())
-    for reason, ids in sorted(collection.skipped.items()):
-        console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
+    say_skipped(console, collection, by_state=True)
     if output is None:
         from rhmscale.cli.tables import frame_head
 
@@ -86,12 +85,28 @@ def fit_runs(paths: list[Path], options: FitOptions) -> tuple[Collection, FitRes
 
     collection = collect(paths)
     where = " + ".join(map(str, paths))
-    make_console(stderr=True).print(f"[dim]{where}: {collection.summary()}[/]")
+    console = make_console(stderr=True)
+    console.print(f"[dim]{where}: {collection.summary()}[/]")
+    say_skipped(console, collection)
     if collection.frame.empty:
         raise UserError(f"no finished runs in {where} ({collection.summary()})")
     if options.where:  # the figures and the report show the selected cells only, as the fit
         collection = replace(collection, frame=select_cells(collection.frame, options.where))
     return collection, fit(collection.frame, options)
+
+
+def say_skipped(console: Any, collection: Collection, by_state: bool = False) -> None:
+    """Each corrupt run with what is damaged (a retry repairs it); by_state: also the other
+    runs left out, by state."""
+    for reason, skipped in sorted(collection.skipped.items()) if by_state else []:
+        ids = [run_id for run_id in skipped if run_id not in collection.damage]
+        if ids:
+            console.print(f"  {reason}: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}")
+    damaged = list(collection.damage.items())
+    for run_id, why in damaged[:10]:
+        console.print(f"  corrupt {run_id}: {why}", markup=False)
+    if len(damaged) > 10:
+        console.print(f"  corrupt, too: {', '.join(run_id for run_id, _ in damaged[10:])}")
 
 
 def require_exponents(result: FitResult) -> None:

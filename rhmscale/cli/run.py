@@ -19,6 +19,7 @@ from rhmscale.cli.options import (
     OverrideArgs,
     OverrideOpt,
     RootOpt,
+    bounded,
     check_wandb_mode,
 )
 from rhmscale.errors import UserError
@@ -164,12 +165,13 @@ def grammar_show(
     overrides: OverrideArgs = None,
     set_values: OverrideOpt = None,
     old_overrides: OldOverrideOpt = None,
-    samples: Annotated[int, typer.Option(help="Sampled sequences to show.")] = 5,
-    max_rules: Annotated[int, typer.Option(help="Symbols listed per level.")] = 8,
+    samples: Annotated[int, bounded("--samples", "Sampled sequences to show")] = 5,
+    max_rules: Annotated[int, bounded("--max-rules", "Symbols listed per level")] = 8,
 ) -> None:
     """Print a grammar's rules and a few sampled sequences with their parse depth."""
     import numpy as np
 
+    from rhmscale.bounds import shown
     from rhmscale.cli.tables import rule_tables
     from rhmscale.rhm.grammar import Grammar
     from rhmscale.rhm.metrics import format_sequence
@@ -179,7 +181,7 @@ def grammar_show(
     console = make_console()
     console.print(
         f"RHM v={cfg.v} m={cfg.m} s={cfg.s} L={cfg.L} seed={cfg.seed}: sequences of length "
-        f"{cfg.seq_len}, {grammar.n_sequences:,} distinct"
+        f"{cfg.seq_len}, {shown(grammar.n_sequences)} distinct"
     )
     for table in rule_tables(grammar, cfg, max_rules):
         console.print(table)

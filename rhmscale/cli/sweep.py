@@ -9,7 +9,14 @@ import typer
 
 from rhmscale.cli.console import make_console
 from rhmscale.cli.failures import writing
-from rhmscale.cli.options import RootOpt, SpecArg, SweepPathArg, WaitOpt, executor_options
+from rhmscale.cli.options import (
+    RootOpt,
+    SpecArg,
+    SweepPathArg,
+    WaitOpt,
+    bounded,
+    executor_options,
+)
 from rhmscale.cli.sync import DryRunOpt, UnfinishedOpt, sync_offline_runs
 
 if TYPE_CHECKING:
@@ -150,8 +157,9 @@ def sweep_submit(
 @sweep_app.command("retry")
 @executor_options
 def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
-    """Resubmit failed, corrupt (damaged files: repaired from their checkpoint), interrupted and
-    cancelled runs only; diverged runs are left (they would diverge again)."""
+    """Resubmit failed, corrupt (damaged files: set aside as *.damaged, the run trained again
+    from its checkpoint), interrupted, cancelled and unrecorded runs (pending, though their job
+    ended: it left no outcome); diverged runs are left (they would diverge again)."""
     from rhmscale.sweeps.dispatch import retry
 
     with writing(path):
@@ -162,9 +170,10 @@ def sweep_retry(path: SweepPathArg, *, overrides: dict[str, Any], wait: WaitOpt 
 def follow(submission: Submission, wait: bool | None) -> None:
     """Say what was submitted; wait for it (by default for local and debug jobs) and show the
     sweep's status, else say how to follow it."""
+    from rhmscale.cli.interrupt import stopping
     from rhmscale.cli.progress import watching
+    from rhmscale.sweeps.dispatch import cancel_jobs, wait_runs
     from rhmscale.sweeps.dispatch import wait as wait_for
-    from rhmscale.sweeps.dispatch import wait_runs
 
     prepared = submission.prepared
     name, folder, kind = prepared.spec.name, prepared.sweep.path, prepared.executor.kind
@@ -191,7 +200,15 @@ def follow(submission: Submission, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale sweep status {folder}")
         return
     console.print("waiting for the runs ..." if adopted else "waiting for the jobs ...")
-    with watching(folder, prepared.spec, prepared.run_ids, console):
+    with (
+        stopping(
+            "slurm" if adopted else kind,  # another command's workers go on, as SLURM's do
+            submission.jobs,
+            lambda: cancel_jobs(prepared.sweep),
+            f"rhmscale sweep status {folder}",
+        ),
+        watching(folder, prepared.spec, prepared.run_ids, console),
+    ):
         if adopted:
             wait_runs(prepared.sweep, prepared.run_ids)
         errors = wait_for(submission)
@@ -206,7 +223,7 @@ def follow(submission: Submission, wait: bool | None) -> None:
 def sweep_status(
     path: SweepPathArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-    failures: Annotated[int, typer.Option(help="Failed runs to show with their error.")] = 10,
+    failures: Annotated[int, bounded("--failures", "Failed runs to show with their error")] = 10,
     runs: Annotated[
         bool, typer.Option("--runs", help="Also a table of finished runs and final accuracies.")
     ] = False,
@@ -239,7 +256,7 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
             where = f" on {run.node}" if run.node else ""
             line = f"running {run.run_id}{where} ({values}): {held_for(run.holder)}"
             console.print(line, markup=False)
-    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt")]
+    failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt") or r.message]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())
         console.print(f"[red]{run.state}[/] {run.run_id} ({values}) job {run.job_id}:")

@@ -31,7 +31,8 @@ def tune_submit(
     overrides: dict[str, Any],
     wait: WaitOpt = None,
 ) -> None:
-    """Validate a study spec whole, then submit its workers as one job array."""
+    """Validate a study spec whole, then submit its workers as one job array. Waiting, it exits
+    1 when a worker failed or a study stopped before its budget (its failures in a row)."""
     from rhmscale.tuning.dispatch import submit
     from rhmscale.tuning.spec import load_study_spec
 
@@ -43,7 +44,8 @@ def tune_submit(
 @tune_app.command("retry")
 @executor_options
 def tune_retry(path: StudyPathArg, *, overrides: dict[str, Any], wait: WaitOpt = None) -> None:
-    """Resubmit the workers that are not queued or running; each goes on with its trial."""
+    """Resubmit the workers that are not queued or running; each goes on with its trial. Exits
+    1 as tune submit does."""
     from rhmscale.tuning.dispatch import retry
 
     with writing(path):
@@ -51,7 +53,9 @@ def tune_retry(path: StudyPathArg, *, overrides: dict[str, Any], wait: WaitOpt =
 
 
 def follow(submitted: Submitted, wait: bool | None) -> None:
+    from rhmscale.cli.interrupt import stopping
     from rhmscale.sweeps.dispatch import wait_jobs
+    from rhmscale.tuning.dispatch import cancel
 
     folder, jobs = submitted.folder.path, submitted.jobs
     console = make_console()
@@ -67,11 +71,12 @@ def follow(submitted: Submitted, wait: bool | None) -> None:
         console.print(f"follow it with: rhmscale tune status {folder}")
         return
     console.print("waiting for the workers ...")
-    errors = wait_jobs(jobs)
+    with stopping(submitted.kind, jobs, lambda: cancel(folder), f"rhmscale tune status {folder}"):
+        errors = wait_jobs(jobs)
     for err in errors:
         console.print(f"[red]{err}[/]")
-    print_status(folder)
-    if errors:
+    stopped = [s for s in print_status(folder).studies if s.stopped]
+    if errors or stopped:  # a study stopped by its failures in a row failed, as a job would
         raise typer.Exit(1)
 
 
@@ -84,7 +89,8 @@ def tune_status(
     print_status(path, json_out)
 
 
-def print_status(path: Path, json_out: bool = False) -> None:
+def print_status(path: Path, json_out: bool = False) -> Any:
+    """Print the study folder's status (a table per study, or JSON); return it."""
     import json
     from dataclasses import asdict
 
@@ -96,7 +102,7 @@ def print_status(path: Path, json_out: bool = False) -> None:
     now = status(path)
     if json_out:
         print(json.dumps(asdict(now), default=str))
-        return
+        return now
     console = make_console()
     for s in now.studies:
         table = Table(title=f"study {s.name}")
@@ -126,6 +132,7 @@ def print_status(path: Path, json_out: bool = False) -> None:
     if running and not now.workers:
         console.print(f"{running} trial(s) running with no worker: `rhmscale tune retry {path}` "
                       "resumes them")  # fmt: skip
+    return now
 
 
 @tune_app.command("cancel")

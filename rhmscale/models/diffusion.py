@@ -31,6 +31,9 @@ from rhmscale.models.tokens import mask_id
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
+# Called before each denoiser call of a loop that can run long (sampling, the held-out ELBO); it
+# raises to abandon the loop: how a stop request reaches an evaluation (training.evaluation).
+Check = Callable[[], None] | None
 
 
 def _members(generator: Generators) -> tuple[int, ...]:
@@ -185,13 +188,17 @@ class MaskedDiffusion:
         x0: torch.Tensor,
         generator: Generators = None,
         n_time_samples: int = 1,
+        check: Check = None,
     ) -> torch.Tensor:
         """Held-out ELBO per token (nats): the training estimator, averaged over the batch and
-        ``n_time_samples`` independent draws of (t, x_t). A 0-dim float32 tensor ((K,): pack)."""
+        ``n_time_samples`` independent draws of (t, x_t). A 0-dim float32 tensor ((K,): pack).
+        check: as for sample, before each draw."""
         if n_time_samples < 1:
             raise ValueError(f"n_time_samples must be >= 1, got {n_time_samples}")
         total = torch.zeros((), device=x0.device)
         for _ in range(n_time_samples):
+            if check is not None:
+                check()
             total = total + self.loss(denoiser, x0, generator).float()
         return total / n_time_samples
 
@@ -207,6 +214,7 @@ class MaskedDiffusion:
         device: torch.device | str | None = None,
         generator: Generators = None,
         batch_size: int | None = None,
+        check: Check = None,
     ) -> torch.Tensor:
         """Ancestral sampling of n sequences, LongTensor (n, seq_len) with values in [0, v)
         ((K, n, seq_len) for a pack).
@@ -218,6 +226,8 @@ class MaskedDiffusion:
         is put in eval mode for the duration and restored afterwards. Every random draw comes
         from ``generator``: the same seed, n and batch_size give the same samples (a different
         batch_size consumes the stream in a different order, so gives different samples).
+        check(), when given, is called before every denoiser call (seq_len of them per batch
+        for the exact sampler: minutes on a CPU for a large evaluation); it may raise.
         """
         batch_size = batch_size or n
         draw = self._sample_batch if steps else self._sample_batch_one_by_one
@@ -226,7 +236,7 @@ class MaskedDiffusion:
             denoiser.eval()
         try:
             chunks = [
-                draw(denoiser, min(batch_size, n - i), seq_len, steps, device, generator)
+                draw(denoiser, min(batch_size, n - i), seq_len, steps, device, generator, check)
                 for i in range(0, n, batch_size)
             ]
         finally:
@@ -245,6 +255,7 @@ class MaskedDiffusion:
         steps: int,
         device: torch.device | str | None,
         generator: Generators,
+        check: Check,
     ) -> torch.Tensor:
         lead = _members(generator)
         x = torch.full((*lead, b, seq_len), self.mask_id, dtype=torch.long, device=device)
@@ -260,6 +271,8 @@ class MaskedDiffusion:
             reveal = (x == self.mask_id) & (u < p)
             if not bool(reveal.any()):
                 continue  # nothing changes: skip the denoiser call
+            if check is not None:
+                check()
             t = torch.full((*lead, b), float(grid[k]), dtype=torch.float32, device=device)
             logits = denoiser(x, t).float()
             gumbel = -torch.log(-torch.log(g.clamp(1e-20, 1.0 - 1e-7)))
@@ -275,11 +288,14 @@ class MaskedDiffusion:
         steps: int | None,
         device: torch.device | str | None,
         generator: Generators,
+        check: Check,
     ) -> torch.Tensor:
         lead = _members(generator)
         x = torch.full((*lead, b, seq_len), self.mask_id, dtype=torch.long, device=device)
         order = torch.argsort(_rand((b, seq_len), device, generator), dim=-1)
         for k in range(seq_len):
+            if check is not None:
+                check()
             # k tokens revealed: the time whose alpha(t) is k / seq_len.
             t_k = self.schedule.time_of(k / seq_len)
             t = torch.full((*lead, b), t_k, dtype=torch.float32, device=device)

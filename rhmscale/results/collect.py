@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from rhmscale.config import flatten
+from rhmscale.config import GRAMMAR_NAMES, RunConfig, config_flat, flatten, size_key
 from rhmscale.errors import UserError
-from rhmscale.store.atomic import atomic_write, read_json
+from rhmscale.store.atomic import atomic_write
 from rhmscale.store.folders import RunDir, iter_run_dirs
+from rhmscale.store.reading import read_object, read_parquet
 
 
 @dataclass
 class Collection:
     frame: pd.DataFrame
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run ids
+    damage: dict[str, str] = field(default_factory=dict)  # corrupt run id -> what is damaged
 
     def counts(self) -> dict[str, int]:
         """Runs by state: collected ones are done, skipped ones by why."""
@@ -56,12 +58,49 @@ def read_table(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader error: say which file
         raise UserError(f"{path}: not a readable table ({exc})") from exc
-    missing = {"run_id", "step", "final"} - set(frame.columns)
-    if missing:
+    required = ["run_id", "step", "final", size_key(), *(f"grammar.{n}" for n in GRAMMAR_NAMES)]
+    if missing := [column for column in required if column not in frame.columns]:
         raise UserError(
-            f"{path}: not a table of `rhmscale collect -o` (no column {', '.join(sorted(missing))})"
+            f"{path}: not a table of `rhmscale collect -o` (no column {', '.join(missing)}); "
+            "collect it again"
         )
+    check_columns(frame, path)
     return frame
+
+
+def check_columns(frame: pd.DataFrame, path: Path) -> None:
+    """A table edited by hand: the first value that is not of its column's kind (text in an
+    accuracy or in grammar.v; a number in model.time_cond), named by line and column. The
+    columns checked are then of their kind (a CSV column with text in it was read as text)."""
+    defaults = config_flat(RunConfig())
+    for column in frame.columns:
+        default, values = defaults.get(column), frame[column]
+        if isinstance(default, bool):
+            read = values.map(BOOLEANS.get, na_action="ignore")
+            kind = "true or false"
+        elif isinstance(default, int | float) or (column not in defaults and is_metric(column)):
+            read = pd.to_numeric(values, errors="coerce")
+            kind = "a number"
+        else:
+            continue
+        wrong = read.isna() & values.notna()
+        if wrong.any():
+            row = int(wrong.to_numpy().argmax())
+            where = f"line {row + 2}" if path.suffix == ".csv" else f"row {row + 1}"
+            raise UserError(
+                f"{path} {where}: column '{column}' holds {values.iloc[row]!r}, not {kind}; "
+                "correct it, or collect the table again (rhmscale collect -o)"
+            )
+        frame[column] = read
+
+
+# A boolean column as pandas reads it back from CSV: booleans, or text where a row is not one.
+BOOLEANS = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}
+
+
+def is_metric(column: str) -> bool:
+    """What the runs recorded (step, samples_seen, val/loss, gen/acc_l1, ...): numbers."""
+    return "/" in column or column in ("step", "samples_seen", "wall_s")
 
 
 def run_dirs(path: Path) -> list[RunDir]:
@@ -82,14 +121,10 @@ def run_dirs(path: Path) -> list[RunDir]:
 
 
 def read_run(store: RunDir) -> pd.DataFrame:
-    """Evaluation rows of one finished run with its flattened config as columns."""
-    meta = read_json(store.config)
-    history = pd.read_parquet(store.metrics)
-    if history.empty or "step" not in history:
-        raise ValueError("metrics.parquet holds no evaluations")
-    wrong = [c for c in history.columns if not pd.api.types.is_numeric_dtype(history[c])]
-    if wrong:  # every metric is a number; a text column would break the fit far from here
-        raise ValueError(f"metrics.parquet: {', '.join(wrong)} not numbers")
+    """Evaluation rows of one finished run (its files judged whole by RunDir.damage) with its
+    flattened config as columns."""
+    meta = read_object(store.config)
+    history = read_parquet(store.metrics)
     for key, value in flatten(meta["config"]).items():
         history[key] = value if not isinstance(value, list) else ",".join(map(str, value))
     history.insert(0, "run_id", meta["run_id"])
@@ -106,7 +141,7 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
     they are (they were done when it was written)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     is_table = {p: p.is_file() and p.suffix in TABLE_SUFFIXES for p in paths}
-    frames, done, skipped = [], set(), {}
+    frames, done, skipped, damage = [], set(), {}, {}
     for table in (read_table(p) for p in paths if is_table[p]):
         table = table[~table["run_id"].isin(done)]
         frames.append(table)
@@ -118,11 +153,14 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
         state = store.state()
         if state != "done":
             skipped.setdefault(state, []).append(run_id)
+            if state == "corrupt":
+                damage[run_id] = store.damage() or "damaged"
             continue
         try:
             frame = read_run(store)
-        except Exception:  # noqa: BLE001 - a corrupt run is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 - a corrupt run is reported, not fatal
             skipped.setdefault("corrupt", []).append(run_id)
+            damage[run_id] = str(exc)  # changed since state() judged it whole
             continue
         if frame["run_id"].iloc[0] not in done:  # the same run under another folder name
             frames.append(frame)
@@ -131,4 +169,4 @@ def collect(paths: Path | Sequence[Path]) -> Collection:
         reason: sorted(set(ids) - done) for reason, ids in skipped.items() if set(ids) - done
     }
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Collection(frame, skipped)
+    return Collection(frame, skipped, {r: damage[r] for r in skipped.get("corrupt", [])})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from rhmscale.bounds import OPTIONS
 from rhmscale.errors import UserError
 from rhmscale.results.theory import DEFAULT_REGRESSORS, DEFAULT_THEORY
 
@@ -55,8 +56,8 @@ def level_range(levels: str) -> tuple[int, float]:
 def check_options(frame: pd.DataFrame, options: FitOptions) -> None:
     """Bad settings, or a metric the runs did not record, as UserErrors that say what to do."""
     level_range(options.levels)
-    if not 0 < options.threshold < 1:
-        raise UserError(f"--threshold {options.threshold}: choose a value between 0 and 1")
+    if not (bound := OPTIONS["--threshold"]).holds(options.threshold):
+        raise UserError(f"--threshold {options.threshold}: choose a value {bound.text}")
     try:
         options.metric.format(k=1)
     except (KeyError, IndexError, ValueError):

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from rhmscale.config import REPLICATE_SEED
-from rhmscale.errors import UserError
 from rhmscale.results.cells import (
     SIZE,
     by_cell,
@@ -74,10 +73,6 @@ def refinement(
     evaluation, metric, threshold, levels and cells); seeds: seeds per proposed size, or added
     at a seed-limited bracket (default: as many as the cell's sizes have).
     """
-    if not target > 1:
-        raise UserError(f"--target {target}: a ratio of sizes above 1, e.g. 1.25")
-    if seeds is not None and seeds < 1:
-        raise UserError(f"--seeds {seeds}: at least 1")
     check_options(frame, options)
     rows = rows_at(with_cells(select_cells(frame, options.where)), options.at)
     points, _ = sample_complexity(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rhmscale.errors import UserError
+from rhmscale.store.reading import read_bytes
 
 HEADER = b":W&B"
 HEADER_MAGIC = 0xBEE1
@@ -95,7 +96,7 @@ def read_offline_log(path: Path) -> OfflineLog:
 
     path = Path(path)
     log = OfflineLog(path, run_id=path.stem.removeprefix("run-"))
-    for raw in log_records(path.read_bytes()):
+    for raw in log_records(read_bytes(path)):  # a regular file of a log's size, or DamagedFile
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")

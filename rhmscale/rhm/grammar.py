@@ -15,6 +15,7 @@ then the level-(L-1) symbols left to right, ..., then the level-1 symbols left t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -222,14 +223,17 @@ class Grammar:
         return self._decode_limbs(rows[:, 0], rows[:, 1:])
 
     # ----------------------------------------------------------------- parsing
-    def parse(self, x: np.ndarray) -> Parse:
-        """Parse sequences (N, s**L) bottom-up; tokens outside [0, v) are invalid."""
+    def parse(self, x: np.ndarray, check: Callable[[], None] | None = None) -> Parse:
+        """Parse sequences (N, s**L) bottom-up; tokens outside [0, v) are invalid. check(),
+        when given, is called before each level (an evaluation's stop request); it may raise."""
         sym = self._tokens(x)
         n = sym.shape[0]
         v = self.v
         parents, tuple_valid, children_valid = [], [], []
         child_ok: np.ndarray | None = None
         for k in range(1, self.L + 1):
+            if check is not None:
+                check()
             width = self.s ** (self.L - k)
             children = sym.reshape(n, width, self.s)
             if child_ok is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from rhmscale.rhm.grammar import Grammar
@@ -29,7 +31,11 @@ class TrainingSetIndex:
 
 
 def generation_metrics(
-    grammar: Grammar, samples: np.ndarray, train_index: TrainingSetIndex, min_novel: int = 1
+    grammar: Grammar,
+    samples: np.ndarray,
+    train_index: TrainingSetIndex,
+    min_novel: int = 1,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Per-level validity, coherence and memorisation of generated samples.
 
@@ -42,9 +48,9 @@ def generation_metrics(
     curve carries every level below it; gen/tuple_acc_l{k} and gen/novel_tuple_acc_l{k} are
     per level: the fraction of level-k tuples that are productions among those whose children
     are valid (the novel one over non-copies, a missing novel sample counting as all its
-    level-k tuples failed).
+    level-k tuples failed). check: Grammar.parse's.
     """
-    parse = grammar.parse(samples)
+    parse = grammar.parse(samples, check)
     depth = parse.depth
     copies = np.zeros(len(samples), dtype=bool)
     copies[parse.valid] = train_index.contains(samples[parse.valid])

@@ -7,8 +7,10 @@
 
 State comes from files alone, so a re-submission can skip what is done and resume what is not:
   done         result.json (readable) and metrics.parquet (whole)
-  corrupt      a file of a finished or interrupted run is damaged (damage() says which): a
-               retry repairs it from the last good checkpoint, or trains the run again
+  corrupt      a file of a finished or interrupted run is damaged (damage() says which; every
+               file is read through store.reading: type and size checked first): a retry sets
+               the damaged files aside as <name>.damaged and trains the run again from its
+               last good checkpoint, or from scratch
   diverged     failed.json says the loss or the weights went non-finite (a retry would too)
   failed       failed.json for any other reason
   interrupted  a checkpoint (last.ckpt, or prev.ckpt kept while the next is written)
@@ -28,11 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rhmscale.errors import DamagedFile, UserError
 from rhmscale.store.atomic import atomic_write, atomic_write_json
 from rhmscale.store.lock import file_lock
+from rhmscale.store.reading import (
+    decode,
+    ends_with,
+    open_checked,
+    parquet_metadata,
+    read_bytes,
+    read_object,
+)
 
 RunState = Literal["done", "corrupt", "diverged", "failed", "interrupted", "pending"]
-PARQUET_MAGIC = b"PAR1"  # a parquet file starts and ends with it
 ZIP_END = b"PK\x05\x06"  # torch.save's zip ends with this record (and a short comment)
 
 
@@ -133,24 +143,70 @@ class RunDir:
         return [path for path in paths if ends_with(path, ZIP_END, window=1024)]
 
     def damage(self) -> str | None:
-        """What is damaged, or None: a finished run's result.json or metrics.parquet, a
-        checkpoint that is not whole, a config.json that is not JSON."""
-        if self.config.exists() and read_field(self.config, "run_id") is None:
-            return f"{self.config.name} is not readable"
-        if self.result.exists():
-            result = read_json_object(self.result)
-            final = result.get("final") if result else None
-            if not isinstance(final, dict) or not all(map(is_number, final.values())):
-                return f"{self.result.name} is not readable (its final metrics are not numbers)"
-            if "config" in result and read_field(self.config, "config") != result["config"]:
-                # The metrics belong to the config the run trained on, not to an edited one.
-                return f"{self.config.name} differs from the config {self.result.name} recorded"
-            if not ends_with(self.metrics, PARQUET_MAGIC, window=len(PARQUET_MAGIC)):
-                return f"{self.metrics.name} is missing or cut short"
+        """What is damaged ("result.json is not a regular file (a FIFO)"), or None."""
+        found = self.damaged_file()
+        return found.reason if found else None
+
+    def damaged_file(self) -> DamagedFile | None:
+        """The first damaged file, or None: a config.json that is not a run's, a finished
+        run's result.json or metrics.parquet (damaged, cut short, or holding text where
+        numbers belong), a checkpoint that is not whole. Every file is read through
+        store.reading (type and size checked first): this is the one judge of a run's files,
+        for status, collect, fit and the retry that repairs them."""
+        try:
+            config = None
+            if os.path.lexists(self.config):
+                config = read_object(self.config)
+                if not isinstance(config.get("run_id"), str) or "config" not in config:
+                    raise DamagedFile(self.config, "is not a run's config (no run_id or config)")
+            if os.path.lexists(self.result):
+                self.check_result(config)
+            elif self.last_checkpoint.exists() and not self.resumable_checkpoints():
+                open_checked(self.last_checkpoint).close()  # says a FIFO or a device first
+                raise DamagedFile(
+                    self.last_checkpoint, "is cut short and no earlier checkpoint is whole"
+                )
+        except DamagedFile as exc:
+            return exc
+        except FileNotFoundError:  # removed while being looked at: judged by the next look
             return None
-        if self.last_checkpoint.exists() and not self.resumable_checkpoints():
-            return f"{self.last_checkpoint.name} is cut short and no earlier checkpoint is whole"
         return None
+
+    def check_result(self, config: dict[str, Any] | None) -> None:
+        """Raise DamagedFile unless result.json and metrics.parquet are a finished run's (config:
+        config.json's content, None when there is none)."""
+        result = read_object(self.result)
+        final = result.get("final")
+        if not isinstance(final, dict) or not all(map(is_number, final.values())):
+            raise DamagedFile(self.result, "is not a result (its final metrics are not numbers)")
+        if "config" in result and (config or {}).get("config") != result["config"]:
+            # The metrics belong to the config the run trained on, not to an edited one.
+            raise DamagedFile(self.result, f"records another config than {self.config.name} holds")
+        try:
+            check_metrics(self.metrics)
+        except FileNotFoundError:
+            raise DamagedFile(self.metrics, "is missing") from None
+
+    def set_aside_damaged(self) -> list[str]:
+        """Rename each damaged file to <name>.damaged (kept as evidence, out of every reader's
+        way), then a result.json left without them, so that the run trains again from its
+        checkpoint; what was done, one line each. Call while holding the run's lock, for a
+        run that is not done."""
+        said = []
+        while (found := self.damaged_file()) and found.path.parent == self.path:
+            if not os.path.lexists(found.path):  # missing metrics: the result goes below
+                break
+            said.append(f"{found.reason}: set aside as {set_aside(found.path).name}")
+        if os.path.lexists(self.result):
+            said.append(f"{self.result.name} set aside as {set_aside(self.result).name}")
+        return said  # a damaged checkpoint: checkpoint.load_newest sets it aside
+
+    def usable_log(self) -> Path:
+        """run.log, once anything there that is not a regular file is set aside (opening a
+        FIFO to append blocks for ever; a device or a folder fails)."""
+        if self.log.exists() and not self.log.is_file():
+            set_aside(self.log)
+        return self.log
 
     def clean_temporaries(self) -> list[Path]:
         """Remove what an interrupted atomic write left behind (call while holding the run's
@@ -210,12 +266,32 @@ class SweepDir:
             os.fsync(handle.fileno())
 
     def read_job_lines(self) -> list[dict[str, Any]]:
-        if not self.jobs.exists():
+        """jobs.jsonl's records. A last line without its newline is a write cut short and is
+        skipped; any other line that is not a JSON object is a UserError naming it."""
+        try:
+            data = read_bytes(self.jobs)
+        except FileNotFoundError:
             return []
+        except DamagedFile as exc:
+            raise exc.with_remedy(
+                "it only records submissions (the runs' own files say their state): move it "
+                f"aside (mv {self.jobs} {self.jobs}.damaged) and run the command again"
+            ) from None
+        lines = data.split(b"\n")
         records = []
-        for line in self.jobs.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a torn last line is skipped
-                records.append(json.loads(line))
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(decode(self.jobs, line)) if line.strip() else {}
+            except (DamagedFile, ValueError):
+                record = None
+            if isinstance(record, dict):
+                records += [record] if record else []
+            elif number < len(lines):  # not the torn last line
+                raise UserError(
+                    f"{self.jobs} line {number} is not a job record (not a JSON object in "
+                    f"UTF-8): delete that line (sed -i '{number}d' {self.jobs}) and run the "
+                    "command again; it only records a submission"
+                )
         return records
 
 
@@ -229,12 +305,12 @@ def iter_run_dirs(path: Path) -> Iterator[RunDir]:
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
-    """path's JSON object, or None when the file is not a readable JSON object."""
+    """path's JSON object, or None when the file is missing or damaged (for records whose
+    damage is handled as their absence; store.reading.read_object says why)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return read_object(path)
+    except (FileNotFoundError, DamagedFile):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def read_field(path: Path, key: str) -> Any:
@@ -243,19 +319,28 @@ def read_field(path: Path, key: str) -> Any:
     return data.get(key) if data else None
 
 
+def check_metrics(path: Path) -> None:
+    """Raise DamagedFile unless path is a parquet file of evaluations whose every column is
+    a number (a text column would break the fit far from here). From its footer alone."""
+    import pyarrow as pa
+
+    meta = parquet_metadata(path)
+    schema = meta.schema.to_arrow_schema()
+    if meta.num_rows == 0 or "step" not in schema.names:
+        raise DamagedFile(path, "holds no evaluations")
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    wrong = [f.name for f in schema if not any(test(f.type) for test in numeric)]
+    if wrong:
+        raise DamagedFile(path, f"holds {', '.join(wrong)} that are not numbers")
+
+
+def set_aside(path: Path) -> Path:
+    """path renamed to <name>.damaged beside it (an earlier one of that name is replaced)."""
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    return aside
+
+
 def is_number(value: Any) -> bool:
     """A metric value as written: a number, or None (JSON null, for NaN)."""
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
-
-
-def ends_with(path: Path, marker: bytes, window: int) -> bool:
-    """Whether the file holds `marker` within its last `window` bytes (a file cut short by a
-    crash or a full disk does not)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - window))
-            return marker in handle.read()
-    except OSError:
-        return False

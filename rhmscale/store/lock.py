@@ -13,6 +13,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from rhmscale.errors import DamagedFile
+from rhmscale.store.reading import read_tail
+
 _held: dict[Path, int] = {}  # lock files this process holds, and how many times
 
 
@@ -120,6 +123,6 @@ def holder(path: Path) -> str | None:
     """Who holds (or last held, if it died without releasing) the lock on `path`, as written
     by try_lock; None when nobody does. Reads only: it never takes the lock."""
     try:
-        return Path(path).read_text().strip() or None
-    except OSError:
+        return read_tail(Path(path), 4096).strip() or None  # one line; a FIFO is not waited for
+    except (OSError, DamagedFile):
         return None

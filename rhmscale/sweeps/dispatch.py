@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,10 +39,11 @@ from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive, squeue_
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec, spec_to_yaml
 from rhmscale.sweeps.status import SweepStatus, load_sweep_spec, status_of
 
-# States a plain `submit` resubmits; `retry` all but pending.
+# States (RunStatus.submit_state) a plain `submit` resubmits; `retry` all but pending (never
+# submitted). "unrecorded": pending, though its job ended (it left no outcome).
 # A diverged run would diverge again (same config, same seeds): change the config instead.
-SUBMITTABLE = {"pending", "failed", "corrupt", "interrupted", "cancelled"}
-RETRYABLE = {"failed", "corrupt", "interrupted", "cancelled"}
+SUBMITTABLE = {"pending", "unrecorded", "failed", "corrupt", "interrupted", "cancelled"}
+RETRYABLE = {"unrecorded", "failed", "corrupt", "interrupted", "cancelled"}
 
 
 def now() -> str:
@@ -113,7 +115,7 @@ def prepare_expanded(
             "cost": pack_cost([point.config]),
         }
         for point, run in zip(expansion.points, status.runs, strict=True)
-        if run.state in wanted and (only is None or point.run_id in only)
+        if run.submit_state in wanted and (only is None or point.run_id in only)
     ]
     return Prepared(spec, sweep, ex, group_tasks(items, ex), status)
 
@@ -312,8 +314,22 @@ def wait_jobs(jobs: list[Any]) -> list[str]:
         try:
             job.result()
         except Exception as exc:  # noqa: BLE001 - reported, the runs hold the details
-            errors.append(f"{job.job_id}: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+            errors.append(f"{job.job_id}: {job_error_line(str(exc)) or repr(exc)}")
     return errors
+
+
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
+def job_error_line(message: str) -> str:
+    """A failed job's error in one line: the last "SomeError: ..." line of the traceback in
+    its message (submitit's message ends with its log files' paths; a line of code is no
+    error either), and its log (.err) file."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    logs = [line.removeprefix("- ") for line in lines if line.endswith("_log.err")]
+    said = errors[-1] if errors else (lines[-1] if lines else "")
+    return f"{said[:300]}{f' (log: {logs[0]})' if logs else ''}"
 
 
 def cancel(path: Path) -> tuple[list[str], str]:

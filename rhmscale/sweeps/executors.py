@@ -2,16 +2,21 @@
 
 slurm: one job array per submission (executor.batch()), the spec's resources as sbatch
 options; debug: in this process; local: one process per task, each given its own GPU(s) when
-the task asks for GPUs and there are any (gpus.py says which). A submission the scheduler
+the task asks for GPUs and there are any (gpus.py says which), started with Ctrl-C ignored
+(the command that waits for them stops them: cli/interrupt.py). A submission the scheduler
 refuses is a UserError that carries the scheduler's own message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,5 +215,22 @@ def submit_local(
     for call, slot in zip(calls, slots, strict=True):
         if mine := given[slot]:
             executor.update_parameters(gpus_per_node=len(mine), visible_gpus=as_indices(mine))
-        jobs.append(executor.submit(fn, *call, threads))
+        with ctrl_c_ignored():
+            jobs.append(executor.submit(fn, *call, threads))
     return jobs
+
+
+@contextlib.contextmanager
+def ctrl_c_ignored() -> Iterator[None]:
+    """Processes started in the block ignore SIGINT, and so do theirs: Ctrl-C at a terminal
+    reaches its whole process group, where submitit's controller died of it with a traceback
+    and SIGKILLed its worker a second later, before the runs had checkpointed. The command
+    stops its workers itself, one SIGTERM each (cli/interrupt.py), as `sweep cancel` does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -24,15 +24,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from rhmscale.bounds import MAX_RUNS
 from rhmscale.config import GRAMMAR_NAMES, REPLICATE_SEED, GrammarConfig, RunConfig, size_key
 from rhmscale.config_io import check_keys, set_dotted, validate_config, validated
 from rhmscale.errors import UserError
 from rhmscale.formula import Formula
 from rhmscale.sweeps.spec import SweepSpec
 
-# Grids beyond this many points are refused before expansion: a typo (n = 10**7) must not
+# Grids beyond MAX_RUNS points are refused before expansion: a typo (n = 10**7) must not
 # hang `sweep plan`, and no one submits more from one spec.
-MAX_GRID_POINTS = 100_000
 
 
 def as_number(value: Any) -> float | None:
@@ -50,11 +50,12 @@ def as_number(value: Any) -> float | None:
 def logspace_ints(lo: Any, hi: Any, n: Any, where: str = "logspace") -> list[int]:
     """n log-spaced integers from lo to hi; rounding duplicates are dropped."""
     lo, hi, count = as_number(lo), as_number(hi), as_number(n)
-    valid = None not in (lo, hi, count) and math.isfinite(hi) and count == int(count)
-    if not (valid and 1 <= count <= MAX_GRID_POINTS and 0 < lo <= hi < 2**63):
+    numbers = None not in (lo, hi, count) and all(map(math.isfinite, (lo, hi, count)))
+    valid = numbers and count == int(count)
+    if not (valid and 1 <= count <= MAX_RUNS and 0 < lo <= hi < 2**63):
         raise UserError(
             f"{where}: logspace needs [lo, hi, n], numbers with 0 < lo <= hi < 2**63 and "
-            f"1 <= n <= {MAX_GRID_POINTS:,}"
+            f"1 <= n <= {MAX_RUNS:,}"
         )
     n = int(count)
     if n == 1:
@@ -75,7 +76,7 @@ class GrammarSpace:
     def values(self, tree: dict[str, Any]) -> list[int]:
         grammar = validated(GrammarConfig, tree.get("grammar") or {}, f"{self.where}: ")
         x = {name: getattr(grammar, name) for name in GRAMMAR_NAMES}
-        lo, hi = (b.evaluate(x).item() if isinstance(b, Formula) else b for b in self.bounds)
+        lo, hi = (float(b.evaluate(x)) if isinstance(b, Formula) else b for b in self.bounds)
         cell = ", ".join(f"{name}={value}" for name, value in x.items())
         return logspace_ints(lo, hi, self.n, f"{self.where} at {cell} (bounds {lo:g}, {hi:g})")
 
@@ -84,14 +85,23 @@ def logspace_axis(key: str, spec: Any, where: str) -> list[int] | GrammarSpace:
     if not (isinstance(spec, list) and len(spec) == 3):
         raise UserError(f"{where}: '{key}': logspace takes [lo, hi, n], got {spec!r}")
     lo, hi, n = spec
-    if not any(isinstance(b, str) and as_number(b) is None for b in (lo, hi)):
+    if not any(is_formula(b) for b in (lo, hi)):
         return logspace_ints(lo, hi, n, f"{where}: '{key}'")
+    # Either bound may be a formula: both take one path, a number (or a number YAML read as
+    # text, 1e3) as a float, a formula as a Formula, and logspace_ints judges what they give.
     label = f"{where}: '{key}' logspace bound"
     bounds = tuple(
-        Formula(b, GRAMMAR_NAMES, label) if isinstance(b, str) and as_number(b) is None else b
-        for b in (lo, hi)
+        Formula(b, GRAMMAR_NAMES, label) if is_formula(b) else as_number(b) for b in (lo, hi)
     )
+    if None in bounds:
+        raise UserError(
+            f"{label}s {lo!r}, {hi!r}: each is a number or a formula of {', '.join(GRAMMAR_NAMES)}"
+        )
     return GrammarSpace(bounds, n, f"{where}: '{key}'")  # type: ignore[arg-type]
+
+
+def is_formula(bound: Any) -> bool:
+    return isinstance(bound, str) and as_number(bound) is None
 
 
 def axis_values(key: str, value: Any, where: str) -> list[Any] | GrammarSpace:
@@ -210,10 +220,10 @@ def expand_points(spec: SweepSpec) -> Expansion:
             int(as_number(values.n) or 1) if isinstance(values, GrammarSpace) else len(values)
             for _, values in axes
         )
-        if n_total + n_block > MAX_GRID_POINTS:
+        if n_total + n_block > MAX_RUNS:
             raise UserError(
                 f"{bwhere} has {n_block:,} points ({n_total + n_block:,} so far); a sweep may "
-                f"have at most {MAX_GRID_POINTS:,}: split it or shorten its axes"
+                f"have at most {MAX_RUNS:,}: split it or shorten its axes"
             )
         for tree, values in block_points(base, axes):
             n_total += 1

@@ -18,6 +18,7 @@ from typing import Any
 import submitit
 
 from rhmscale.store.folders import RunDir
+from rhmscale.training.stop import honour_stop_signals
 from rhmscale.training.stop import requested as stop_requested
 
 log = logging.getLogger("rhmscale.sweeps")
@@ -135,26 +136,29 @@ class SweepWorker(submitit.helpers.Checkpointable):
         backlog = Backlog(sweep)
         outcomes: list[dict[str, Any]] = []
         torch_ready = False
-        while not stop_requested():
-            if requeue and requeue_requested():
-                requeue()
-            shape = backlog.richest_shape()
-            taken = (shape is not None and backlog.take(shape)) or backlog.take()
-            if not taken:
-                if self.leave(sweep, backlog):
-                    break
-                continue
-            first = [taken]
-            while len(first) < slots and (more := backlog.take(taken[0].shape)):
-                first.append(more)
-            if not torch_ready:
-                start_compile_early(first, len(first))
-                set_threads(threads)
-                limit_gpu_memory(self.gpu_share)
-                torch_ready = True
-            outcomes += train_shape(backlog, first, should_stop)
-            if requeue and requeue_requested():
-                requeue()  # the runs checkpointed on the signal; requeue and exit
+        # Stop signals are the worker's, not only its training's: submitit ignores SIGTERM, so
+        # one that arrived between runs was lost and the worker took the next.
+        with honour_stop_signals():
+            while not stop_requested():
+                if requeue and requeue_requested():
+                    requeue()
+                shape = backlog.richest_shape()
+                taken = (shape is not None and backlog.take(shape)) or backlog.take()
+                if not taken:
+                    if self.leave(sweep, backlog):
+                        break
+                    continue
+                first = [taken]
+                while len(first) < slots and (more := backlog.take(taken[0].shape)):
+                    first.append(more)
+                if not torch_ready:
+                    start_compile_early(first, len(first))
+                    set_threads(threads)
+                    limit_gpu_memory(self.gpu_share)
+                    torch_ready = True
+                outcomes += train_shape(backlog, first, should_stop)
+                if requeue and requeue_requested():
+                    requeue()  # the runs checkpointed on the signal; requeue and exit
         failed = [o for o in outcomes if o["state"] == "failed"]
         if failed:
             raise RuntimeError(

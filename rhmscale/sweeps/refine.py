@@ -68,17 +68,6 @@ def block_for(template: Point, size: int, seeds: list[int]) -> dict[str, Any]:
     return {**kept, size_name: [int(size)], REPLICATE_SEED: [int(s) for s in seeds]}
 
 
-def budgeted(counts: list[int], room: float) -> list[bool]:
-    """Which proposals (in priority order, `counts` new runs each) fit into `room` runs,
-    each whole: one that does not fit is skipped, a smaller one after it may still fit."""
-    taken = []
-    for count in counts:
-        fits = count <= room
-        taken.append(fits)
-        room -= count if fits else 0
-    return taken
-
-
 def grow(spec: SweepSpec, proposals: list[dict[str, Any]], max_runs: int | None = None) -> Growth:
     """The spec grown by `proposals` (in priority order): dicts with the cell's science keys
     (config columns), the size key, "seeds" (a list) and any notes (cell, reason, priority)."""
@@ -88,12 +77,21 @@ def grow(spec: SweepSpec, proposals: list[dict[str, Any]], max_runs: int | None 
     growth = Growth(spec, len(held))
     candidates: list[tuple[dict[str, Any], dict[str, Any], list[str]]] = []
     claimed: set[str] = set()
+    # The budget is spent on whole proposals in priority order (one that does not fit is
+    # skipped, a smaller one after it may still fit), checked before a proposal is expanded:
+    # its new runs are at most its seeds not held at its size, so 100,000 seeds are not
+    # expanded for a budget of 10 runs.
+    room = math.inf if max_runs is None else max_runs - len(held)
     for proposal in proposals:
         cell = [p for p in recorded if in_cell(p, proposal)]
         if not cell:
             growth.left.append((proposal, "no run of the sweep is in this cell"))
             continue
         size = int(proposal[size_name])
+        there = {p.config.seed for p in cell if size == p.config.data.P}
+        if len([seed for seed in proposal["seeds"] if seed not in there]) > room:
+            growth.left.append((proposal, f"over the budget of {max_runs} runs"))
+            continue
         template = min(cell, key=lambda p: abs(math.log(p.config.data.P / size)))
         block = block_for(template, size, proposal["seeds"])
         try:
@@ -105,16 +103,15 @@ def grow(spec: SweepSpec, proposals: list[dict[str, Any]], max_runs: int | None 
         if not new:
             growth.left.append((proposal, "its runs are in the sweep already"))
             continue
+        if len(new) > room:  # another cell's run at this size and seed was not this one's
+            growth.left.append((proposal, f"over the budget of {max_runs} runs"))
+            continue
+        room -= len(new)
         claimed.update(p.run_id for p in new)
         block[REPLICATE_SEED] = [p.config.seed for p in new]
         candidates.append((proposal, block, [p.run_id for p in new]))
-    room = math.inf if max_runs is None else max_runs - len(held)
     blocks: dict[str, dict[str, Any]] = {}
-    fits = budgeted([len(ids) for _, _, ids in candidates], room)
-    for (proposal, block, ids), fit in zip(candidates, fits, strict=True):
-        if not fit:
-            growth.left.append((proposal, f"over the budget of {max_runs} runs"))
-            continue
+    for proposal, block, ids in candidates:
         growth.taken.append({**proposal, "run_ids": ids})
         # One block per cell and seed set: the sizes that share them in one list.
         key = repr({k: v for k, v in block.items() if k != size_name})

@@ -13,11 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from rhmscale.bounds import option_field
 from rhmscale.config import TrackingConfig
 from rhmscale.config_io import did_you_mean, load_yaml, validated
 from rhmscale.errors import UserError
+from rhmscale.kinds import Typed
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # whole name: fullmatch (`$` lets "x\n" by)
 MAX_NAME = 100
@@ -104,7 +106,7 @@ HOW_TO_FIND_SHARDS = (
 )
 
 
-class ExecutorSpec(BaseModel):
+class ExecutorSpec(Typed):
     """Where and how the runs execute. `sbatch` holds extra sbatch options (a known set).
 
     The GPU fields (gpu_type, gpu_request, cpus_per_gpu, mem_per_gpu_gb, shards_per_gpu) say
@@ -117,13 +119,17 @@ class ExecutorSpec(BaseModel):
 
     kind: Literal["local", "slurm", "debug"] = "local"
     partition: str | None = None
-    gpus_per_task: int = Field(0, ge=0)
+    gpus_per_task: int = Field(0, **option_field("--gpus-per-task"))
     cpus_per_task: int | None = Field(
-        None, ge=1, description="CPUs of a task (default 1, or cpus_per_gpu x gpus_per_task)"
+        None,
+        **option_field("--cpus-per-task"),
+        description="CPUs of a task (default 1, or cpus_per_gpu x gpus_per_task)",
     )
     mem_gb: float | None = Field(None, gt=0)
-    timeout_min: int = Field(60, ge=1)
-    array_parallelism: int = Field(256, ge=1, description="array tasks running at once")
+    timeout_min: int = Field(60, **option_field("--timeout-min"))
+    array_parallelism: int = Field(
+        256, **option_field("--array-parallelism"), description="array tasks running at once"
+    )
     account: str | None = None
     qos: str | None = None
     constraint: str | None = Field(
@@ -140,19 +146,23 @@ class ExecutorSpec(BaseModel):
         "--gres=gpu:[type:]N for sites whose submit plugins accept only --gres",
     )
     cpus_per_gpu: int | None = Field(
-        None, ge=1, description="SLURM: --cpus-per-gpu, instead of cpus_per_task"
+        None,
+        **option_field("--cpus-per-task"),
+        description="SLURM: --cpus-per-gpu, instead of cpus_per_task",
     )
     mem_per_gpu_gb: float | None = Field(
         None, gt=0, description="SLURM: --mem-per-gpu in GB, instead of mem_gb"
     )
     shards_per_gpu: int | None = Field(
         None,
-        ge=1,
+        **option_field("--shards-per-gpu"),
         description="SLURM: the cluster's GPU shards per GPU (gres.conf shard Count / GPUs); "
         "with tasks_per_gpu T > 1 each task asks for --gres=shard:shards_per_gpu/T",
     )
     runs_per_task: int = Field(
-        1, ge=1, description="runs one array task runs (in sequence, or together with pack)"
+        1,
+        **option_field("--runs-per-task"),
+        description="runs one array task runs (in sequence, or together with pack)",
     )
     pack: bool = Field(
         False,
@@ -160,12 +170,13 @@ class ExecutorSpec(BaseModel):
     )
     max_num_timeout: int = Field(3, ge=0, description="requeues after time limits")
     workers: int | None = Field(
-        None, ge=1, description="local: parallel workers (default: GPUs, else cores/cpus)"
+        None,
+        **option_field("--cpus-per-task"),  # a worker each: as many as a task's threads
+        description="local: parallel workers (default: GPUs, else cores/cpus)",
     )
     tasks_per_gpu: int = Field(
         1,
-        ge=1,
-        le=16,
+        **option_field("--tasks-per-gpu"),
         description="tasks sharing each GPU, each limited to its share of the GPU's memory; "
         "one fills the GPU while another sets up, compiles or evaluates. Local: workers per "
         "GPU; SLURM: each task asks for shards_per_gpu/tasks_per_gpu GPU shards",
@@ -273,7 +284,7 @@ def check_slurm_gpus(ex: ExecutorSpec) -> None:
         )
 
 
-class SweepSpec(BaseModel):
+class SweepSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     name: str

@@ -10,7 +10,9 @@ Per run, in order of precedence:
   interrupted  a checkpoint exists but the run is neither done nor active
   unknown      its latest task is SLURM's and SLURM did not answer (squeue failed: slurmctld
                down, say): it may be running, queued or interrupted; the status's notes say why
-  pending      never ran (not yet submitted, or its task ended before the run started)
+  pending      never ran (not yet submitted, or its task ended before the run started); one
+               whose task ended without the run recording an outcome (a full disk, a worker
+               that died at start) says so, and `sweep retry` resubmits it ("unrecorded")
 
 The notes also name a node that runs the sweep's tasks and is lost (not responding, down: SLURM
 requeues its tasks once it marks it DOWN, and their runs resume from their checkpoints) or
@@ -29,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from rhmscale.config import SCIENCE, cell_of, key_roles
-from rhmscale.errors import UserError
-from rhmscale.store.atomic import read_json
+from rhmscale.errors import DamagedFile, UserError
 from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.store.lock import holder, holder_field
+from rhmscale.store.reading import read_object, read_tail, read_text
 from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
 from rhmscale.sweeps.queue import (
     RUNNING,
@@ -69,9 +71,20 @@ def load_sweep_spec(sweep: SweepDir) -> SweepSpec:
             f"{sweep.path} is not a sweep folder (no sweep.yaml); submit a sweep first or give "
             "<root>/<sweep name>"
         )
-    import yaml
+    from rhmscale.config_io import safe_load
 
-    return parse_spec(yaml.safe_load(sweep.spec_file.read_text()) or {}, str(sweep.spec_file))
+    return parse_spec(safe_load(spec_text(sweep), str(sweep.spec_file)) or {}, str(sweep.spec_file))
+
+
+def spec_text(sweep: SweepDir) -> str:
+    """sweep.yaml's text; a damaged one is a UserError saying how to write it again."""
+    try:
+        return read_text(sweep.spec_file)
+    except DamagedFile as exc:
+        raise exc.with_remedy(
+            f"move it aside (mv {exc.path} {exc.path}.damaged) and submit the sweep's spec "
+            "again with the same --root (runs already done are kept and skipped)"
+        ) from None
 
 
 @dataclass
@@ -85,6 +98,12 @@ class RunStatus:
     size: int = 0  # data.P
     holder: str | None = None  # running: which worker trains it, since when (the run's lock)
     node: str | None = None  # running: the SLURM node of the worker that trains it
+
+    @property
+    def submit_state(self) -> str:
+        """The state that decides whether a submit or retry takes the run: "unrecorded" for a
+        pending run whose job ended, else its state."""
+        return "unrecorded" if self.state == "pending" and self.message else self.state
 
     @property
     def grammar(self) -> dict[str, Any]:
@@ -155,7 +174,7 @@ class SweepStatus:
         """run_id -> the final metrics (result.json) of every finished run."""
         sweep = SweepDir(self.path)
         done = [run.run_id for run in self.runs if run.state == "done"]
-        return {rid: read_json(sweep.run_dir(rid).result)["final"] for rid in done}
+        return {rid: read_object(sweep.run_dir(rid).result)["final"] for rid in done}
 
     def to_json(self) -> dict[str, Any]:
         varying = self.varying_keys()
@@ -184,15 +203,15 @@ class SweepStatus:
 def failure_message(store: RunDir, log_lines: int = 5) -> str:
     """failed.json's error and message, else the tail of the run's log."""
     try:
-        failed = read_json(store.failed)
+        failed = read_object(store.failed)
         return f"{failed.get('error', 'error')}: {failed.get('message', '')}".strip()
-    except (OSError, ValueError):
-        pass
+    except (OSError, DamagedFile) as exc:
+        said = exc.reason if isinstance(exc, DamagedFile) else ""
     try:
-        lines = store.log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-log_lines:])
+        lines = read_tail(store.log).splitlines()
+    except (OSError, DamagedFile):
+        return said
+    return "\n".join([said, *lines[-log_lines:]] if said else lines[-log_lines:])
 
 
 def status_of(
@@ -241,6 +260,8 @@ def status_of(
                 state = "cancelled"
             elif unanswered and job and job.kind == "slurm" and state in ("interrupted", "pending"):
                 state = "unknown"  # SLURM may still run or queue it: not interrupted for that
+            elif state == "pending" and job and query_queue:
+                message = unrecorded_message(sweep, rid, job.job_id)
         grid = tuple((k, repr(v)) for k, v in point.values.items() if k not in other)
         if grid not in cells:
             cells[grid] = tuple(cell_of(point.config).items())
@@ -281,6 +302,16 @@ def slurm_notes(error: str | None, task_nodes: dict[str, str], runs: list[RunSta
         else:
             notes.append(f"node {node} is {trouble}: it takes no new task; {tasks} run on")
     return notes
+
+
+def unrecorded_message(sweep: SweepDir, run_id: str, job_id: str) -> str:
+    """Why a submitted run whose job ended is still pending, and where to look."""
+    log = sweep.run_dir(run_id).log
+    where = log if log.exists() else sweep.submitit / f"{job_id}_*"
+    return (
+        f"its job {job_id} ended and the run recorded no outcome (a full disk? a worker that "
+        f"died at start?): see {where}; `sweep retry` submits it again"
+    )
 
 
 def training_holder(store: RunDir, alive: Activity) -> str | None:
@@ -335,7 +366,7 @@ def sweep_context(paths: Path | list[Path]) -> SweepContext | None:
         for run in sweep_status(path, spec).runs:
             if states.get(run.run_id) != "done":
                 states[run.run_id] = run.state
-    texts = [sweep.spec_file.read_text() for sweep in sweeps]
+    texts = [spec_text(sweep) for sweep in sweeps]
     if len(sweeps) > 1:
         texts = [f"# {sweep.spec_file}\n{text}" for sweep, text in zip(sweeps, texts, strict=True)]
     return SweepContext(

@@ -22,6 +22,7 @@ import torch
 
 from rhmscale.store.atomic import atomic_path
 from rhmscale.store.folders import RunDir
+from rhmscale.store.reading import open_checked
 from rhmscale.training.evaluation import Diverged
 
 FORMAT = "rhmscale-run/2"
@@ -39,6 +40,7 @@ def save(fabric: Any, path: Path, state: dict[str, Any]) -> None:
 
 
 def load(fabric: Any, path: Path, run_id: str) -> dict[str, Any]:
+    open_checked(path).close()  # a regular file of a checkpoint's size: never a FIFO's wait
     state = fabric.load(path)
     if state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this rhmscale version ({FORMAT})")

@@ -74,13 +74,13 @@ def sample_and_score(
 
     test: (K, n_test, n); generators: eval_generators (sampling); val_gens: val_generators
     (val/loss). The loss is summed in float64 chunk by chunk, as a Python float would.
-    should_stop() is asked between batches (the training loop asks it between steps, and an
-    evaluation may take minutes): EvaluationStopped when it is true.
+    should_stop() is asked before every denoiser call (the training loop asks it between steps,
+    and one batch of an evaluation may take minutes): EvaluationStopped when it is true.
     """
     cfg, batch = config.eval, config.eval.batch_size
+    check = stop_check(should_stop)
     chunks = []
     for start in range(0, cfg.n_samples, batch):  # batch by batch: the same stream as at once
-        _stop_if_asked(should_stop, start)
         chunks.append(
             diffusion.sample(
                 denoiser,
@@ -90,22 +90,28 @@ def sample_and_score(
                 test.device,
                 generator=generators,
                 batch_size=batch,
+                check=check,
             )
         )
     n_test = test.shape[-2]
     total = torch.zeros((), dtype=torch.float64, device=test.device)
     for start in range(0, n_test, batch):
-        _stop_if_asked(should_stop, start)
         chunk = test[..., start : start + batch, :]
-        elbo = diffusion.elbo_per_token(denoiser, chunk, val_gens, cfg.val_draws)
+        elbo = diffusion.elbo_per_token(denoiser, chunk, val_gens, cfg.val_draws, check)
         total = total + elbo.double() * chunk.shape[-2]
     return torch.cat(chunks, dim=-2), total / n_test
 
 
-def _stop_if_asked(should_stop: Callable[[], bool] | None, start: int) -> None:
-    """Between batches only (start > 0): a one-batch evaluation runs as it did before."""
-    if start and should_stop is not None and should_stop():
-        raise EvaluationStopped
+def stop_check(should_stop: Callable[[], bool] | None) -> Callable[[], None] | None:
+    """should_stop as the check that the sampler and the parser call: EvaluationStopped."""
+    if should_stop is None:
+        return None
+
+    def check() -> None:
+        if should_stop():
+            raise EvaluationStopped
+
+    return check
 
 
 def progress_postfix(rows: list[dict[str, Any]], levels: int) -> dict[str, str]:
@@ -129,23 +135,28 @@ class EvalRecorder:
         self.mirror = mirror
         self.train_index = TrainingSetIndex(data.grammar, data.train)
 
+    def measure(
+        self, samples: np.ndarray, check: Callable[[], None] | None = None
+    ) -> dict[str, float]:
+        """The generation metrics of the samples (check: Grammar.parse's)."""
+        grammar, min_novel = self.data.grammar, self.config.eval.min_novel
+        return generation_metrics(grammar, samples, self.train_index, min_novel, check)
+
     def record(
         self,
         history: list[dict[str, Any]],
         step: int,
         samples: np.ndarray,
+        metrics: dict[str, float],
         *,
         val_loss: float,
         train_loss: float,
         wall_s: float,
         table: bool = True,
     ) -> dict[str, Any]:
-        """Append the evaluation's row to the history, metrics.parquet and W&B (with a table
-        of samples when `table`)."""
+        """Append the evaluation's row (metrics: measure's) to the history, metrics.parquet and
+        W&B (with a table of samples when `table`)."""
         cfg = self.config
-        metrics = generation_metrics(
-            self.data.grammar, samples, self.train_index, cfg.eval.min_novel
-        )
         row: dict[str, Any] = {
             "step": step,
             "samples_seen": step * cfg.train.batch_size,

@@ -13,9 +13,9 @@ from typing import Any
 from rhmscale.config import RunConfig, member_keys, pack_settings
 from rhmscale.config_io import validate_config
 from rhmscale.errors import UserError
-from rhmscale.store.atomic import read_json
 from rhmscale.store.folders import RunDir, read_field
 from rhmscale.store.lock import try_lock
+from rhmscale.store.reading import read_object
 from rhmscale.training import stop
 from rhmscale.training.runs import RunOutcome, Runs
 from rhmscale.training.schedule import Verdict
@@ -62,7 +62,7 @@ def execute(
     try:
         for i, store in enumerate(stores):
             if store.state() == "done":
-                outcomes[i] = RunOutcome("done", store.path, read_json(store.result))
+                outcomes[i] = RunOutcome("done", store.path, read_object(store.result))
                 continue
             lock = try_lock(store.lock_file)
             if isinstance(lock, str):
@@ -114,7 +114,7 @@ def check_same_run(store: RunDir, config: RunConfig) -> None:
         read_field(store.config, "run_id") == config.run_id()
     ):
         return
-    stored = validate_config(read_json(store.config)["config"], str(store.config))
+    stored = validate_config(read_object(store.config)["config"], str(store.config))
     if stored.run_id() != config.run_id():
         raise UserError(
             f"{store.path} holds run {stored.run_id()}, not {config.run_id()}: "

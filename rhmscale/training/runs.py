@@ -29,6 +29,7 @@ from rhmscale.store import wandb_mirror
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text
 from rhmscale.store.folders import RunDir
 from rhmscale.store.lock import job_id, node_name
+from rhmscale.store.run_log import RunLogHandler
 from rhmscale.training.schedule import VERDICTS
 
 
@@ -82,7 +83,7 @@ class Runs:
             self.judges[run_id] = judge
         logger = logging.getLogger(f"rhmscale.run.{run_id}")
         store.path.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(store.log)
+        handler = RunLogHandler(str(store.usable_log()), run_id)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
@@ -157,9 +158,8 @@ class Runs:
             store.failed.unlink(missing_ok=True)  # a retry starts clean
             for stale in store.clean_temporaries():
                 log.info("removed %s, left by an interrupted write", stale.name)
-            if store.result.exists():  # not done (execute skips those): its result is damaged
-                log.warning("%s; training the run from its checkpoint", store.damage())
-                store.result.unlink()
+            for said in store.set_aside_damaged():  # not done (execute skips those)
+                log.warning("%s; training the run again from its checkpoint", said)
             write_config(store, config)
             job = f" (job {job_id()})" if job_id() else ""
             log.info("run %s on %s%s in %s", run_id, node_name(), job, store.path)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -24,6 +25,7 @@ from rhmscale.training.evaluation import (
     EvaluationStopped,
     eval_generators,
     sample_and_score,
+    stop_check,
     val_generators,
 )
 from rhmscale.training.member import Member
@@ -97,6 +99,7 @@ class SlotEvaluations:
         current = all(self.steps[k] == step for k, step in zip(slots, steps, strict=True))
         configs = [m.config for m in members]
         index = torch.tensor(slots, device=self.device)
+        check = stop_check(should_stop if current else None)
         try:
             with self.fabric.autocast():
                 samples, val_loss = sample_and_score(
@@ -105,6 +108,9 @@ class SlotEvaluations:
                     eval_generators(configs, steps, self.device),
                     val_generators(configs, self.device), should_stop if current else None,
                 )  # fmt: skip
+            samples = samples.cpu().numpy()
+            # Every member's parse before any row is recorded: a stop cuts none in half.
+            measured = [self.measure(slot, samples[i], check) for i, slot in enumerate(slots)]
         except EvaluationStopped:
             # Each slot is waiting once, at its current step: its loss sum goes back for the
             # checkpoint, and the evaluation is redone on resume.
@@ -115,7 +121,7 @@ class SlotEvaluations:
             return "interrupted"
         self.clock.evaluated(time.perf_counter() - started)
         self.evaluated_rows = True
-        samples, val_loss = samples.cpu().numpy(), val_loss.tolist()
+        val_loss = val_loss.tolist()
         sums = torch.cat([s.loss_sums for s in batch]).tolist()
         counts = [c for s in batch for c in s.counts]
         walls = [w for s in batch for w in s.walls]
@@ -129,9 +135,12 @@ class SlotEvaluations:
             if broken or not finite[i]:
                 self.fail(member, Diverged(step, broken + ["weights"] * (not finite[i])))
                 continue
+            if isinstance(measured[i], Exception):
+                self.fail(member, measured[i])
+                continue
             try:
                 self.recorders[slot].record(
-                    member.history, step, samples[i], val_loss=val_loss[i],
+                    member.history, step, samples[i], measured[i], val_loss=val_loss[i],
                     train_loss=train_loss, wall_s=walls[i], table=step in self.table_at,
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - that run fails, the others go on
@@ -139,6 +148,18 @@ class SlotEvaluations:
                 continue
             self.judge(slot, member)
         return None
+
+    def measure(
+        self, slot: int, samples: Any, check: Callable[[], None] | None
+    ) -> dict[str, float] | Exception:
+        """The slot's generation metrics, or what kept them (that run fails, the others go
+        on); EvaluationStopped passes."""
+        try:
+            return self.recorders[slot].measure(samples, check)
+        except EvaluationStopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded in that run's failed.json
+            return exc
 
     def judge(self, slot: int, member: Member) -> None:
         """Stop the run when its val/loss has not improved for its patience, or its judge

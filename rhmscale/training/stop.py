@@ -1,10 +1,12 @@
 """Stop requests: SIGTERM or SIGINT (`timeout`, `kill`, `sweep cancel`, Ctrl-C, scancel) set a
-flag that the training loop reads after every step and an evaluation between its batches (a
-stopped evaluation is redone on resume); the runs then checkpoint and return "interrupted". A
+flag that the training loop reads after every step and an evaluation before every denoiser call
+(a stopped evaluation is redone on resume); the runs then checkpoint and return "interrupted". A
 second signal exits at once.
 
 The flag is per process and stays set: a sweep task that was asked to stop does not start its
-next runs. SIGUSR2 (preemption, time limit) is submitit's, handled by the sweep task.
+next runs. SIGUSR2 (preemption, time limit) is submitit's, handled by the sweep task. A process
+started with SIGINT ignored keeps it so: local workers ignore Ctrl-C, which reaches the whole
+process group; the command that started them stops them, once, with SIGTERM (cli/interrupt.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def requested() -> bool:
     return "signal" in _requested
 
 
+def signal_number() -> int:
+    """The signal that asked to stop (requested() must be true)."""
+    return _requested["signal"]
+
+
 def _handler(signum: int, frame: Any) -> None:
     _requested.setdefault("signal", signum)
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
@@ -30,11 +37,16 @@ def _handler(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def honour_stop_signals() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT ask the runs to checkpoint and stop (main thread
-    only: elsewhere signals cannot be handled and the block changes nothing)."""
+    only: elsewhere signals cannot be handled and the block changes nothing). SIGINT ignored
+    stays ignored: the process was started not to take the terminal's Ctrl-C (a local
+    worker; a shell's background job)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, _handler) for sig in signals}
     try:
         yield
     finally:

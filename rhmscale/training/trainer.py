@@ -240,8 +240,9 @@ class Trainer(SlotEvaluations, SlotCheckpoints):
         return "interrupted" when asked to stop; "restack" when half the slots are empty for
         good and a smaller pack would pay for its start-up.
 
-        should_stop() is asked after every step and between evaluation batches (a preemption
-        signal arrived); stop_at_step stops the same way once a run reaches that step (tests)."""
+        should_stop() is asked after every step and before every denoiser call of an evaluation
+        (a preemption signal arrived); stop_at_step stops the same way once a run reaches that
+        step (tests)."""
         try:
             return self._fit(stop_at_step, should_stop, progress)
         finally:

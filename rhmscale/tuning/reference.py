@@ -1,5 +1,6 @@
 """docs/reference.md, generated from the pydantic models: every run-config key (role, per-member,
-default, bounds, description), the sweep spec's and its executor's fields, the study spec's.
+default, bounds, description), the sweep spec's and its executor's fields, the study spec's;
+and the bounds of every numeric command-line option (rhmscale/bounds.py OPTIONS).
 
     python -m rhmscale.tuning.reference            # print it
     python -m rhmscale.tuning.reference --write    # write docs/reference.md
@@ -21,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from rhmscale.bounds import OPTIONS
 from rhmscale.config import RunConfig, key_roles
 from rhmscale.sweeps.spec import ExecutorSpec, SweepSpec
 from rhmscale.tuning.spec import Budget, Distribution, Objective, PrunerSpec, SamplerSpec, StudySpec
@@ -192,6 +194,21 @@ def model_table(title: str, model: type[BaseModel], intro: str) -> list[str]:
     return lines
 
 
+def options_table() -> list[str]:
+    lines = [
+        "## Command-line numbers (`rhmscale/bounds.py`)",
+        "",
+        "Every numeric option of every command (`--help` states the same bounds): a value"
+        " outside is refused with exit code 2 before anything runs or is written. An option"
+        " that overrides an executor field shares the field's bounds.",
+        "",
+        "| option | bounds | why |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{flag}` | {b.text} | {cell(b.why)} |" for flag, b in OPTIONS.items()]
+    return lines
+
+
 def render() -> str:
     parts = [HEADER.rstrip("\n"), "", *run_config_table(), ""]
     specs = [
@@ -218,7 +235,7 @@ def render() -> str:
     ]
     for title, model, intro in specs:
         parts += [*model_table(title, model, intro), ""]
-    return "\n".join(parts)
+    return "\n".join([*parts, *options_table(), ""])
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 
 from rhmscale.store.atomic import atomic_write_text
+from rhmscale.store.reading import read_text
 from rhmscale.tuning.dispatch import load_folder
 from rhmscale.tuning.figures import curves_figure, objective_words, study_figures
 from rhmscale.tuning.spec import StudySpec
@@ -146,7 +147,7 @@ def write_tune_report(path: Path, out: Path, wandb_mode: str | None = None) -> P
     out = Path(out)
     folder, spec = load_folder(path)
     reports = study_reports(path, out)
-    spec_text = (folder.path / "study.yaml").read_text()
+    spec_text = read_text(folder.path / "study.yaml")  # read whole by load_folder
     best = {r.name: {"cell": r.cell, **(r.best or {})} for r in reports}
     atomic_write_text(out / BEST_FILE, json.dumps(best, indent=2, default=str) + "\n")
     trials = pd.concat([r.trials.assign(study=r.name) for r in reports], ignore_index=True)

@@ -24,19 +24,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from rhmscale.config import MAX_SEED
 from rhmscale.config_io import load_yaml, validated
 from rhmscale.errors import UserError
+from rhmscale.kinds import Typed
 from rhmscale.sweeps.grid import Point, expand_points
 from rhmscale.sweeps.spec import SweepSpec
 
 FORBIDDEN = ("seed", "grammar.seed", "tracking.")  # a trial is a recipe, not a draw
+# An int range's bounds: Optuna's samplers draw integers through floats, exact to 2**53.
+MAX_INT = 2**53
 EVERY_INT = 256  # an integer range with at most this many values is checked at every one
 SPREAD = 32  # ... a wider one at this many, spread over it
 
 
-class Distribution(BaseModel):
+class Distribution(Typed):
     """One of: {float: [lo, hi]}, {int: [lo, hi]} (with log, step) or {choices: [...]}."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -59,6 +63,10 @@ class Distribution(BaseModel):
             raise ValueError("log: true needs a lower bound above 0")
         if self.log and self.step is not None:
             raise ValueError("log and step exclude each other (Optuna samples one or the other)")
+        if self.int_ is not None and max(map(abs, self.int_)) > MAX_INT:
+            raise ValueError(f"int bounds {list(self.int_)}: each within ±2**53 = ±{MAX_INT:,}")
+        if self.int_ is not None and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int range's step {self.step:g} must be a whole number")
         if self.choices is not None and (not self.choices or self.log or self.step):
             raise ValueError("choices: a non-empty list, without log or step")
         return self
@@ -80,7 +88,8 @@ class Distribution(BaseModel):
         values = range(low, high + 1, step)
         if len(values) <= EVERY_INT:
             return list(values)
-        picks = {values[round(i * (len(values) - 1) / (SPREAD - 1))] for i in range(SPREAD)}
+        # Integer arithmetic: a float index rounds past the end of a range of 10**18 values.
+        picks = {values[i * (len(values) - 1) // (SPREAD - 1)] for i in range(SPREAD)}
         return sorted(picks | {low, high})
 
     def holds(self, value: Any) -> str | None:
@@ -108,7 +117,7 @@ class Distribution(BaseModel):
         return trial.suggest_float(name, *self.float_, step=self.step, log=self.log)  # type: ignore[misc]
 
 
-class Objective(BaseModel):
+class Objective(Typed):
     model_config = ConfigDict(extra="forbid")
 
     metric: str | None = None
@@ -141,7 +150,7 @@ class Objective(BaseModel):
         return self.direction or "minimize"  # samples to learn: fewer is better
 
 
-class Budget(BaseModel):
+class Budget(Typed):
     model_config = ConfigDict(extra="forbid")
 
     trials: int = Field(20, ge=1, le=100_000)  # every trial asked counts, failed ones too
@@ -150,14 +159,16 @@ class Budget(BaseModel):
     max_failures_in_a_row: int = Field(5, ge=1)
 
 
-class SamplerSpec(BaseModel):
+class SamplerSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
+    # Optuna seeds numpy's RandomState with it (0 to 2**32 - 1), when the study is created:
+    # bounded here, so that a bad seed is refused before study.yaml or the journal is written.
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
-class PrunerSpec(BaseModel):
+class PrunerSpec(Typed):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["median", "hyperband", "none"] = "median"

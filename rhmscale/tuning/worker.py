@@ -23,8 +23,10 @@ import optuna
 import submitit
 
 from rhmscale.config import RunConfig, member_keys
+from rhmscale.errors import DamagedFile
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, read_field
+from rhmscale.store.reading import read_parquet, read_text
 from rhmscale.sweeps.job import (
     guard_requeue_handler,
     limit_gpu_memory,
@@ -56,12 +58,11 @@ log = logging.getLogger("rhmscale.tuning")
 
 
 def history_of(run_dir: Path) -> list[dict[str, Any]]:
-    store = RunDir(run_dir)
-    if not store.metrics.exists():
+    """The run's evaluations; none when metrics.parquet is missing or damaged."""
+    try:
+        return read_parquet(RunDir(run_dir).metrics).to_dict("records")
+    except (FileNotFoundError, DamagedFile):
         return []
-    import pandas as pd
-
-    return pd.read_parquet(store.metrics).to_dict("records")
 
 
 @dataclass
@@ -272,6 +273,14 @@ class TuneTask(submitit.helpers.Checkpointable):
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
-    import yaml
+    """study.yaml's tree; a damaged one is a UserError saying how to write it again."""
+    from rhmscale.config_io import safe_load
 
-    return yaml.safe_load((folder / "study.yaml").read_text())
+    path = Path(folder) / "study.yaml"
+    try:
+        return safe_load(read_text(path), str(path))
+    except DamagedFile as exc:
+        raise exc.with_remedy(
+            f"move it aside (mv {path} {path}.damaged) and submit the study's spec again with "
+            "the same --root (the trials in journal.log are kept)"
+        ) from None
