@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# dev-cluster.sh - a real single-node SLURM cluster for tests and laptops.
+# dev-cluster.sh - a real SLURM cluster of one or several nodes on this machine, for tests and
+# laptops.
 #
-# munge + MariaDB + slurmdbd + slurmctld + slurmd on this machine, every file of the cluster
-# (config, logs, pid files, spool, database) in one state folder. Runs as root; needs no systemd
-# and no cgroups. See slurm/README.md.
+# munge + MariaDB + slurmdbd + slurmctld + one slurmd per node (slurmd -N NODE, each with its
+# own port, spool, pid and log file) on this machine, every file of the cluster (config, logs,
+# pid files, spool, database) in one state folder. Runs as root; needs no systemd and no
+# cgroups. See slurm/README.md.
 set -euo pipefail
 
 PROG=$(basename "$0")
@@ -12,9 +14,9 @@ usage() {
     cat <<EOF
 Usage: $PROG [OPTIONS] COMMAND
 
-A single-node SLURM cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) for tests and laptops,
-with the machine's GPUs (or declared ones) as GRES. All its state lives in one folder. Must run
-as root.
+A SLURM cluster on this machine (munge, MariaDB, slurmdbd, slurmctld, one slurmd per node) for
+tests and laptops, with the machine's GPUs (or declared ones) as GRES. All its state lives in
+one folder. Must run as root.
 
 Commands:
   install   apt-get install slurm-wlm munge slurmdbd mariadb-server (skipped when installed)
@@ -27,9 +29,16 @@ Commands:
             into DIR, for 'install --from DIR' on a machine without a package registry
   start     write the config and start every daemon that is not running; wait until the node
             is idle (idempotent; also after a machine restart with stale pid files); with
-            --accounting no, stops the slurmdbd and MariaDB it had started
+            --accounting no, stops the slurmdbd and MariaDB it had started; starts again the
+            slurmd of a node that kill-node stopped
   stop      stop the daemons this script started (the state folder is kept)
-  status    show which daemons are up and the sinfo output; exit 0 if the cluster is usable
+  status    show which daemons are up (one slurmd per node) and the sinfo output; exit 0 if
+            the cluster is usable (every node answers)
+  kill-node NODE
+            what a node's power failure does: SIGKILL its slurmd and every process of the
+            jobs on it (their slurmstepd and what they started); slurmctld marks it DOWN
+            after SlurmdTimeout (10 s with --nodes > 1) and requeues its batch jobs. 'start'
+            brings the node back
   env       print the export line, for: eval "\$($PROG env)"
 
 Options:
@@ -41,15 +50,19 @@ Options:
                      asking --gres=shard:1 share one GPU
   --accounting yes|no|auto
                      slurmdbd + MariaDB, for sacct (start; auto: yes when both are installed)
-                     start remembers these three in the state folder; give one to change it
+  --nodes N          compute nodes (start; default 1, at most 16): 1 is 'localhost'; N > 1 are
+                     node1..nodeN, each a slurmd of its own declaring every CPU, sharing out
+                     the memory and the GPUs (GPU i on node i mod N); jobs go to the least
+                     loaded node
+                     start remembers these four in the state folder; give one to change it
   --db-port PORT     MariaDB TCP port on 127.0.0.1 (env RHMSCALE_SLURM_DB_PORT; default 3307)
   --dry-run          install --from: say what would be installed, install nothing
   --timeout SECONDS  how long start waits for each daemon and for the node
                      (env RHMSCALE_SLURM_TIMEOUT; default 60)
   -h, --help         this help
 
-Ports: slurmctld 6817, slurmd 6818, slurmdbd 6819 (the SLURM defaults), so one dev cluster runs
-per machine. Every SLURM command needs SLURM_CONF=<state>/slurm.conf (start and env print it).
+Ports: slurmctld 6817, slurmd 6818, slurmdbd 6819 (the SLURM defaults; with --nodes N > 1 node k's
+slurmd listens on 6819+k), so one dev cluster runs per machine. Every SLURM command needs SLURM_CONF=<state>/slurm.conf (start and env print it).
 EOF
 }
 
@@ -72,7 +85,8 @@ DBD_PORT=6819
 PACKAGES=(slurm-wlm munge slurmdbd mariadb-server)
 # What 'bundle' downloads with its dependencies: a cluster without accounting.
 BUNDLE_PACKAGES=(slurm-wlm munge)
-GPUS_OPT="" SHARDS_OPT="" ACCOUNTING_OPT="" FROM="" BUNDLE_DIR="" DRY_RUN=0
+GPUS_OPT="" SHARDS_OPT="" ACCOUNTING_OPT="" NODES_OPT="" FROM="" BUNDLE_DIR="" KILL_NODE="" DRY_RUN=0
+MAX_NODES=16
 # Daemons are started with this environment only, so nothing of the caller's environment
 # (a virtualenv, SLURM_* variables of an enclosing job, pytest's settings) leaks into them.
 DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -115,23 +129,28 @@ while (($# > 0)); do
             TIMEOUT=${1#--timeout=}
             shift
             ;;
-        --gpus | --shards | --accounting | --from)
+        --gpus | --shards | --accounting | --nodes | --from)
             (($# >= 2)) || die "$1 needs a value"
             case $1 in
                 --gpus) GPUS_OPT=$2 ;;
+                --nodes) NODES_OPT=$2 ;;
                 --shards) SHARDS_OPT=$2 ;;
                 --accounting) ACCOUNTING_OPT=$2 ;;
                 --from) FROM=$2 ;;
             esac
             shift 2
             ;;
-        install | start | stop | status | env | bundle)
+        install | start | stop | status | env | bundle | kill-node)
             [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
             COMMAND=$1
             shift
             if [[ $COMMAND == bundle ]]; then
                 (($# >= 1)) && [[ $1 != -* ]] || die "bundle needs a folder: $PROG bundle DIR"
                 BUNDLE_DIR=$1
+                shift
+            elif [[ $COMMAND == kill-node ]]; then
+                (($# >= 1)) && [[ $1 != -* ]] || die "kill-node needs a node name: $PROG kill-node node2"
+                KILL_NODE=$1
                 shift
             fi
             ;;
@@ -154,6 +173,8 @@ done
     die "--shards must be a number of shards per GPU, got '$SHARDS_OPT'"
 [[ -z $ACCOUNTING_OPT || $ACCOUNTING_OPT =~ ^(yes|no|auto)$ ]] ||
     die "--accounting must be yes, no or auto, got '$ACCOUNTING_OPT'"
+[[ -z $NODES_OPT ]] || { [[ $NODES_OPT =~ ^[0-9]+$ ]] && ((NODES_OPT >= 1 && NODES_OPT <= MAX_NODES)); } ||
+    die "--nodes must be a number of nodes from 1 to $MAX_NODES, got '$NODES_OPT'"
 [[ -z $FROM || $COMMAND == install ]] || die "--from goes with install: $PROG install --from DIR"
 ((DRY_RUN == 0)) || [[ -n $FROM ]] || die "--dry-run goes with install --from: $PROG install --from DIR --dry-run"
 
@@ -168,7 +189,7 @@ DB_SOCKET=$RUN_DIR/mysqld.sock
 DB_PASS_FILE=$STATE/.db-password
 MUNGE_MARK=$RUN_DIR/munged.started # holds munged's pid when this script started munged
 GRES_CONF=$STATE/gres.conf
-SETTINGS=$STATE/settings # gpus=, shards=, accounting= as 'start' last chose them
+SETTINGS=$STATE/settings # gpus=, shards=, accounting=, nodes= as 'start' last chose them
 
 export SLURM_CONF=$CONF
 
@@ -408,9 +429,9 @@ install_from() {
 
 # ---------------------------------------------------------------- configuration
 
-# Resolved by load_settings: the node's GPUs, shards per GPU, accounting (yes/no), and whether
-# the GPUs are this machine's devices (1) or declared only (0).
-GPUS=0 SHARDS=4 ACCOUNTING=yes GPU_DEVICES=0
+# Resolved by load_settings: the GPUs, shards per GPU, accounting (yes/no), whether the GPUs are
+# this machine's devices (1) or declared only (0), and the number of nodes.
+GPUS=0 SHARDS=4 ACCOUNTING=yes GPU_DEVICES=0 NODES=1
 
 detected_gpus() {
     command -v nvidia-smi >/dev/null 2>&1 || {
@@ -422,20 +443,23 @@ detected_gpus() {
 
 # load_settings: options given now, else what the last 'start' chose, else the defaults.
 load_settings() {
-    local gpus=auto shards=4 accounting=auto key value
+    local gpus=auto shards=4 accounting=auto nodes=1 key value
     if [[ -r $SETTINGS ]]; then
         while IFS='=' read -r key value; do
             case $key in
                 gpus) gpus=$value ;;
                 shards) shards=$value ;;
                 accounting) accounting=$value ;;
+                nodes) [[ $value =~ ^[0-9]+$ ]] && ((value >= 1 && value <= MAX_NODES)) && nodes=$value ;;
             esac
         done <"$SETTINGS"
     fi
     gpus=${GPUS_OPT:-$gpus}
     shards=${SHARDS_OPT:-$shards}
     accounting=${ACCOUNTING_OPT:-$accounting}
-    SAVED_SETTINGS=$(printf 'gpus=%s\nshards=%s\naccounting=%s' "$gpus" "$shards" "$accounting")
+    nodes=${NODES_OPT:-$nodes}
+    NODES=$nodes
+    SAVED_SETTINGS=$(printf 'gpus=%s\nshards=%s\naccounting=%s\nnodes=%s' "$gpus" "$shards" "$accounting" "$nodes")
     local detected
     detected=$(detected_gpus)
     if [[ $gpus == auto ]]; then
@@ -466,7 +490,65 @@ gres_summary() {
         what="$GPUS GPU(s)$( ((GPU_DEVICES)) || echo ' declared, no devices')"
         ((SHARDS == 0)) || what+=", $SHARDS shards each"
     fi
-    echo "$what, accounting $ACCOUNTING"
+    echo "$(node_count_text), $what, accounting $ACCOUNTING"
+}
+
+node_count_text() {
+    if ((NODES == 1)); then echo "1 node"; else echo "$NODES nodes"; fi
+}
+
+# ---------------------------------------------------------------- nodes
+# One node is today's single-node cluster: 'localhost', slurmd on SLURMD_PORT, files without a
+# node name. N > 1 nodes are node1..nodeN on this machine (NodeHostname=localhost), slurmd k
+# on port 6819+k, its pid, log and spool files named by slurm.conf's %n (the node's name).
+
+node_names() {
+    local k
+    if ((NODES == 1)); then
+        echo localhost
+        return
+    fi
+    for ((k = 1; k <= NODES; k++)); do echo "node$k"; done
+}
+
+node_port() { # node_port K (1-based)
+    if ((NODES == 1)); then echo "$SLURMD_PORT"; else echo $((DBD_PORT + $1)); fi
+}
+
+# node_file PATTERN NODE: a per-node file name of slurm.conf (its %n replaced by NODE)
+node_file() {
+    echo "${1//%n/$2}"
+}
+
+slurmd_pid_pattern() {
+    if ((NODES == 1)); then echo "$RUN_DIR/slurmd.pid"; else echo "$RUN_DIR/slurmd-%n.pid"; fi
+}
+
+slurmd_log_pattern() {
+    if ((NODES == 1)); then echo "$LOG_DIR/slurmd.log"; else echo "$LOG_DIR/slurmd-%n.log"; fi
+}
+
+slurmd_spool_pattern() {
+    if ((NODES == 1)); then echo "$STATE/spool/slurmd"; else echo "$STATE/spool/slurmd-%n"; fi
+}
+
+slurmd_pidfile() { node_file "$(slurmd_pid_pattern)" "$1"; }
+slurmd_logfile() { node_file "$(slurmd_log_pattern)" "$1"; }
+
+# Every slurmd pid file in the state folder, also those of nodes an earlier start had (a
+# cluster started with more nodes, or with one): stop and restart take them all.
+all_slurmd_pidfiles() {
+    compgen -G "$RUN_DIR/slurmd.pid" || true
+    compgen -G "$RUN_DIR/slurmd-*.pid" || true
+}
+
+# node_gpu_indices K: the GPUs of node K (1-based): GPU i goes to node (i mod N) + 1.
+node_gpu_indices() {
+    local i
+    for ((i = 0; i < GPUS; i++)); do
+        if (((i % NODES) + 1 == $1)); then echo "$i"; fi
+    done
+    return 0
 }
 
 gres_types_line() {
@@ -474,10 +556,12 @@ gres_types_line() {
     if ((SHARDS == 0)); then echo "GresTypes=gpu"; else echo "GresTypes=gpu,shard"; fi
 }
 
-node_gres() {
-    ((GPUS > 0)) || return 0
-    local gres="gpu:$GPUS"
-    ((SHARDS == 0)) || gres+=",shard:$((GPUS * SHARDS))"
+node_gres() { # node_gres K: node K's Gres=, if it has GPUs
+    local n
+    n=$(node_gpu_indices "$1" | wc -l)
+    ((n > 0)) || return 0
+    local gres="gpu:$n"
+    ((SHARDS == 0)) || gres+=",shard:$((n * SHARDS))"
     printf ' Gres=%s' "$gres"
 }
 
@@ -486,17 +570,19 @@ node_gres() {
 # get placeholder device nodes in the state folder (fake_gpu_files), so scheduling, shards and
 # CUDA_VISIBLE_DEVICES behave as with real devices (there is no device to isolate).
 gres_conf_text() {
-    local i file
+    local i file node="" names
     echo "# Written by slurm/dev-cluster.sh; regenerated by every 'start'."
     if ((GPUS == 0)); then
         echo "# No GPUs (--gpus 0, or none detected)."
         return
     fi
     ((GPU_DEVICES)) || echo "# Declared GPUs: placeholder device nodes (this machine has no GPU)."
+    mapfile -t names < <(node_names)
     for ((i = 0; i < GPUS; i++)); do
         file=$(gpu_file "$i")
-        echo "Name=gpu File=$file"
-        ((SHARDS == 0)) || echo "Name=shard Count=$SHARDS File=$file"
+        ((NODES == 1)) || node="NodeName=${names[i % NODES]} "
+        echo "${node}Name=gpu File=$file"
+        ((SHARDS == 0)) || echo "${node}Name=shard Count=$SHARDS File=$file"
     done
 }
 
@@ -528,11 +614,12 @@ real_memory_mb() {
         mem=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
     fi
     # Leave 5% (at least 256 MB) below what slurmd measures, or the node is drained
-    # ("Low RealMemory") when the kernel reports a little less after a restart.
+    # ("Low RealMemory") when the kernel reports a little less after a restart. Nodes share
+    # the machine's memory out.
     local margin=$((mem / 20))
     ((margin >= 256)) || margin=256
     ((mem > margin)) || die "cannot determine the memory of this machine"
-    echo $((mem - margin))
+    echo $(((mem - margin) / NODES))
 }
 
 slurm_conf_text() {
@@ -550,11 +637,11 @@ CredType=cred/munge
 # may run again, so checkpoint/requeue comes back in seconds instead of two minutes.
 AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/spool/slurmctld
-SlurmdSpoolDir=$STATE/spool/slurmd
+SlurmdSpoolDir=$(slurmd_spool_pattern)
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$(slurmd_pid_pattern)
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$(slurmd_log_pattern)
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -577,9 +664,42 @@ KillWait=5
 InactiveLimit=0
 Waittime=0
 MailProg=/bin/true
-NodeName=localhost CPUs=$(nproc) RealMemory=$(real_memory_mb)$(node_gres) State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+$(node_timeouts)
+$(node_lines)
+PartitionName=debug Nodes=$(node_names | paste -sd,) Default=YES MaxTime=INFINITE State=UP$(partition_spread)
 EOF
+}
+
+# Several nodes: a node whose slurmd stops answering (kill-node) is DOWN within SlurmdTimeout
+# (slurmctld pings every third of it) and its batch jobs are requeued: seconds, not the default
+# 5 minutes. (One node keeps SLURM's defaults: losing it loses the cluster anyway.)
+node_timeouts() {
+    if ((NODES == 1)); then
+        echo "# One node: SLURM's default SlurmdTimeout (300 s)."
+    else
+        echo "SlurmdTimeout=10"
+    fi
+}
+
+# Every node declares all the machine's CPUs (they share one kernel's), so N nodes offer N times
+# the CPU slots: array_parallelism bounds what runs at once. LLN (least loaded node) places a job
+# on the node with the most idle CPUs, so an array's tasks spread over the nodes as on a busy
+# cluster, instead of filling node1 first.
+partition_spread() {
+    ((NODES == 1)) || printf ' LLN=YES'
+}
+
+node_lines() {
+    local k=0 name mem
+    mem=$(real_memory_mb)
+    while read -r name; do
+        k=$((k + 1))
+        if ((NODES == 1)); then
+            echo "NodeName=$name CPUs=$(nproc) RealMemory=$mem$(node_gres 1) State=UNKNOWN"
+        else
+            echo "NodeName=$name NodeHostname=localhost NodeAddr=127.0.0.1 Port=$(node_port "$k") CPUs=$(nproc) RealMemory=$mem$(node_gres "$k") State=UNKNOWN"
+        fi
+    done < <(node_names)
 }
 
 accounting_lines() {
@@ -642,7 +762,11 @@ write_file() {
 
 write_config() {
     install -d -m 755 "$STATE" "$LOG_DIR" "$RUN_DIR" "$STATE/spool"
-    install -d -m 700 "$STATE/spool/slurmctld" "$STATE/spool/slurmd"
+    install -d -m 700 "$STATE/spool/slurmctld"
+    local node
+    while read -r node; do
+        install -d -m 700 "$(node_file "$(slurmd_spool_pattern)" "$node")"
+    done < <(node_names)
     if [[ ! -s $DB_PASS_FILE ]]; then
         (
             umask 077
@@ -804,43 +928,134 @@ ctld_ping() {
     scontrol ping 2>/dev/null | grep -q 'is UP'
 }
 
+# start_slurmd NODE K: node K's slurmd (K 1-based), unless it runs.
 start_slurmd() {
-    if pid_alive "$RUN_DIR/slurmd.pid" slurmd; then
+    local node=$1 k=$2 pidfile logfile out
+    pidfile=$(slurmd_pidfile "$node")
+    logfile=$(slurmd_logfile "$node")
+    if pid_alive "$pidfile" slurmd; then
         return 0
     fi
-    check_port_free "$SLURMD_PORT" slurmd
-    rm -f "$RUN_DIR/slurmd.pid"
-    log "starting slurmd"
-    run_daemon "$LOG_DIR/slurmd.out" slurmd -N localhost || {
-        log_tail "$LOG_DIR/slurmd.log"
-        die "slurmd did not start: $(grep -a -h -E 'error|fatal' "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.out" 2>/dev/null | tail -n 1)"
+    check_port_free "$(node_port "$k")" "slurmd of $node"
+    rm -f "$pidfile"
+    log "starting slurmd ($node)"
+    out=$LOG_DIR/slurmd.out
+    ((NODES == 1)) || out=$LOG_DIR/slurmd-$node.out
+    run_daemon "$out" slurmd -N "$node" || {
+        log_tail "$logfile"
+        die "slurmd ($node) did not start: $(grep -a -h -E 'error|fatal' "$logfile" "$out" 2>/dev/null | tail -n 1)"
     }
 }
 
-node_state() {
-    sinfo -h -N -n localhost -o %T 2>/dev/null | head -n 1
+start_slurmds() {
+    local node k=0
+    while read -r node; do
+        k=$((k + 1))
+        start_slurmd "$node" "$k"
+    done < <(node_names)
 }
 
-# A node that answers: idle, or busy with jobs left over from before a stop.
+# node_states: 'NODE STATE' a line for every node of this configuration (sinfo's words: idle,
+# mixed, down* ...).
+node_states() {
+    sinfo -h -N -n "$(node_names | paste -sd,)" -o '%N %T' 2>/dev/null
+}
+
+node_state() { # the nodes' states, one word each, for messages
+    node_states | awk '{printf "%s%s=%s", (NR > 1 ? " " : ""), $1, $2}'
+}
+
+# Every node answers: idle, or busy with jobs left over from before a stop.
 node_usable() {
-    local st
-    st=$(node_state) || return 1
-    [[ $st =~ ^(idle|mixed|allocated|completing)$ ]]
+    local states n
+    states=$(node_states) || return 1
+    n=$(grep -cE ' (idle|mixed|allocated|completing)$' <<<"$states" || true)
+    ((n == NODES))
 }
 
 wait_node() {
-    local deadline=$((SECONDS + TIMEOUT)) st=""
+    local deadline=$((SECONDS + TIMEOUT)) st="" node
     until node_usable; do
         st=$(node_state || true)
-        if [[ $st =~ ^(drained|draining|drain) ]] || ((SECONDS >= deadline)); then
-            log "the node is '${st:-unknown}', not idle (after $((SECONDS - deadline + TIMEOUT))s)"
+        if [[ $st =~ =(drained|draining|drain) ]] || ((SECONDS >= deadline)); then
+            log "not every node is idle: '${st:-unknown}' (after $((SECONDS - deadline + TIMEOUT))s)"
             sinfo -R >&2 2>/dev/null || true
-            log_tail "$LOG_DIR/slurmd.log"
+            while read -r node; do log_tail "$(slurmd_logfile "$node")"; done < <(node_names)
             log_tail "$LOG_DIR/slurmctld.log"
-            die "the node did not become idle"
+            die "the nodes did not become idle"
         fi
         sleep 0.2
     done
+}
+
+slurmds_up() {
+    local node
+    while read -r node; do
+        pid_alive "$(slurmd_pidfile "$node")" slurmd || return 1
+    done < <(node_names)
+}
+
+# signal_slurmds: SIGTERM every slurmd of the state folder (also those of nodes that an earlier
+# start had); prints their pids.
+signal_slurmds() {
+    local pidfile
+    while read -r pidfile; do
+        [[ -n $pidfile ]] && signal_pid "$pidfile" slurmd || true
+    done < <(all_slurmd_pidfiles)
+}
+
+# kill-node NODE: the node's power fails. Its slurmd and the processes of every job step on it
+# (the slurmstepd and all below it: the batch script, python, its helpers) are SIGKILLed at
+# once, so that nothing of them writes or holds a lock afterwards; the steps are found by the
+# sockets slurmstepd keeps in the node's own spool folder (no slurmctld needed).
+cmd_kill_node() {
+    require_root
+    local node=$KILL_NODE pidfile spool sock job jobs=() pids=() pid
+    # (grep -q ends at the first match: reading from a pipe, pipefail would count its SIGPIPE)
+    grep -qx -- "$node" < <(node_names) ||
+        die "no node '$node' in this cluster (nodes: $(node_names | paste -sd' '))"
+    ((NODES > 1)) || die "kill-node needs a cluster of several nodes (start --nodes N)"
+    pidfile=$(slurmd_pidfile "$node")
+    pid_alive "$pidfile" slurmd && pids+=("$(pid_of "$pidfile")")
+    spool=$(node_file "$(slurmd_spool_pattern)" "$node")
+    for sock in "$spool/${node}_"*; do
+        [[ -S $sock ]] || continue
+        job=${sock##*/"${node}"_}
+        jobs+=("${job%%.*}")
+    done
+    mapfile -t jobs < <(printf '%s\n' "${jobs[@]}" | grep . | sort -u)
+    for job in "${jobs[@]}"; do
+        while read -r pid; do pids+=("$pid"); done < <(job_processes "$job")
+    done
+    ((${#pids[@]} > 0)) || die "nothing of $node runs (its slurmd is down already)"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    # What the dead steps leave in the node's spool (their sockets, the job's folder with its
+    # batch script) goes too, as from a node that boots afresh: else the slurmd started again
+    # refuses to launch the requeued job there ("slurm_script: File exists") and SLURM holds it.
+    for job in "${jobs[@]}"; do
+        rm -rf "$spool/${node}_$job".* "$spool/job$(printf "%05d" "$job")" "$spool/hwloc_topo_$job".*
+    done
+    rm -f "$pidfile"
+    log "killed $node: its slurmd and ${#pids[@]} process(es) of ${#jobs[@]} job(s) (${jobs[*]}); slurmctld marks it DOWN within SlurmdTimeout and requeues its batch jobs; '$PROG start' brings it back"
+}
+
+# job_processes JOBID: the pids of the job's slurmstepd processes (its steps: extern, batch)
+# and of all their descendants.
+job_processes() {
+    local top
+    top=$(pgrep -f "^slurmstepd: \[$1\." || true)
+    [[ -n $top ]] || return 0
+    ps -e -o pid=,ppid= | awk -v tops="$top" '
+        BEGIN { n = split(tops, t, "\n"); for (i = 1; i <= n; i++) keep[t[i]] = 1 }
+        { parent[$1] = $2 }
+        END {
+            changed = 1
+            while (changed) {
+                changed = 0
+                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 }
+            }
+            for (p in keep) print p
+        }'
 }
 
 accounting_up() {
@@ -851,7 +1066,7 @@ accounting_up() {
 all_up() {
     munge_ok && accounting_up &&
         pid_alive "$RUN_DIR/slurmctld.pid" slurmctld &&
-        pid_alive "$RUN_DIR/slurmd.pid" slurmd
+        slurmds_up
 }
 
 # restart_slurm: a changed slurm.conf or gres.conf (say other --gpus) takes effect only when
@@ -859,7 +1074,7 @@ all_up() {
 restart_slurm() {
     local pids=() pid
     log "the configuration changed: restarting slurmctld and slurmd"
-    pid=$(signal_pid "$RUN_DIR/slurmd.pid" slurmd) && pids+=("$pid")
+    while read -r pid; do [[ -n $pid ]] && pids+=("$pid"); done < <(signal_slurmds)
     pid=$(signal_pid "$RUN_DIR/slurmctld.pid" slurmctld) && pids+=("$pid")
     ((${#pids[@]} == 0)) || wait_gone "slurmd/slurmctld" "${pids[@]}"
 }
@@ -938,7 +1153,7 @@ cmd_start() {
     # A changed configuration (other --gpus, accounting turned on ...) is read only by a new
     # slurmctld and slurmd: stop running ones first, also when another daemon is down (turning
     # accounting on, slurmdbd is: the old slurmctld would go on without it).
-    if ((CONFIG_CHANGED)) && { pid_alive "$RUN_DIR/slurmctld.pid" slurmctld || pid_alive "$RUN_DIR/slurmd.pid" slurmd; }; then
+    if ((CONFIG_CHANGED)) && { pid_alive "$RUN_DIR/slurmctld.pid" slurmctld || [[ -n $(all_slurmd_pidfiles) ]]; }; then
         restart_slurm
     fi
     start_munge
@@ -951,10 +1166,10 @@ cmd_start() {
     start_slurmctld
     wait_for "slurmctld" "$LOG_DIR/slurmctld.log" ctld_ping
     [[ $ACCOUNTING == yes ]] || stop_accounting
-    start_slurmd
+    start_slurmds
     wait_node
     cancel_ghost_jobs "$since"
-    log "cluster up in $((SECONDS - t0))s (state $STATE; $(gres_summary)); node: $(node_state)"
+    log "cluster up in $((SECONDS - t0))s (state $STATE; $(gres_summary)); $(node_state)"
     export_line
 }
 
@@ -963,10 +1178,13 @@ cmd_stop() {
     local stopped=() pids=() pid
     # slurmd and slurmctld together (slurmctld saves its state and flushes to slurmdbd), then
     # slurmdbd, then the database, then munged.
-    if pid=$(signal_pid "$RUN_DIR/slurmd.pid" slurmd); then
+    local slurmds=0
+    while read -r pid; do
+        [[ -n $pid ]] || continue
         pids+=("$pid")
-        stopped+=(slurmd)
-    fi
+        slurmds=$((slurmds + 1))
+    done < <(signal_slurmds)
+    ((slurmds == 0)) || stopped+=("slurmd$( ((slurmds == 1)) || echo " (x$slurmds)")")
     if pid=$(signal_pid "$RUN_DIR/slurmctld.pid" slurmctld); then
         pids+=("$pid")
         stopped+=(slurmctld)
@@ -992,7 +1210,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local ok=0 line
+    local ok=0 line node
     updown() {
         if "$@"; then echo up; else
             echo down
@@ -1013,7 +1231,9 @@ cmd_status() {
         printf '  %-10s %s\n' accounting "off (no sacct)"
     fi
     printf '  %-10s %s\n' slurmctld "$(updown pid_alive "$RUN_DIR/slurmctld.pid" slurmctld)"
-    printf '  %-10s %s\n' slurmd "$(updown pid_alive "$RUN_DIR/slurmd.pid" slurmd)"
+    while read -r node; do
+        printf '  %-10s %s\n' "slurmd" "$(updown pid_alive "$(slurmd_pidfile "$node")" slurmd)$( ((NODES == 1)) || echo " ($node)")"
+    done < <(node_names)
     # updown runs in a subshell; recompute the verdict here.
     all_up 2>/dev/null || ok=1
     if [[ -f $CONF ]] && command -v sinfo >/dev/null 2>&1 && pid_alive "$RUN_DIR/slurmctld.pid" slurmctld; then
@@ -1042,5 +1262,9 @@ case $COMMAND in
         cmd_status
         ;;
     env) export_line ;;
+    kill-node)
+        load_settings
+        cmd_kill_node
+        ;;
     *) die "unknown command '$COMMAND'" ;;
 esac

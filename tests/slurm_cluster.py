@@ -4,10 +4,11 @@ Import the session fixture in tests/conftest.py::
 
     from tests.slurm_cluster import slurm_cluster  # noqa: F401
 
-A test that takes ``slurm_cluster`` gets the environment of a running single-node cluster
-(``SLURM_CONF`` is also set in ``os.environ`` for the whole session) that runs with
-:data:`TEST_SETTINGS`: one declared GPU of 4 shards (tests/test_sweep_slurm_gpu.py) and
-accounting (sacct). The first such test of a session starts the cluster, or restarts it through
+A test that takes ``slurm_cluster`` gets the environment of a running cluster (``SLURM_CONF``
+is also set in ``os.environ`` for the whole session) that runs with :data:`TEST_SETTINGS`:
+three nodes (tests/test_slurm_nodes.py: arrays spread over nodes, a node lost, a node
+drained), one declared GPU of 4 shards on node1 (tests/test_sweep_slurm_gpu.py) and accounting
+(sacct). The first such test of a session starts the cluster, or restarts it through
 ``slurm/dev-cluster.sh start`` when it runs with other settings; at the end of the session the
 cluster is put back as it was (stopped again, or restarted with the user's settings), and the
 test summary says what was done (:data:`SESSION_NOTES`). Without SLURM, or when the cluster
@@ -48,10 +49,13 @@ STATUS_TIMEOUT_S = 60
 START_TIMEOUT_S = 300
 _DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
 
-# What the SLURM tests need of the dev cluster, as options of `dev-cluster.sh start`.
-TEST_SETTINGS = {"gpus": "1", "shards": "4", "accounting": "yes"}
+# What the SLURM tests need of the dev cluster, as options of `dev-cluster.sh start`. Three
+# nodes, not two: a lost node's tasks go to the others (plural), a drained node is one of
+# several; every node declares the machine's CPUs, so tests bound what runs at once with
+# array_parallelism as before (CI's 2 cores run no more tasks at once than with one node).
+TEST_SETTINGS = {"gpus": "1", "shards": "4", "accounting": "yes", "nodes": "3"}
 # dev-cluster.sh's defaults, for a settings file without a key.
-_DEFAULT_SETTINGS = {"gpus": "auto", "shards": "4", "accounting": "auto"}
+_DEFAULT_SETTINGS = {"gpus": "auto", "shards": "4", "accounting": "auto", "nodes": "1"}
 # In the state folder: held shared by every session using the cluster; what to put back.
 _USERS_LOCK = ".pytest-users.lock"
 _SAVED = ".pytest-saved.json"
@@ -124,9 +128,7 @@ def _parse_settings(text: str | None) -> dict[str, str]:
 
 
 def _options(settings: dict[str, str]) -> list[str]:
-    return [
-        word for key in ("gpus", "shards", "accounting") for word in (f"--{key}", settings[key])
-    ]
+    return [word for key in _DEFAULT_SETTINGS for word in (f"--{key}", settings[key])]
 
 
 def _usable() -> bool:

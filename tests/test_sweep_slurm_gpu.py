@@ -1,6 +1,6 @@
-"""GPU sweeps on the real dev SLURM cluster, whose node declares GPUs (slurm/dev-cluster.sh
-start --gpus 1: one GPU of 4 shards, a placeholder device node; the test session restarts the
-cluster so when it runs otherwise: tests/slurm_cluster.py). The runs train
+"""GPU sweeps on the real dev SLURM cluster, whose first node declares GPUs (slurm/dev-cluster.sh
+start --gpus 1: one GPU of 4 shards on node1, a placeholder device node; the test session
+restarts the cluster so when it runs otherwise: tests/slurm_cluster.py). The runs train
 on the CPU, but SLURM schedules, limits and binds them as GPU jobs: what is checked here is the
 sbatch request, the scheduling it gets and the CUDA_VISIBLE_DEVICES each task sees.
 """
@@ -30,8 +30,8 @@ LONGER = BASE | {"train": BASE["train"] | {"max_steps": 300, "checkpoint_every":
 
 @pytest.fixture(scope="module")
 def shards_per_gpu(slurm_cluster) -> int:
-    """The dev node's shards per GPU; the node must declare exactly one GPU."""
-    (gres,) = partition_gres("debug") or [{}]
+    """The dev node's shards per GPU; one node must declare exactly one GPU (the others none)."""
+    (gres,) = [kind for kind in partition_gres("debug") or [] if kind] or [{}]
     if gres.get("gpu") != 1 or not gres.get("shard"):
         pytest.fail(
             f"the dev cluster's node has {gres or 'no GRES'}, these tests need one GPU with "

@@ -388,7 +388,9 @@ def test_a_submission_refuses_to_guess_when_squeue_cannot_answer(tmp_path, monke
     monkeypatch.setenv("PATH", str(tmp_path))  # no squeue
     with pytest.raises(UserError, match="squeue"):
         prepare(s, tmp_path)
-    assert sweep_status(tmp_path / "t", s).counts == {"pending": 2}  # status still answers
+    status = sweep_status(tmp_path / "t", s)  # status still answers, and says what it lacks
+    assert status.counts == {"unknown": 1, "pending": 1}  # the submitted run may be queued
+    assert status.notes[0].startswith("SLURM did not answer (squeue is not on PATH)")
 
 
 def test_executor_compile_is_an_error_that_says_where_compile_went(tmp_path):

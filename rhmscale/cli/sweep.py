@@ -235,6 +235,8 @@ def sweep_status(
 def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) -> None:
     import json
 
+    from rich.markup import escape
+
     from rhmscale.cli.tables import runs_table, status_table
     from rhmscale.store.folders import SweepDir
     from rhmscale.sweeps.status import sweep_status
@@ -245,11 +247,15 @@ def print_status(path: Path, json_out: bool, failures: int, runs: bool = False) 
         return
     console = make_console()
     console.print(status_table(status))
+    for note in status.notes:  # SLURM did not answer, a node lost or draining
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if runs:
         console.print(runs_table(status))
         for run in [r for r in status.runs if r.holder]:
             values = ", ".join(f"{k}={v}" for k, v in run.values.items())
-            console.print(f"running {run.run_id} ({values}): {held_for(run.holder)}", markup=False)
+            where = f" on {run.node}" if run.node else ""
+            line = f"running {run.run_id}{where} ({values}): {held_for(run.holder)}"
+            console.print(line, markup=False)
     failed = [r for r in status.runs if r.state in ("failed", "diverged", "corrupt") or r.message]
     for run in failed[:failures]:
         values = ", ".join(f"{k}={v}" for k, v in run.values.items())

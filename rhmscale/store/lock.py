@@ -85,11 +85,29 @@ def try_lock(path: Path) -> Held | str:
 
 
 def holder_line(what: str = "") -> str:
-    """'host pid N [job J] [what] since T': who holds a lock, and since when."""
+    """'host pid N [job J] [node X] [what] since T': who holds a lock, and since when; the node
+    is SLURM's name of it, inside a SLURM job."""
     since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    job = job_id()
+    job, node = job_id(), os.environ.get("SLURMD_NODENAME")
     parts = [socket.gethostname(), "pid", str(os.getpid())] + ["job", job] * bool(job)
+    parts += ["node", node] * bool(node)
     return " ".join([*parts, *[what] * bool(what), "since", since]) + "\n"
+
+
+def holder_field(line: str | None, key: str) -> str | None:
+    """The job ("job") or SLURM node ("node") named in a holder line (holder_line); None if it
+    names none."""
+    words = (line or "").split()
+    for i, word in enumerate(words[3:-1], start=3):
+        if word == key:
+            return words[i + 1]
+    return None
+
+
+def node_name() -> str:
+    """Where this process runs: SLURM's name of its node inside a job (the nodes of a test
+    cluster share one host name; on most clusters the two agree), else the host's name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def job_id() -> str | None:

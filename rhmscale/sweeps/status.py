@@ -1,4 +1,5 @@
-"""State of a sweep's runs, from the run directories plus ONE `squeue` call (queue.py).
+"""State of a sweep's runs, from the run directories plus ONE `squeue` call (queue.py), and one
+`sinfo` call when tasks run: whether their nodes answer.
 
 Per run, in order of precedence:
   done         result.json exists
@@ -7,9 +8,15 @@ Per run, in order of precedence:
   queued       that task is PENDING / REQUEUED / ... in squeue
   cancelled    its latest submission's task was cancelled by `sweep cancel`
   interrupted  a checkpoint exists but the run is neither done nor active
+  unknown      its latest task is SLURM's and SLURM did not answer (squeue failed: slurmctld
+               down, say): it may be running, queued or interrupted; the status's notes say why
   pending      never ran (not yet submitted, or its task ended before the run started); one
                whose task ended without the run recording an outcome (a full disk, a worker
                that died at start) says so, and `sweep retry` resubmits it ("unrecorded")
+
+The notes also name a node that runs the sweep's tasks and is lost (not responding, down: SLURM
+requeues its tasks once it marks it DOWN, and their runs resume from their checkpoints) or
+draining (it takes no new task).
 
 Runs are counted per cell: the run's science keys (config.cell_of), so runs of one cell
 differ only in data.P and seeds.
@@ -26,10 +33,17 @@ from typing import Any
 from rhmscale.config import SCIENCE, cell_of, key_roles
 from rhmscale.errors import DamagedFile, UserError
 from rhmscale.store.folders import RunDir, SweepDir
-from rhmscale.store.lock import holder
+from rhmscale.store.lock import holder, holder_field
 from rhmscale.store.reading import read_object, read_tail, read_text
 from rhmscale.sweeps.grid import Expansion, base_tree, expand_points
-from rhmscale.sweeps.queue import active_states, latest_jobs, pid_alive
+from rhmscale.sweeps.queue import (
+    RUNNING,
+    Activity,
+    activity,
+    latest_jobs,
+    node_troubles,
+    pid_alive,
+)
 from rhmscale.sweeps.spec import SweepSpec, parse_spec
 
 STATES = (
@@ -41,6 +55,7 @@ STATES = (
     "corrupt",
     "cancelled",
     "interrupted",
+    "unknown",
     "pending",
 )
 # The grammar's keys: always shown for a cell, under their short names.
@@ -82,6 +97,7 @@ class RunStatus:
     message: str | None = None  # failed: the error; else None
     size: int = 0  # data.P
     holder: str | None = None  # running: which worker trains it, since when (the run's lock)
+    node: str | None = None  # running: the SLURM node of the worker that trains it
 
     @property
     def submit_state(self) -> str:
@@ -122,6 +138,7 @@ class SweepStatus:
     runs: list[RunStatus]
     n_grid_points: int  # before identical points were collapsed
     counts: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # SLURM did not answer; a node lost ...
 
     def cells(self) -> list[CellStatus]:
         """The cells, ordered by v, m, s, L and then by the other keys that vary."""
@@ -166,12 +183,14 @@ class SweepStatus:
             "path": str(self.path),
             "n_runs": len(self.runs),
             "counts": {s: self.counts.get(s, 0) for s in STATES},
+            "notes": self.notes,
             "cells": {self.cell_label(c.cell, varying): dict(c.counts) for c in self.cells()},
             "runs": [
                 {
                     "run_id": r.run_id,
                     "state": r.state,
                     "job_id": r.job_id,
+                    **({"node": r.node} if r.node else {}),
                     **({"held_by": r.holder} if r.holder else {}),
                     "values": r.values,
                     **({"message": r.message} if r.message else {}),
@@ -205,7 +224,9 @@ def status_of(
 ) -> SweepStatus:
     """The state of each point of an expanded spec. strict: raise when squeue cannot answer."""
     latest, cancelled = latest_jobs(sweep.read_job_lines())
-    active = active_states(latest, strict) if query_queue else {}
+    alive = activity(latest, strict) if query_queue else None
+    active = alive.states if alive else {}
+    unanswered = alive.error if alive else None
     files = sweep.run_states([p.run_id for p in expansion.points])
     # Every point starts from the same base, so its grid values other than seeds, size and
     # bookkeeping decide its cell: cell_of runs once per cell, not once per run (sweeps have
@@ -224,7 +245,11 @@ def status_of(
             if rid in active and not (state == "failed" and active[rid] == "running"):
                 # A live worker holds the run: running if it trains it (its folder's lock),
                 # else queued for it.
-                holder = training_holder(sweep.run_dir(rid)) if active[rid] == "running" else None
+                holder = (
+                    training_holder(sweep.run_dir(rid), alive)
+                    if alive and active[rid] == "running"
+                    else None
+                )
                 # Taken and set up ahead, its lock not yet marked "training": still waiting.
                 state = "running" if holder and " training since " in holder else "queued"
             elif state in ("failed", "diverged"):
@@ -233,6 +258,8 @@ def status_of(
                 message = sweep.run_dir(rid).damage()
             elif job and (job.job_id in cancelled or job.array_id in cancelled):
                 state = "cancelled"
+            elif unanswered and job and job.kind == "slurm" and state in ("interrupted", "pending"):
+                state = "unknown"  # SLURM may still run or queue it: not interrupted for that
             elif state == "pending" and job and query_queue:
                 message = unrecorded_message(sweep, rid, job.job_id)
         grid = tuple((k, repr(v)) for k, v in point.values.items() if k not in other)
@@ -244,11 +271,37 @@ def status_of(
             RunStatus(
                 rid, state, cell, point.values, job_id, message, point.config.data.P,
                 holder if state == "running" else None,
+                holder_field(holder, "node") if state == "running" else None,
             )
         )  # fmt: skip
+    notes = [] if alive is None else slurm_notes(alive.error, alive.nodes, runs)
     return SweepStatus(
-        name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs)
+        name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs), notes
     )
+
+
+def slurm_notes(error: str | None, task_nodes: dict[str, str], runs: list[RunStatus]) -> list[str]:
+    """What SLURM's side adds to the runs' states: that it did not answer (and so which runs
+    are unknown), and the nodes of the sweep's running tasks that are lost or draining."""
+    notes = []
+    if error:
+        unknown = sum(run.state == "unknown" for run in runs)
+        notes.append(
+            f"SLURM did not answer ({error}): {unknown} run(s) whose task may still be queued "
+            "or running are shown as unknown, not interrupted; ask again when SLURM answers "
+            "(sinfo), and do not retry them before"
+        )
+    for node, trouble in sorted(node_troubles(set(task_nodes.values())).items()):
+        tasks = ", ".join(sorted(task for task, where in task_nodes.items() if where == node))
+        if trouble.startswith("lost: "):
+            notes.append(
+                f"node {node} is lost ({trouble.removeprefix('lost: ')}): SLURM requeues its "
+                f"task(s) {tasks} once it marks the node DOWN, and their runs resume from their "
+                "checkpoints on other nodes"
+            )
+        else:
+            notes.append(f"node {node} is {trouble}: it takes no new task; {tasks} run on")
+    return notes
 
 
 def unrecorded_message(sweep: SweepDir, run_id: str, job_id: str) -> str:
@@ -261,14 +314,21 @@ def unrecorded_message(sweep: SweepDir, run_id: str, job_id: str) -> str:
     )
 
 
-def training_holder(store: RunDir) -> str | None:
-    """The lock holder's line ("host pid N job J since T") of a run being trained; None when
-    nobody holds it, or when the line is a dead process's of this host."""
+def training_holder(store: RunDir, alive: Activity) -> str | None:
+    """The lock holder's line ("host pid N job J node X since T") of a run being trained; None
+    when nobody holds it, or when the line is left by a dead process: one of this host, or one
+    whose SLURM task no longer runs where it did (its node was lost and SLURM requeued it: a
+    process on another host cannot be asked)."""
     line = holder(store.lock_file)
     if not line:
         return None
     host, _, pid = line.split()[:3]
     if host == socket.gethostname() and not pid_alive(pid):
+        return None
+    job, node = holder_field(line, "job"), holder_field(line, "node")
+    if job in alive.tasks and (
+        alive.tasks[job] not in RUNNING or (node and alive.nodes.get(job) not in (None, node))
+    ):
         return None
     return line
 

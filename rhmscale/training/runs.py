@@ -28,7 +28,7 @@ from rhmscale.config import RunConfig
 from rhmscale.store import wandb_mirror
 from rhmscale.store.atomic import atomic_write_json, atomic_write_text
 from rhmscale.store.folders import RunDir
-from rhmscale.store.lock import job_id
+from rhmscale.store.lock import job_id, node_name
 from rhmscale.store.run_log import RunLogHandler
 from rhmscale.training.schedule import VERDICTS
 
@@ -162,7 +162,7 @@ class Runs:
                 log.warning("%s; training the run again from its checkpoint", said)
             write_config(store, config)
             job = f" (job {job_id()})" if job_id() else ""
-            log.info("run %s on %s%s in %s", run_id, socket.gethostname(), job, store.path)
+            log.info("run %s on %s%s in %s", run_id, node_name(), job, store.path)
             log.info(device_note(fabric.device))
             data = make_datasets(config)
             atomic_write_text(store.grammar, data.grammar.to_json())
