@@ -238,3 +238,10 @@ def test_runs_missing_a_metric_leave_out_only_those_points():
     assert len(points) == 18 - 2  # the two v=32 cells have no level-3 point
     assert not ((points["grammar.v"] == 32) & (points["k"] == 3)).any()
     assert result.exponents["estimate"].between(0.9, 1.1).all()
+
+
+def test_runs_recorded_without_samples_seen_fit_without_training_times():
+    frame = synthetic_frame(np.random.default_rng(8), noise=0.01).drop(columns="samples_seen")
+    result = fit(frame, FitOptions(**FINAL, n_boot=100))
+    assert result.time_crossings.empty  # no x axis for the training time: none, not a KeyError
+    assert result.exponents["estimate"].between(0.9, 1.1).all()

@@ -22,12 +22,17 @@ def time_crossings(
     frame: every evaluation of every run, with a "cell" column (cells.with_cells).
     """
     records = []
+    if "samples_seen" not in frame.columns:  # runs written without it (by hand): no times to fit
+        return pd.DataFrame(records)
     for (cell, P), group in frame.sort_values([*CELL_ORDER, SIZE]).groupby(
         ["cell", SIZE], sort=False
     ):
         group = group[group["samples_seen"] > 0]
         for k in range(1, grammar_of(group)["L"] + 1):
-            seen, values = values_by(group["samples_seen"], group[options.metric.format(k=k)])
+            column = options.metric.format(k=k)
+            if column not in group.columns:  # no run of the cell recorded this level
+                continue
+            seen, values = values_by(group["samples_seen"], group[column])
             if not len(seen):
                 continue
             found = bootstrap_crossing(
