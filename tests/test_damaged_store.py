@@ -65,10 +65,6 @@ def text_column(path):
     frame.to_parquet(path)
 
 
-def no_samples_seen(path):
-    pd.read_parquet(path).drop(columns="samples_seen").to_parquet(path)  # the fit's x axis
-
-
 # (file, how, what the run's message says)
 DAMAGES = [
     ("result.json", link("/dev/zero"), "result.json is not a regular file (a character device)"),
@@ -87,7 +83,6 @@ DAMAGES = [
     ("metrics.parquet", garbage, "metrics.parquet is not a parquet file"),
     ("metrics.parquet", text, "metrics.parquet is not a parquet file"),
     ("metrics.parquet", text_column, "metrics.parquet holds val/loss that are not numbers"),
-    ("metrics.parquet", no_samples_seen, "metrics.parquet has no samples_seen column"),
     ("config.json", fifo, "config.json is not a regular file (a FIFO)"),
     ("config.json", link("/dev/zero"), "config.json is not a regular file (a character device)"),
     ("config.json", not_utf8, "config.json is not UTF-8 text"),

@@ -319,9 +319,6 @@ def read_field(path: Path, key: str) -> Any:
     return data.get(key) if data else None
 
 
-EVALUATION_COLUMNS = ("step", "samples_seen")
-
-
 def check_metrics(path: Path) -> None:
     """Raise DamagedFile unless path is a parquet file of evaluations whose every column is
     a number (a text column would break the fit far from here). From its footer alone."""
@@ -331,9 +328,6 @@ def check_metrics(path: Path) -> None:
     schema = meta.schema.to_arrow_schema()
     if meta.num_rows == 0 or "step" not in schema.names:
         raise DamagedFile(path, "holds no evaluations")
-    # Every evaluation row has these (DESIGN.md, Metrics); the fit reads them without asking.
-    if missing := [name for name in EVALUATION_COLUMNS if name not in schema.names]:
-        raise DamagedFile(path, f"has no {', '.join(missing)} column")
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
     wrong = [f.name for f in schema if not any(test(f.type) for test in numeric)]
     if wrong:
