@@ -269,7 +269,7 @@ def test_a_study_keeps_its_budget_when_a_workers_node_dies(nodes, tmp_path):
 
 def test_slurmctld_down_mid_sweep_is_said_and_the_sweep_completes_after(nodes, tmp_path):
     # Runs long enough to train on while slurmctld is down and `sweep status` is asked.
-    longest = {**LONGER, "train": {**LONGER["train"], "max_steps": 2000, "checkpoint_every": 50}}
+    longest = {**LONGER, "train": {**LONGER["train"], "max_steps": 5000, "checkpoint_every": 100}}
     spec = make_spec("ctld", {"seed": [0, 1]}, base=longest, array_parallelism=2)
     submit(spec, tmp_path)
     sweep = tmp_path / "ctld"
@@ -279,12 +279,7 @@ def test_slurmctld_down_mid_sweep_is_said_and_the_sweep_completes_after(nodes, t
     os.kill(int(pidfile.read_text()), signal.SIGTERM)
     try:
         wait_until(lambda: scontrol("ping").returncode != 0, 30, "slurmctld to stop")
-        out = subprocess.run([RHMSCALE, "sweep", "status", str(sweep)],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        text = " ".join(out.stdout.split())
-        assert "SLURM did not answer (squeue failed" in text, text
-        assert "interrupted" not in text.replace("not interrupted", ""), text
+        # The counts first: both runs still train (5,000 steps), so neither may be done yet.
         counts = json.loads(
             subprocess.run(
                 [RHMSCALE, "sweep", "status", str(sweep), "--json"],
@@ -294,6 +289,12 @@ def test_slurmctld_down_mid_sweep_is_said_and_the_sweep_completes_after(nodes, t
             ).stdout  # fmt: skip
         )["counts"]
         assert counts["unknown"] >= 1 and counts["interrupted"] == 0, counts
+        out = subprocess.run([RHMSCALE, "sweep", "status", str(sweep)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())
+        assert "SLURM did not answer (squeue failed" in text, text
+        assert "interrupted" not in text.replace("not interrupted", ""), text
     finally:
         started = dev_cluster("start")
         assert started.returncode == 0, started.stderr
