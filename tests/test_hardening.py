@@ -264,15 +264,10 @@ def test_cancelling_a_local_sweep_ends_its_process_within_seconds(tmp_path):
     import yaml
 
     from rhmscale.store.folders import SweepDir
+    from tests.test_stop_signals import ENDLESS
 
-    base = {
-        "grammar": {"L": 2, "v": 4, "m": 2},
-        "data": {"P": 8, "n_test": 4},
-        "model": {"arch": "tree_unet", "width": 16},
-        "train": {"max_steps": 200000, "device": "cpu", "checkpoint_every": 50},
-        "eval": {"n_samples": 16, "n_evals": 2},
-    }
-    spec = {"name": "long", "base": base, "grid": {"seed": [0]}, "tracking": {"wandb": "disabled"}}
+    tracking = {"wandb": "disabled"}
+    spec = {"name": "long", "base": ENDLESS, "grid": {"seed": [0]}, "tracking": tracking}
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
     # Output to a file: the worker it starts inherits the submitting process's descriptors.
     with open(tmp_path / "submit.log", "w") as log:

@@ -18,7 +18,8 @@ from rhmscale.store.folders import RunDir, SweepDir
 
 RHMSCALE = str(Path(sys.executable).with_name("rhmscale"))
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
-BASE = {
+# A local run that trains until it is stopped (200,000 steps), checkpointing every 50.
+ENDLESS = {
     "grammar": {"L": 2, "v": 4, "m": 2},
     "data": {"P": 8, "n_test": 4},
     "model": {"arch": "tree_unet", "width": 16},
@@ -285,7 +286,7 @@ def check_ctrl_c_to_a_submission(tmp_path, command: list[str], folder: Path, n: 
 def test_ctrl_c_to_a_local_sweep_submit_checkpoints_its_runs_and_says_how_to_go_on(tmp_path):
     """Before: a KeyboardInterrupt traceback from each worker's submitit controller, which
     also SIGKILLed its worker a second later, before its runs had checkpointed."""
-    spec = {"name": "long", "base": BASE, "grid": {"seed": [0, 1]},
+    spec = {"name": "long", "base": ENDLESS, "grid": {"seed": [0, 1]},
             "executor": {"kind": "local", "runs_per_task": 1},
             "tracking": {"wandb": "disabled"}}  # fmt: skip
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
@@ -295,7 +296,7 @@ def test_ctrl_c_to_a_local_sweep_submit_checkpoints_its_runs_and_says_how_to_go_
 
 @pytest.mark.slow
 def test_ctrl_c_to_a_local_tune_submit_checkpoints_its_trials_and_says_how_to_go_on(tmp_path):
-    spec = {"name": "study", "base": BASE, "grid": {"grammar.v": [4]},
+    spec = {"name": "study", "base": ENDLESS, "grid": {"grammar.v": [4]},
             "search": {"train.lr": {"float": [0.0001, 0.01], "log": True}},
             "objective": {"metric": "val/loss", "direction": "minimize"},
             "budget": {"trials": 4}, "workers": 2,
