@@ -13,7 +13,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rhmscale.config import GrammarConfig, RunConfig, flatten, valid_keys
-from rhmscale.errors import UserError
+from rhmscale.errors import DamagedFile, UserError
+from rhmscale.store.reading import decode
 
 M = TypeVar("M", bound=BaseModel)
 # A config, sweep or study file is a few KB. YAML aliases repeat a node without copying it, so
@@ -130,25 +131,16 @@ def load_yaml(path: Path) -> dict[str, Any]:
             raw = file.read(4 * MAX_YAML_CHARS + 1)  # a larger file is refused, not read whole
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    data = safe_load(utf8_text(raw, path), str(path))
+    try:
+        text = decode(path, raw)
+    except DamagedFile as exc:  # a spec saved in Latin-1, a binary file given by mistake
+        raise exc.with_remedy("save the file as UTF-8") from None
+    data = safe_load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
     return data
-
-
-def utf8_text(raw: bytes, path: Path | str) -> str:
-    """A file's bytes as text, or a UserError naming the file, line and byte that are not UTF-8
-    (a YAML file saved in Latin-1, a binary file given by mistake)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise UserError(
-            f"{path} line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the "
-            "file as UTF-8"
-        ) from None
 
 
 def merge_overrides(base: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:

@@ -232,7 +232,11 @@ def test_a_logspace_count_that_is_no_number_is_refused(n, tmp_path, rhmscale):
 def test_a_file_that_is_not_utf8_is_refused_naming_its_line(command, tmp_path, rhmscale):
     path = tmp_path / "spec.yaml"
     path.write_bytes(b"name: t\nbase: {grammar: {v: 8}}\n# caf\xe9 in Latin-1\n")
-    refused(rhmscale(*command.split(), path), f"{path} line 3", "not UTF-8", "save the file")
+    refused(
+        rhmscale(*command.split(), path),
+        f"{path} is not UTF-8 text (line 3,",
+        "save the file as UTF-8",
+    )
     assert written(tmp_path) == []
 
 
