@@ -59,12 +59,39 @@ def alive(pid: int) -> bool:
     return True
 
 
-def ctrl_c(process: subprocess.Popen, timeout: float = 90) -> float:
-    """SIGINT to the process's whole group, as Ctrl-C at its terminal; seconds until it ended."""
+def signal_group(process: subprocess.Popen, sig: int, timeout: float = 90) -> float:
+    """sig to the process's whole group (SIGINT: Ctrl-C at its terminal; SIGTERM: a terminal
+    closed, a session or service stopped); seconds until it ended."""
     sent = time.perf_counter()
-    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, sig)
     process.wait(timeout=timeout)
     return time.perf_counter() - sent
+
+
+# --- repeated signals ---------------------------------------------------------------------------
+
+REPEATED = """
+import os, signal, sys
+from rhmscale.training import stop
+with stop.honour_stop_signals():
+    for _ in range(3):
+        os.kill(os.getpid(), signal.{name})
+    print("asked", stop.requested(), stop.signal_number(), flush=True)
+"""
+
+
+@pytest.mark.parametrize(("name", "survives"), [("SIGTERM", True), ("SIGINT", False)])
+def test_a_repeated_sigterm_is_one_stop_request_and_a_second_ctrl_c_ends_at_once(name, survives):
+    """SIGTERM to a local worker's process group reaches it twice (directly and passed on by its
+    submitit controller): the second must not kill it before its checkpoint. Ctrl-C twice at a
+    terminal means it."""
+    code = REPEATED.format(name=name)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    number = int(getattr(signal, name))
+    if survives:
+        assert done.returncode == 0 and done.stdout == f"asked True {number}\n", done
+    else:
+        assert done.returncode == -number and done.stdout == "", done
 
 
 # --- a long evaluation batch ------------------------------------------------------------------
@@ -248,29 +275,34 @@ def resumed(folder: Path, n: int) -> bool:
         "training 1 run(s)")[-1] for t in logs) >= n  # fmt: skip
 
 
-def check_ctrl_c_to_a_submission(tmp_path, command: list[str], folder: Path, n: int) -> None:
-    """Ctrl-C to the group of a waiting submission, once its n runs checkpointed: one line that
-    names the command to go on with, exit 130, no traceback (the workers' controllers wrote
-    theirs to the same terminal), every worker ended and every run resumable; the command
-    given resumes them from their checkpoints."""
+def check_stop_to_a_submission(
+    tmp_path, command: list[str], folder: Path, n: int, sig: int = signal.SIGINT
+) -> None:
+    """sig to the group of a waiting submission, once its n runs checkpointed: one line that
+    names the command to go on with, exit 128 + sig, no traceback (the workers' controllers
+    wrote theirs to the same terminal), every worker ended and every run stopped at a
+    checkpoint; the command given resumes them from their checkpoints."""
     process, log = start(tmp_path, *command)
     try:
         wait_until(lambda: training(folder, n), 120, f"checkpoint of {n} runs")
-        took = ctrl_c(process)
+        took = signal_group(process, sig)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     time.sleep(2)  # anything the workers would still write
     out = log.read_text()
-    assert process.returncode == 130, out
+    assert process.returncode == EXIT[sig], out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     (line,) = [line for line in out.splitlines() if line.startswith("interrupted")]
     again = f"rhmscale {' '.join(command)}"
-    assert line == f"interrupted (Ctrl-C): the runs checkpointed and stopped; go on with: {again}"
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert line == f"interrupted ({name}): the runs checkpointed and stopped; go on with: {again}"
     assert took < 60
     assert workers(folder) and not any(alive(pid) for pid in workers(folder))
     stores = [RunDir(path) for path in (folder / "runs").iterdir()]
     assert [store.state() for store in stores] == ["interrupted"] * n
+    for store in stores:  # each stopped itself, none was killed
+        assert "stopped at a checkpoint" in store.log.read_text(), store.log.read_text()
     # The command it names goes on from the checkpoints.
     again, log = start(tmp_path, *command, "--no-wait")
     assert again.wait(timeout=60) == 0, log.read_text()
@@ -283,15 +315,18 @@ def check_ctrl_c_to_a_submission(tmp_path, command: list[str], folder: Path, n: 
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_a_local_sweep_submit_checkpoints_its_runs_and_says_how_to_go_on(tmp_path):
-    """Before: a KeyboardInterrupt traceback from each worker's submitit controller, which
-    also SIGKILLed its worker a second later, before its runs had checkpointed."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_to_a_local_sweep_submit_checkpoints_its_runs_and_says_how_to_go_on(tmp_path, sig):
+    """Ctrl-C, before: a KeyboardInterrupt traceback from each worker's submitit controller,
+    which also SIGKILLed its worker a second later, before its runs had checkpointed. SIGTERM,
+    before: it reached each worker twice (directly and from its controller) and the second
+    killed it before its checkpoint."""
     spec = {"name": "long", "base": ENDLESS, "grid": {"seed": [0, 1]},
             "executor": {"kind": "local", "runs_per_task": 1},
             "tracking": {"wandb": "disabled"}}  # fmt: skip
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
     command = ["sweep", "submit", str(tmp_path / "long.yaml"), "--root", str(tmp_path / "runs")]
-    check_ctrl_c_to_a_submission(tmp_path, command, tmp_path / "runs" / "long", 2)
+    check_stop_to_a_submission(tmp_path, command, tmp_path / "runs" / "long", 2, sig)
 
 
 @pytest.mark.slow
@@ -303,4 +338,4 @@ def test_ctrl_c_to_a_local_tune_submit_checkpoints_its_trials_and_says_how_to_go
             "executor": {"kind": "local"}, "tracking": {"wandb": "disabled"}}  # fmt: skip
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
     command = ["tune", "submit", str(tmp_path / "study.yaml"), "--root", str(tmp_path / "runs")]
-    check_ctrl_c_to_a_submission(tmp_path, command, tmp_path / "runs" / "study", 2)
+    check_stop_to_a_submission(tmp_path, command, tmp_path / "runs" / "study", 2)

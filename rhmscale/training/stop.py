@@ -1,7 +1,10 @@
 """Stop requests: SIGTERM or SIGINT (`timeout`, `kill`, `sweep cancel`, Ctrl-C, scancel) set a
 flag that the training loop reads after every step and an evaluation before every denoiser call
 (a stopped evaluation is redone on resume); the runs then checkpoint and return "interrupted". A
-second signal exits at once.
+second Ctrl-C exits at once (the person at the terminal means it); a second SIGTERM is the same
+request again: SIGTERM to a local worker's process group reaches it twice (directly and passed on
+by its submitit controller), and SLURM's scancel signals every process of a job. The sender that
+will not wait escalates with SIGKILL (SLURM after KillWait).
 
 The flag is per process and stays set: a sweep task that was asked to stop does not start its
 next runs. SIGUSR2 (preemption, time limit) is submitit's, handled by the sweep task. A process
@@ -31,7 +34,8 @@ def signal_number() -> int:
 
 def _handler(signum: int, frame: Any) -> None:
     _requested.setdefault("signal", signum)
-    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+    if signum == signal.SIGINT:
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C ends the process at once
 
 
 @contextlib.contextmanager

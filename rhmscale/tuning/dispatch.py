@@ -113,7 +113,7 @@ def cancel(path: Path) -> tuple[list[str], str]:
     cancelled, complaints = cancel_jobs(folder)
     for worker in live_workers(folder.path)[0]:
         if worker.executor == "slurm" or worker.job_id in cancelled:
-            continue  # stopped by scancel, or by its controller (a second SIGTERM kills at once)
+            continue  # stopped by scancel, or by its controller
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGTERM)
             cancelled.append(f"{worker.name} (pid {worker.pid})")
