@@ -105,3 +105,20 @@ def test_a_holder_whose_task_was_requeued_elsewhere_no_longer_trains_the_run(tmp
     path, ids = slurm_sweep(tmp_path, monkeypatch, squeue, "echo\n")
     runs = {r.run_id: r for r in sweep_status(path).runs}
     assert runs[ids[1]].state == "queued" and runs[ids[1]].holder is None
+
+
+def test_tasks_slurm_holds_are_named_with_the_command_that_releases_them(tmp_path, monkeypatch):
+    # A node died as task 5_1 started there: SLURM requeued it held; it never starts by itself.
+    held = ("5_1", "PENDING", "", "launch failed requeued held")
+    squeue = squeue_says(("5_0", "PENDING", "", "Resources"), held)
+    path, ids = slurm_sweep(tmp_path, monkeypatch, squeue, "echo\n")
+    status = sweep_status(path)
+    assert status.counts == {"queued": 3}, status.counts
+    (note,) = status.notes  # 5_0 waits for resources: nothing to say of it
+    assert note == (
+        "SLURM holds task(s) 5_1 (launch failed requeued held): their runs stay queued until "
+        "released: scontrol release 5_1"
+    )
+    out = status_cli(path)
+    assert out.returncode == 0, out.stderr
+    assert "scontrol release 5_1" in " ".join(out.stdout.split())

@@ -29,6 +29,7 @@ class QueueAnswer:
 
     states: dict[str, str] = field(default_factory=dict)  # "123_4" -> RUNNING, PENDING ...
     nodes: dict[str, str] = field(default_factory=dict)  # a running task -> its node(s)
+    held: dict[str, str] = field(default_factory=dict)  # a task SLURM holds -> its reason
     error: str | None = None
 
 
@@ -48,7 +49,7 @@ def ask_squeue(job_ids: set[str], strict: bool = False) -> QueueAnswer:
                 "still queued; submit from a machine with SLURM"
             )
         return QueueAnswer(error="squeue is not on PATH")
-    cmd = ["squeue", "-h", "-r", "-o", "%i|%T|%N", "-u", getpass.getuser()]
+    cmd = ["squeue", "-h", "-r", "-o", "%i|%T|%N|%r", "-u", getpass.getuser()]
     error = None
     try:
         out = subprocess.run(
@@ -64,13 +65,21 @@ def ask_squeue(job_ids: set[str], strict: bool = False) -> QueueAnswer:
         return QueueAnswer(error=error)
     answer = QueueAnswer()
     for line in out.stdout.splitlines():
-        jid, _, rest = line.strip().partition("|")
-        state, _, node = rest.partition("|")
+        jid, state, node, reason = (line.strip().split("|", 3) + ["", "", ""])[:4]
         if jid.split("_")[0] in job_ids:
             answer.states[jid] = state
             if node and state in RUNNING:
                 answer.nodes[jid] = node
+            if state == "PENDING" and is_held(reason):
+                answer.held[jid] = reason
     return answer
+
+
+def is_held(reason: str) -> bool:
+    """A pending task that waits for `scontrol release`, not for resources: held by its user
+    or an admin (JobHeldUser, JobHeldAdmin), or by SLURM itself after its launch failed on a
+    node ("launch failed requeued held")."""
+    return "held" in reason.lower()
 
 
 def squeue_states(job_ids: set[str], strict: bool = False) -> dict[str, str]:
@@ -156,6 +165,7 @@ class Activity:
     states: dict[str, str]  # run_id -> "running" | "queued"
     tasks: dict[str, str]  # the runs' SLURM tasks ("123_4") in squeue -> their state
     nodes: dict[str, str]  # a running SLURM task -> its node
+    held: dict[str, str]  # a SLURM task held (it waits for `scontrol release`) -> the reason
     error: str | None  # SLURM did not answer (the command, its error): states unknown
 
 
@@ -187,4 +197,4 @@ def activity(latest: dict[str, RunJob], strict: bool = False) -> Activity:
                     alive[jid] = pid_alive(jid)
             if any(alive[jid] for jid in job.job_ids):
                 active[rid] = "running"
-    return Activity(active, answer.states, answer.nodes, answer.error)
+    return Activity(active, answer.states, answer.nodes, answer.held, answer.error)

@@ -16,7 +16,7 @@ Per run, in order of precedence:
 
 The notes also name a node that runs the sweep's tasks and is lost (not responding, down: SLURM
 requeues its tasks once it marks it DOWN, and their runs resume from their checkpoints) or
-draining (it takes no new task).
+draining (it takes no new task), and the queued tasks SLURM holds (`scontrol release` them).
 
 Runs are counted per cell: the run's science keys (config.cell_of), so runs of one cell
 differ only in data.P and seeds.
@@ -274,23 +274,25 @@ def status_of(
                 holder_field(holder, "node") if state == "running" else None,
             )
         )  # fmt: skip
-    notes = [] if alive is None else slurm_notes(alive.error, alive.nodes, runs)
+    notes = [] if alive is None else slurm_notes(alive, runs)
     return SweepStatus(
         name, sweep.path, runs, expansion.n_grid_points, Counter(r.state for r in runs), notes
     )
 
 
-def slurm_notes(error: str | None, task_nodes: dict[str, str], runs: list[RunStatus]) -> list[str]:
+def slurm_notes(alive: Activity, runs: list[RunStatus]) -> list[str]:
     """What SLURM's side adds to the runs' states: that it did not answer (and so which runs
-    are unknown), and the nodes of the sweep's running tasks that are lost or draining."""
+    are unknown), the nodes of the sweep's running tasks that are lost or draining, and the
+    queued tasks it holds (they never start by themselves)."""
     notes = []
-    if error:
+    if error := alive.error:
         unknown = sum(run.state == "unknown" for run in runs)
         notes.append(
             f"SLURM did not answer ({error}): {unknown} run(s) whose task may still be queued "
             "or running are shown as unknown, not interrupted; ask again when SLURM answers "
             "(sinfo), and do not retry them before"
         )
+    task_nodes = alive.nodes
     for node, trouble in sorted(node_troubles(set(task_nodes.values())).items()):
         tasks = ", ".join(sorted(task for task, where in task_nodes.items() if where == node))
         if trouble.startswith("lost: "):
@@ -301,6 +303,12 @@ def slurm_notes(error: str | None, task_nodes: dict[str, str], runs: list[RunSta
             )
         else:
             notes.append(f"node {node} is {trouble}: it takes no new task; {tasks} run on")
+    for reason in sorted(set(alive.held.values())):
+        tasks = sorted(task for task, why in alive.held.items() if why == reason)
+        notes.append(
+            f"SLURM holds task(s) {', '.join(tasks)} ({reason}): their runs stay queued until "
+            f"released: scontrol release {','.join(tasks)}"
+        )
     return notes
 
 
