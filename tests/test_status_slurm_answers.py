@@ -116,8 +116,8 @@ def test_tasks_slurm_holds_are_named_with_the_command_that_releases_them(tmp_pat
     assert status.counts == {"queued": 3}, status.counts
     (note,) = status.notes  # 5_0 waits for resources: nothing to say of it
     assert note == (
-        "SLURM holds task(s) 5_1 (launch failed requeued held): their runs stay queued until "
-        "released: scontrol release 5_1"
+        "SLURM holds task(s) 5_1 (launch failed requeued held): they start only once released: "
+        "scontrol release 5_1"
     )
     out = status_cli(path)
     assert out.returncode == 0, out.stderr

@@ -306,7 +306,7 @@ def slurm_notes(alive: Activity, runs: list[RunStatus]) -> list[str]:
     for reason in sorted(set(alive.held.values())):
         tasks = sorted(task for task, why in alive.held.items() if why == reason)
         notes.append(
-            f"SLURM holds task(s) {', '.join(tasks)} ({reason}): their runs stay queued until "
+            f"SLURM holds task(s) {', '.join(tasks)} ({reason}): they start only once "
             f"released: scontrol release {','.join(tasks)}"
         )
     return notes
