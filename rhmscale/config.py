@@ -322,6 +322,7 @@ def key_roles(model: type[BaseModel] = RunConfig) -> dict[str, KeyRole]:
 # The seed replicates differ in (grammar.seed picks the grammar): `sweep refine` adds them by it.
 REPLICATE_SEED = "seed"
 GRAMMAR_NAMES = ("v", "m", "s", "L")  # GrammarConfig's numbers, as formulas and --where say
+GRAMMAR_KEYS = {name: f"grammar.{name}" for name in GRAMMAR_NAMES}  # v -> grammar.v
 
 
 def size_key(model: type[BaseModel] = RunConfig) -> str:

@@ -174,6 +174,7 @@ def test_results_imports_flow_one_way():
         "config_io",
         "errors",
         "formula",
+        "labels",
         "sequences",
         "store",
         "results",

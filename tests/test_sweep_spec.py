@@ -73,6 +73,25 @@ def test_runs_are_named_by_their_cell_size_seed_and_the_other_keys_the_grid_vari
         build_config({}, ["tracking.name_keys=[model.wdith]"])
 
 
+def test_a_cell_reads_the_same_in_wandb_in_sweep_status_and_in_the_fit_tables(tmp_path):
+    """One rule names a cell everywhere (labels.py): a run's W&B `cell`, its cell in `sweep
+    status`, and the "cell" column the fit groups by."""
+    import pandas as pd
+
+    from rhmscale.results.cells import with_cells
+    from rhmscale.sweeps.status import sweep_status
+
+    sweep = spec({"model.width": [16, 32], "train.lr": [0.001, 0.003], "seed": [0, 1]})
+    configs = expand(sweep)
+    status = sweep_status(tmp_path / sweep.name, sweep)
+    in_status = {r.run_id: status.cell_label(dict(r.cell)) for r in status.runs}
+    table = with_cells(pd.DataFrame([c.flat() | {"run_id": c.run_id()} for c in configs]))
+    in_tables = dict(zip(table["run_id"], table["cell"], strict=True))
+    for c in configs:
+        assert in_status[c.run_id()] == in_tables[c.run_id()] == cell_label(c), c.run_id()
+    assert "v=4 m=2 s=2 L=3 width=32 lr=0.003" in in_tables.values()
+
+
 def test_logspace_rounds_to_distinct_integers():
     assert logspace_ints(16, 256, 5) == [16, 32, 64, 128, 256]
     assert logspace_ints(1, 3, 10) == [1, 2, 3]  # duplicates after rounding dropped

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rhmscale.config import GRAMMAR_KEYS
+from rhmscale.labels import short_names
+
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
@@ -14,12 +17,6 @@ if TYPE_CHECKING:
     from rhmscale.rhm.grammar import Grammar
     from rhmscale.sweeps.grouping import PackPlan
     from rhmscale.sweeps.status import SweepStatus
-
-
-def short_names(keys: list[str]) -> list[str]:
-    """grammar.v -> v, unless two keys would get the same name (seed, grammar.seed)."""
-    last = [key.split(".")[-1] for key in keys]
-    return [name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)]
 
 
 def format_values(values: list[Any]) -> str:
@@ -88,7 +85,7 @@ def status_table(
     its done runs and those it would submit."""
     from rich.table import Table
 
-    from rhmscale.sweeps.status import GRAMMAR_KEYS, STATES
+    from rhmscale.sweeps.status import STATES
 
     varying = status.varying_keys()
     keys = [*GRAMMAR_KEYS.values(), *varying]

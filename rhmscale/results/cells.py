@@ -12,10 +12,11 @@ import pandas as pd
 
 from rhmscale import config
 from rhmscale.errors import UserError
+from rhmscale.labels import cell_parts
 
 SIZE = config.size_key()
 # The theory's names of the grammar numbers, and the columns that hold them.
-GRAMMAR = {name: f"grammar.{name}" for name in config.GRAMMAR_NAMES}
+GRAMMAR = config.GRAMMAR_KEYS
 # Cells in numeric order of L, v, m, s (labels would sort v=16 before v=8).
 CELL_ORDER = [GRAMMAR[n] for n in ("L", "v", "m", "s")] + ["cell"]
 
@@ -23,8 +24,7 @@ CELL_ORDER = [GRAMMAR[n] for n in ("L", "v", "m", "s")] + ["cell"]
 def cell_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """'v=16 m=4 s=2 L=3' plus any other key that differs between cells."""
     varying = [k for k in keys if k not in GRAMMAR.values() and frame[k].nunique() > 1]
-    parts = [f"{short}=" + frame[col].astype(str) for short, col in GRAMMAR.items()]
-    parts += [f"{k.split('.')[-1]}=" + frame[k].astype(str) for k in varying]
+    parts = [f"{name}=" + frame[col].astype(str) for name, col in cell_parts(varying).items()]
     label = parts[0]
     for part in parts[1:]:
         label = label + " " + part

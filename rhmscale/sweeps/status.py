@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rhmscale.config import SCIENCE, cell_of, key_roles
+from rhmscale.config import GRAMMAR_KEYS, SCIENCE, cell_of, key_roles
 from rhmscale.errors import DamagedFile, UserError
+from rhmscale.labels import cell_words
 from rhmscale.store.folders import RunDir, SweepDir
 from rhmscale.store.lock import holder, holder_field
 from rhmscale.store.reading import read_object, read_tail, read_text
@@ -59,7 +60,6 @@ STATES = (
     "pending",
 )
 # The grammar's keys: always shown for a cell, under their short names.
-GRAMMAR_KEYS = {"v": "grammar.v", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L"}
 
 CellKey = tuple[tuple[str, Any], ...]  # a cell's science keys and values, hashable
 
@@ -165,10 +165,7 @@ class SweepStatus:
 
     def cell_label(self, cell: dict[str, Any], varying: list[str] | None = None) -> str:
         """'v=16 m=4 s=2 L=3', plus the other keys that vary between cells (width=64)."""
-        varying = self.varying_keys() if varying is None else varying
-        parts = [f"{short}={cell[key]}" for short, key in GRAMMAR_KEYS.items()]
-        parts += [f"{key.split('.')[-1]}={cell[key]}" for key in varying]
-        return " ".join(parts)
+        return cell_words(cell, self.varying_keys() if varying is None else varying)
 
     def finals(self) -> dict[str, dict[str, Any]]:
         """run_id -> the final metrics (result.json) of every finished run."""
