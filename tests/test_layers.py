@@ -32,6 +32,7 @@ RANK = {
     "formula": 0,
     "kinds": 0,
     "labels": 0,
+    "periodic": 0,
     "sequences": 0,
 }
 # Third-party frameworks and the only parts that may import them.

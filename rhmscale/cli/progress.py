@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from rhmscale.periodic import repeating
 
 POLL_S = 3.0
 QUIET_S = 30.0
@@ -128,7 +129,6 @@ def duration(seconds: float) -> str:
 def watching(folder: Path, spec: Any, run_ids: list[str], console: Console) -> Iterator[None]:
     """Show the runs' progress while the body waits for them; a last summary line at the end."""
     watch = Watch(folder, spec, run_ids)
-    stop = threading.Event()
     live = Live(console=console, refresh_per_second=1, transient=True)
     said: dict[str, Any] = {"counts": None, "at": 0.0}
 
@@ -143,21 +143,12 @@ def watching(folder: Path, spec: Any, run_ids: list[str], console: Console) -> I
             console.print(watch.summary(snap), markup=False)
             said.update(counts=snap.counts, at=time.monotonic())
 
-    def loop() -> None:
-        while True:
-            show()
-            if stop.wait(POLL_S):
-                return
-
     if console.is_terminal:
         live.start()
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
     try:
-        yield
+        with repeating(show, POLL_S, "rhmscale-progress"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         if console.is_terminal:
             live.stop()
         with contextlib.suppress(Exception):

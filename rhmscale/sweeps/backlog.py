@@ -21,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rhmscale.periodic import repeating
 from rhmscale.store.atomic import atomic_write_json
 from rhmscale.store.folders import RunDir, SweepDir, read_json_object
 from rhmscale.store.lock import Held, try_lock
@@ -158,24 +158,15 @@ def hold_file(sweep: SweepDir) -> Path:
 @contextlib.contextmanager
 def hold(sweep: SweepDir) -> Iterator[None]:
     """Keep the sweep's workers alive while the block runs (see the module's docstring)."""
-    stop = threading.Event()
 
     def refresh() -> None:
-        while True:
-            atomic_write_json(
-                hold_file(sweep),
-                {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()},
-            )
-            if stop.wait(HOLD_REFRESH_S):
-                return
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        atomic_write_json(hold_file(sweep), record)
 
-    thread = threading.Thread(target=refresh, name="rhmscale-hold", daemon=True)
-    thread.start()
     try:
-        yield
+        with repeating(refresh, HOLD_REFRESH_S, "rhmscale-hold"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         hold_file(sweep).unlink(missing_ok=True)
 
 
