@@ -4,8 +4,9 @@ where it ran; a node that dies mid-sweep (dev-cluster.sh kill-node: its slurmd a
 processes SIGKILLed, the node DOWN) has its tasks requeued onto the others, which resume its runs
 from their checkpoints, nothing trained twice, nothing lost, and `sweep status` names the lost
 node meanwhile; a drained node takes no new task; a study keeps its budget when the node of one
-of its workers dies; and with slurmctld down, `sweep status` says SLURM did not answer instead
-of calling the runs interrupted, and the sweep completes once slurmctld is back.
+of its workers dies; with slurmctld down, `sweep status` says SLURM did not answer instead of
+calling the runs interrupted, and the sweep completes once slurmctld is back; a task SLURM holds
+is named with the command that releases it.
 
 Every node declares the machine's CPUs: array_parallelism bounds the tasks that run at once.
 """
@@ -309,6 +310,30 @@ def test_slurmctld_down_mid_sweep_is_said_and_the_sweep_completes_after(nodes, t
         assert_trained_once(run_dir, run_dir.name)
         assert len(setups(run_dir, run_dir.name)) == 1  # never interrupted: trained on
     print(f"the sweep ended {time.monotonic() - t0:.0f} s after slurmctld came back")
+
+
+def test_a_task_slurm_holds_is_named_with_the_command_that_releases_it(nodes, tmp_path):
+    """A held task never starts by itself (a launch that failed on a node comes back "launch
+    failed requeued held"; an admin's `scontrol hold`): `sweep status` names it and the
+    `scontrol release` that lets it start; run as given, it does, and the sweep completes."""
+    spec = make_spec("held", {"seed": [0, 1, 2]}, runs_per_task=1, array_parallelism=1)
+    submission = submit(spec, tmp_path)
+    last = str(submission.jobs[-1].job_id)  # waits behind the array's limit of one task
+    held = scontrol("hold", last)
+    assert held.returncode == 0, held.stderr
+    out = subprocess.run([RHMSCALE, "sweep", "status", str(tmp_path / "held")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    found = re.search(rf"note: SLURM holds task\(s\) {last} \((\w+)\): they start only once "
+                      rf"released: (scontrol release {last})", text)  # fmt: skip
+    assert found, text
+    released = subprocess.run(found.group(2).split(), capture_output=True, text=True, timeout=30)
+    assert released.returncode == 0, released.stderr
+    assert not wait(submission)  # the held task ran too
+    assert sweep_status(tmp_path / "held", spec).counts == {"done": 3}
+    assert job_info(last)["JobState"] == "COMPLETED", job_info(last)
+    print(f"squeue's reason for the held task: {found.group(1)}")
 
 
 def test_the_cluster_knows_its_nodes(nodes):
