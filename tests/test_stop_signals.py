@@ -94,6 +94,39 @@ def test_a_repeated_sigterm_is_one_stop_request_and_a_second_ctrl_c_ends_at_once
         assert done.returncode == -number and done.stdout == "", done
 
 
+SWALLOWED = """
+import os, signal, time
+from rhmscale.cli import interrupt
+with interrupt.signals_interrupt():
+    try:
+        os.kill(os.getpid(), signal.{name})
+        time.sleep(5)
+    except KeyboardInterrupt:
+        time.sleep(1.2)  # handling it (a wait for checkpoints): not cut short
+        print("handled", flush=True)
+    began = time.monotonic()
+    try:
+        time.sleep(5)  # library code swallowed the raise, and the command runs on
+    except interrupt.Interrupted as exc:
+        print("again", round(time.monotonic() - began, 1), exc.signum, flush=True)
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_that_library_code_swallowed_is_raised_again(name):
+    """pandas swallowed the one KeyboardInterrupt now and then while `fit` collected (4 of 96
+    Ctrl-Cs: the fit ran to its end and exited 0); the command's handler raises it again
+    every half second while nothing handles it, and never into a block that does."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED.format(name=name)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    number = int(getattr(signal, name))
+    assert done.returncode == 0, done.stderr
+    handled, again = done.stdout.splitlines()
+    word, took, signum = again.split()
+    assert (handled, word, int(signum)) == ("handled", "again", number), done.stdout
+    assert float(took) <= 0.6, done.stdout  # within AGAIN_S of the end of the handling
+
+
 # --- a long evaluation batch ------------------------------------------------------------------
 
 # The run's one evaluation, at its one step: one batch of 8,192 sequences of 64 tokens, about 15 s
