@@ -2,9 +2,9 @@
 on, exit status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM, as a shell reports a process
 a signal ended), never a traceback.
 
-A command that does not train (collect, fit, report, status, ...) stops where it is: SIGTERM
-raises in the main thread as Ctrl-C does, and its loops run in Python, between whose lines the
-exception arrives. Files are written whole (store/atomic.py removes one cut short), so nothing
+A command that does not train (collect, fit, report, status, ...) stops where it is: SIGINT and
+SIGTERM raise Interrupted in the main thread, between Python lines, and again every half second
+while nothing handles it (library code swallowed one now and then). Files are written whole (store/atomic.py removes one cut short), so nothing
 is half-written. Training catches both signals itself for as long as it trains
 (training/stop.py: the runs checkpoint, then end "interrupted"). A command that waits for its
 local workers stops them as `sweep cancel` does and waits for their checkpoints (stopping).
