@@ -4,10 +4,11 @@ a signal ended), never a traceback.
 
 A command that does not train (collect, fit, report, status, ...) stops where it is: SIGINT and
 SIGTERM raise Interrupted in the main thread, between Python lines, and again every half second
-while nothing handles it (library code swallowed one now and then). Files are written whole (store/atomic.py removes one cut short), so nothing
-is half-written. Training catches both signals itself for as long as it trains
-(training/stop.py: the runs checkpoint, then end "interrupted"). A command that waits for its
-local workers stops them as `sweep cancel` does and waits for their checkpoints (stopping).
+while nothing handles it (library code swallowed one now and then). Files are written whole
+(store/atomic.py removes one cut short), so nothing is half-written. Training catches both
+signals itself for as long as it trains (training/stop.py: the runs checkpoint, then end
+"interrupted"). A command that waits for its local workers stops them as `sweep cancel` does
+and waits for their checkpoints (stopping).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _asked.clear()  # a command run before in this process (tests) asked for itself
     stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {s: signal.signal(s, _stop) for s in [*stops, signal.SIGALRM]}
     try:
