@@ -124,7 +124,9 @@ def test_a_stop_that_library_code_swallowed_is_raised_again(name):
     handled, again = done.stdout.splitlines()
     word, took, signum = again.split()
     assert (handled, word, int(signum)) == ("handled", "again", number), done.stdout
-    assert float(took) <= 0.6, done.stdout  # within AGAIN_S of the end of the handling
+    # Within AGAIN_S (0.5 s) of the end of the handling, with room for a loaded machine; a
+    # stop not raised again would leave the sleep of 5 s to its end, and no "again" line.
+    assert float(took) < 1.5, done.stdout
 
 
 # --- a long evaluation batch ------------------------------------------------------------------
