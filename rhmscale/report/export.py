@@ -12,8 +12,8 @@ import math
 
 import pandas as pd
 
+from rhmscale.config import GRAMMAR_KEYS
 from rhmscale.errors import UserError
-from rhmscale.results.cells import GRAMMAR
 from rhmscale.results.fit import FitResult
 from rhmscale.results.options import FitOptions
 
@@ -81,7 +81,7 @@ def exponent_frame(result: FitResult) -> pd.DataFrame:
 
 
 def p_star_frame(result: FitResult) -> pd.DataFrame:
-    columns = ["cell", *GRAMMAR.values(), "k", "P_star", "P_lo", "P_hi", "censored",
+    columns = ["cell", *GRAMMAR_KEYS.values(), "k", "P_star", "P_lo", "P_hi", "censored",
                "n_sizes", "n_seeds", "P_theory", "ratio"]  # fmt: skip
     return result.crossings[columns] if len(result.crossings) else pd.DataFrame(columns=columns)
 

@@ -14,6 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from rhmscale.config import GRAMMAR_KEYS
 from rhmscale.report.plot_kit import (
     CELL_MARKERS,
     DPI,
@@ -30,7 +31,7 @@ from rhmscale.report.plot_kit import (
     supylabel,
     ylabel,
 )
-from rhmscale.results.cells import GRAMMAR, SIZE
+from rhmscale.results.cells import SIZE
 from rhmscale.results.coherence import COHERENCE
 
 
@@ -96,7 +97,7 @@ FIT_WORDS = (
 
 def saturation(group) -> float | None:
     """s^L, the sequence length: the longest coherence length of the cell's grammar."""
-    s, depth = GRAMMAR["s"], GRAMMAR["L"]
+    s, depth = GRAMMAR_KEYS["s"], GRAMMAR_KEYS["L"]
     if s not in group or depth not in group or group[[s, depth]].isna().any(axis=None):
         return None
     return float(group[s].max()) ** float(group[depth].max())

@@ -22,7 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import Formatter, LogFormatter
 
-from rhmscale.results.cells import GRAMMAR, rows_at, with_cells
+from rhmscale.config import GRAMMAR_KEYS
+from rhmscale.results.cells import rows_at, with_cells
 from rhmscale.results.fit import FitResult
 
 DPI = 120
@@ -85,7 +86,7 @@ class Inputs:
     def levels(self, cell: str) -> list[int]:
         """Levels 1..L of the cell whose metric was recorded."""
         group = self.rows[self.rows["cell"] == cell]
-        depth = int(group[GRAMMAR["L"]].max()) if GRAMMAR["L"] in group else 0
+        depth = int(group[GRAMMAR_KEYS["L"]].max()) if GRAMMAR_KEYS["L"] in group else 0
         return [k for k in range(1, depth + 1) if self.metric(k) in group]
 
     def all_levels(self) -> list[int]:
@@ -109,7 +110,7 @@ def prepare(frame: pd.DataFrame, result: FitResult) -> Inputs:
     frame = with_cells(frame)
     rows = rows_at(frame, result.options.at)
     # Cells in the order of their grammar numbers (v=8 before v=16), then their labels.
-    order = rows.drop_duplicates("cell").sort_values([*GRAMMAR.values(), "cell"])
+    order = rows.drop_duplicates("cell").sort_values([*GRAMMAR_KEYS.values(), "cell"])
     cells = list(order["cell"])
     return Inputs(result, frame, rows, cells[:MAX_PANELS], len(cells))
 

@@ -15,15 +15,13 @@ from rhmscale.errors import UserError
 from rhmscale.labels import cell_parts
 
 SIZE = config.size_key()
-# The theory's names of the grammar numbers, and the columns that hold them.
-GRAMMAR = config.GRAMMAR_KEYS
 # Cells in numeric order of L, v, m, s (labels would sort v=16 before v=8).
-CELL_ORDER = [GRAMMAR[n] for n in ("L", "v", "m", "s")] + ["cell"]
+CELL_ORDER = [config.GRAMMAR_KEYS[n] for n in ("L", "v", "m", "s")] + ["cell"]
 
 
 def cell_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """'v=16 m=4 s=2 L=3' plus any other key that differs between cells."""
-    varying = [k for k in keys if k not in GRAMMAR.values() and frame[k].nunique() > 1]
+    varying = [k for k in keys if k not in config.GRAMMAR_KEYS.values() and frame[k].nunique() > 1]
     parts = [f"{name}=" + frame[col].astype(str) for name, col in cell_parts(varying).items()]
     label = parts[0]
     for part in parts[1:]:
@@ -45,12 +43,12 @@ def by_cell(rows: pd.DataFrame):
 
 def grammar_of(group: pd.DataFrame) -> dict[str, int]:
     """v, m, s, L of a cell's rows."""
-    return {short: int(group[col].iloc[0]) for short, col in GRAMMAR.items()}
+    return {short: int(group[col].iloc[0]) for short, col in config.GRAMMAR_KEYS.items()}
 
 
 def variables(points: pd.DataFrame) -> dict[str, np.ndarray]:
     """The theory's variables v, m, s, L, k of each row of a table with a level column "k"."""
-    out = {n: points[col].to_numpy(dtype=float) for n, col in GRAMMAR.items()}
+    out = {n: points[col].to_numpy(dtype=float) for n, col in config.GRAMMAR_KEYS.items()}
     out["k"] = points["k"].to_numpy(dtype=float)
     return out
 
@@ -109,14 +107,14 @@ def select_cells(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def where_column(frame: pd.DataFrame, key: str) -> str:
-    if key in GRAMMAR:
-        return GRAMMAR[key]
+    if key in config.GRAMMAR_KEYS:
+        return config.GRAMMAR_KEYS[key]
     if key in frame.columns:
         return key
     ends = [c for c in frame.columns if c.endswith("." + key)]
     if len(ends) == 1:
         return ends[0]
-    keys = sorted(GRAMMAR) + config.cell_columns(list(frame.columns))
+    keys = sorted(config.GRAMMAR_KEYS) + config.cell_columns(list(frame.columns))
     raise UserError(
         f"--where: unknown key {key!r}"
         + (f" (ambiguous: {', '.join(ends)})" if ends else "")

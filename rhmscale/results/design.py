@@ -18,15 +18,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rhmscale.config import GRAMMAR_KEYS
 from rhmscale.errors import UserError
-from rhmscale.results.cells import GRAMMAR
 from rhmscale.results.theory import REGRESSOR_VARIABLES
 
 # Share of a column's variance explained above which it counts as determined ("confounded",
 # "collinear"), and above which a warning is due.
 DETERMINED = 0.99
 NEARLY = 0.9
-SHORT = {column: short for short, column in GRAMMAR.items()}
+SHORT = {column: short for short, column in GRAMMAR_KEYS.items()}
 
 
 def spread(column: np.ndarray) -> float:
@@ -74,9 +74,11 @@ def fixed_letters(keys: pd.DataFrame, names: list[str]) -> list[str]:
         if "k" not in REGRESSOR_VARIABLES[name]:
             continue
         letters = sorted(REGRESSOR_VARIABLES[name] - {"k"})
-        fixed = [s for s in letters if GRAMMAR[s] in keys and keys[GRAMMAR[s]].nunique() == 1]
+        fixed = [
+            s for s in letters if GRAMMAR_KEYS[s] in keys and keys[GRAMMAR_KEYS[s]].nunique() == 1
+        ]
         if fixed:
-            values = ", ".join(f"{short}={keys[GRAMMAR[short]].iloc[0]}" for short in fixed)
+            values = ", ".join(f"{short}={keys[GRAMMAR_KEYS[short]].iloc[0]}" for short in fixed)
             letter = " and ".join(fixed)
             warnings.append(
                 f"'{name}': {values} in every fitted cell, so its exponent is the growth of "

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rhmscale.results.cells import GRAMMAR, SIZE, by_cell, grammar_of
+from rhmscale.config import GRAMMAR_KEYS
+from rhmscale.results.cells import SIZE, by_cell, grammar_of
 from rhmscale.results.crossing import bootstrap_crossing, values_by
 from rhmscale.results.options import FitOptions
 from rhmscale.results.theory import Theory
@@ -44,7 +45,7 @@ def sample_complexity(
             records.append(
                 {
                     "cell": cell,
-                    **{GRAMMAR[n]: val for n, val in g.items()},
+                    **{GRAMMAR_KEYS[n]: val for n, val in g.items()},
                     "k": k,
                     "P_star": float(np.exp(found.log_x)),
                     "P_lo": float(np.exp(found.lo)),
