@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rhmscale.config import GRAMMAR_KEYS
-from rhmscale.labels import short_names
+from rhmscale.labels import cell_parts, short_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,15 +86,14 @@ def status_table(
 
     from rhmscale.sweeps.status import STATES
 
-    varying = status.varying_keys()
-    keys = [*GRAMMAR_KEYS.values(), *varying]
+    columns = cell_parts(status.varying_keys())  # named as in the cells' labels
     plan = to_submit is not None
     if plan:
         shown = ["done", "to submit"]
     else:
         shown = [s for s in STATES if status.counts.get(s)] or ["pending"]
     table = Table(title=title or f"sweep {status.name}: {len(status.runs)} runs")
-    for name in [*GRAMMAR_KEYS, *short_names(varying), "runs"]:
+    for name in [*columns, "runs"]:
         table.add_column(name, justify="right")
     if plan:
         table.add_column("data.P", justify="left")
@@ -106,7 +104,7 @@ def status_table(
         if plan:
             counts["to submit"] = cell.count_in(to_submit)
         table.add_row(
-            *(str(cell.cell[key]) for key in keys),
+            *(str(cell.cell[key]) for key in columns.values()),
             str(len(cell.runs)),
             *([format_values(cell.sizes)] if plan else []),
             *(str(counts.get(s, 0) or "") for s in shown),
@@ -117,7 +115,7 @@ def status_table(
         totals["to submit"] = len(to_submit)
     table.add_row(
         "all",
-        *[""] * (len(keys) - 1),
+        *[""] * (len(columns) - 1),
         str(len(status.runs)),
         *([""] if plan else []),
         *(str(totals.get(s, 0)) for s in shown),

@@ -59,8 +59,6 @@ STATES = (
     "unknown",
     "pending",
 )
-# The grammar's keys: always shown for a cell, under their short names.
-
 CellKey = tuple[tuple[str, Any], ...]  # a cell's science keys and values, hashable
 
 
@@ -289,9 +287,8 @@ def slurm_notes(alive: Activity, runs: list[RunStatus]) -> list[str]:
             "or running are shown as unknown, not interrupted; ask again when SLURM answers "
             "(sinfo), and do not retry them before"
         )
-    task_nodes = alive.nodes
-    for node, trouble in sorted(node_troubles(set(task_nodes.values())).items()):
-        tasks = ", ".join(sorted(task for task, where in task_nodes.items() if where == node))
+    for node, trouble in sorted(node_troubles(set(alive.nodes.values())).items()):
+        tasks = ", ".join(sorted(task for task, where in alive.nodes.items() if where == node))
         if trouble.startswith("lost: "):
             notes.append(
                 f"node {node} is lost ({trouble.removeprefix('lost: ')}): SLURM requeues its "
